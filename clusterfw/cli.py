@@ -1,0 +1,74 @@
+"""The ``clusterfw`` command.
+
+Each command group lives in its own module with a ``register(subparsers)``
+function; this file only wires them together and maps errors to exit codes.
+
+Exit codes:
+  0  success
+  1  the operation failed (the message says why)
+  2  bad usage or bad input (the message names it and the fix)
+  3  a safety check refused the operation (e.g. the device holds data)
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Modules that contribute subcommands.  A module that is missing is skipped so
+# that a partial install still gives a useful --help.
+COMMAND_MODULES = (
+    "clusterfw.cli_disk",
+    "clusterfw.cli_sim",
+    "clusterfw.cli_lab",
+)
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_REFUSED = 3
+
+
+class CliError(Exception):
+    """An error to show the user: what was wrong and how to fix it."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILED):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clusterfw",
+        description="High availability for hosts that share a block device.",
+        epilog="Exit codes: 0 ok, 1 failed, 2 bad usage or input, 3 refused by a safety check.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CliError as exc:
+        print(f"clusterfw: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("clusterfw: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
