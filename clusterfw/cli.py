@@ -71,4 +71,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the importable module's main so that subcommand modules and this
+    # file share one CliError class.
+    sys.exit(importlib.import_module("clusterfw.cli").main())

@@ -114,19 +114,30 @@ class Registration:
 
 @dataclass(frozen=True)
 class Lease:
-    """This node's Disk Paxos block for the master election of ``term``.
+    """This node's Disk Paxos block for the master election.
 
-    ``mbal`` is the highest ballot this node has started, ``bal``/``inp`` the
-    ballot and value (a node id) it last accepted; ``committed`` says the value
-    of ``term`` is decided and ``inp`` is the master of ``term``.  ``resigned``
-    is set by a master that hands over gracefully.  See docs/protocol.md.
+    Two parts.  The *instance* part is this node's ballot state for the
+    election of ``term``: ``mbal`` the highest ballot it started, ``bal`` and
+    (``inp``, ``inp_incarnation``) the ballot and value it last accepted.  A
+    value is a node id together with that node's incarnation, so a restarted
+    node is never mistaken for the master its previous incarnation was.
+
+    The *knowledge* part is the highest term this node knows to be decided and
+    its master (``committed_term``, ``master``, ``master_incarnation``).  It only
+    ever grows, and every node copies the highest one it reads, so a decision
+    is never forgotten when nodes move on to the next term.  ``resigned`` is
+    set by the master of ``committed_term`` when it hands over gracefully.
+    See docs/protocol.md.
     """
 
     term: int = 0
     mbal: int = 0
     bal: int = 0
     inp: int = 0
-    committed: bool = False
+    inp_incarnation: int = 0
+    committed_term: int = 0
+    master: int = 0
+    master_incarnation: int = 0
     resigned: bool = False
 
 

@@ -1,0 +1,5 @@
+import sys
+
+from clusterfw.cli import main
+
+sys.exit(main())

@@ -1,0 +1,393 @@
+"""``clusterfw disk init|dump``, ``clusterfw node add`` and ``clusterfw probe``.
+
+How this works
+--------------
+Thin wrappers over ``clusterfw.ondisk``: parse and check the arguments, open
+the device with O_DIRECT, call the admin operation, print the result.  Every
+user error becomes a ``CliError`` that names the bad input and the fix:
+
+* exit 2 (usage): a bad name, an id or count out of range, a device that
+  does not exist or is too small;
+* exit 3 (refused): the device holds data (``disk init`` without
+  ``--force``), a duplicate node name or id;
+* exit 1 (failed): I/O errors, a device that is not a clusterfw disk
+  (``dump``, ``node add``, ``probe``).
+
+``probe`` prints udev-style ``KEY=VALUE`` lines, for an
+``IMPORT{program}`` rule.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import enum
+import errno
+import json
+import re
+import sys
+from dataclasses import fields, is_dataclass
+from typing import Any, Iterable
+
+from clusterfw.cli import EXIT_FAILED, EXIT_REFUSED, EXIT_USAGE, CliError
+from clusterfw.core.model import NODES_MAX, NodeConfig, SlotRecord, ViewRecord
+from clusterfw.ondisk import admin, codec
+from clusterfw.ondisk.blockdev import BlockDevice
+from clusterfw.ondisk.clusterdisk import ClusterDisk, best_view_copy
+from clusterfw.ondisk.errors import (
+    BlockError,
+    BlockSizeMismatch,
+    DeviceError,
+    DeviceTooSmall,
+    FormatRefused,
+    IoError,
+    NodeTableError,
+    NotWritten,
+)
+from clusterfw.ondisk.layout import AreaKind, Layout
+
+ADMIN_IO_TIMEOUT_MS = 30_000  # admin tools wait longer than the daemon does
+DEFAULT_MAX_NODES = 16
+DEFAULT_HEARTBEAT_MS = 100
+DEFAULT_IO_TIMEOUT_MS = 200
+COPY_NAMES = ("A", "B")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    disk = subparsers.add_parser("disk", help="initialise or inspect the shared disk",
+                                 description="Initialise or inspect the shared disk.")
+    disk_sub = disk.add_subparsers(dest="disk_command", metavar="SUBCOMMAND")
+    disk_sub.required = True
+
+    init = disk_sub.add_parser(
+        "init", help="initialise DEVICE for a new cluster",
+        description="Initialise DEVICE for a new cluster: zero the metadata areas and write the "
+                    "superblock.  Refuses a device holding a filesystem, a partition table or another "
+                    "cluster unless --force.")
+    init.add_argument("device", metavar="DEVICE", help="the shared block device (or a file, for tests)")
+    init.add_argument("--cluster", required=True, metavar="NAME", help="the cluster's name")
+    init.add_argument("--max-nodes", type=int, default=DEFAULT_MAX_NODES, metavar="N",
+                      help=f"node ids the disk has room for, 1..{NODES_MAX} (default {DEFAULT_MAX_NODES})")
+    init.add_argument("--heartbeat-ms", type=int, default=DEFAULT_HEARTBEAT_MS, metavar="MS",
+                      help=f"heartbeat interval (default {DEFAULT_HEARTBEAT_MS})")
+    init.add_argument("--io-timeout-ms", type=int, default=DEFAULT_IO_TIMEOUT_MS, metavar="MS",
+                      help=f"disk I/O timeout all other timeouts derive from (default {DEFAULT_IO_TIMEOUT_MS})")
+    init.add_argument("--force", action="store_true", help="destroy whatever the device holds")
+    init.set_defaults(func=cmd_disk_init)
+
+    dump = disk_sub.add_parser("dump", help="show everything on DEVICE",
+                               description="Show the superblock, layout, node table, every slot and "
+                                           "every view copy (decoded, or why it was rejected).")
+    dump.add_argument("device", metavar="DEVICE")
+    dump.add_argument("--json", action="store_true", help="print one JSON object")
+    dump.set_defaults(func=cmd_disk_dump)
+
+    node = subparsers.add_parser("node", help="manage the node table",
+                                 description="Manage the node table on the shared disk.")
+    node_sub = node.add_subparsers(dest="node_command", metavar="SUBCOMMAND")
+    node_sub.required = True
+    add = node_sub.add_parser("add", help="add a node to the node table",
+                              description="Add a node to the node table (names: a-z 0-9 '-').")
+    add.add_argument("device", metavar="DEVICE")
+    add.add_argument("--name", required=True, metavar="NAME", help="the node's name, e.g. n1")
+    add.add_argument("--id", type=int, dest="node_id", metavar="N", help="its node id (default: lowest free)")
+    add.set_defaults(func=cmd_node_add)
+
+    probe = subparsers.add_parser(
+        "probe", help="is DEVICE a clusterfw disk? (udev KEY=VALUE output)",
+        description="Print CLUSTERFW_CLUSTER=..., CLUSTERFW_UUID=... if DEVICE is a clusterfw disk; "
+                    "exit 1 if it is not.")
+    probe.add_argument("device", metavar="DEVICE")
+    probe.set_defaults(func=cmd_probe)
+
+
+# --------------------------------------------------------------------------
+# helpers
+
+def _open(path: str, readonly: bool) -> BlockDevice:
+    try:
+        return BlockDevice(path, readonly=readonly, io_timeout_ms=ADMIN_IO_TIMEOUT_MS)
+    except IoError as exc:
+        usage = exc.errno in (errno.ENOENT, errno.ENOTBLK, errno.EINVAL, errno.ENXIO)
+        raise CliError(str(exc), EXIT_USAGE if usage else EXIT_FAILED) from None
+
+
+def _open_cluster(dev: BlockDevice) -> ClusterDisk:
+    try:
+        return ClusterDisk.open(dev)
+    except BlockError as exc:
+        raise CliError(f"{dev.path} is not a clusterfw disk ({type(exc).__name__}: {exc}); "
+                       f"initialise it with 'clusterfw disk init {dev.path} --cluster NAME'") from None
+    except (BlockSizeMismatch, DeviceTooSmall) as exc:
+        raise CliError(f"{dev.path}: {exc}") from None
+
+
+def _device_error(dev: BlockDevice | None, exc: DeviceError) -> CliError:
+    where = dev.path if dev is not None else "the device"
+    return CliError(f"I/O on {where} failed: {exc}; check the device and its connection", EXIT_FAILED)
+
+
+def jsonable(value: Any) -> Any:
+    """Records (and errors) as plain JSON values."""
+    if isinstance(value, BlockError):
+        return {"error": value.code, "message": str(value)}
+    if isinstance(value, enum.Enum):
+        return value.value if isinstance(value.value, str) else value.name.lower()
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: jsonable(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, (bytes, bytearray)):
+        return codec.uuid_text(value) if len(value) == codec.UUID_BYTES else bytes(value).hex()
+    if isinstance(value, (tuple, list)):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def _runs(entries: list[Any]) -> Iterable[tuple[int, int, Any]]:
+    """Group consecutive ``NotWritten`` entries: yields (first_id, last_id,
+    entry) with node ids starting at 1."""
+    index = 0
+    while index < len(entries):
+        entry = entries[index]
+        end = index
+        if isinstance(entry, NotWritten):
+            while end + 1 < len(entries) and isinstance(entries[end + 1], NotWritten):
+                end += 1
+        yield index + 1, end + 1, entry
+        index = end + 1
+
+
+def _ids(first: int, last: int) -> str:
+    return str(first) if first == last else f"{first}-{last}"
+
+
+def _error_text(exc: BlockError) -> str:
+    return "not written" if isinstance(exc, NotWritten) else f"{type(exc).__name__}: {exc}"
+
+
+# --------------------------------------------------------------------------
+# disk init
+
+def cmd_disk_init(args: argparse.Namespace) -> int:
+    try:
+        admin.check_cluster_name(args.cluster)
+    except ValueError as exc:
+        raise CliError(f"--cluster: {exc}", EXIT_USAGE) from None
+    if not 1 <= args.max_nodes <= NODES_MAX:
+        raise CliError(f"--max-nodes {args.max_nodes} is out of range: use 1..{NODES_MAX}", EXIT_USAGE)
+    for option, value in (("--heartbeat-ms", args.heartbeat_ms), ("--io-timeout-ms", args.io_timeout_ms)):
+        if not 1 <= value <= codec.U32_MAX:
+            raise CliError(f"{option} {value} is out of range: use a positive number of milliseconds",
+                           EXIT_USAGE)
+    dev = _open(args.device, readonly=False)
+    try:
+        sb = admin.format_disk(dev, args.cluster, args.max_nodes, args.heartbeat_ms, args.io_timeout_ms,
+                               force=args.force)
+        layout_total = Layout(sb.block_size, sb.nodes_max).total_bytes
+    except FormatRefused as exc:
+        raise CliError(str(exc), EXIT_REFUSED) from None
+    except DeviceTooSmall as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    except DeviceError as exc:
+        raise _device_error(dev, exc) from None
+    finally:
+        dev.close()
+    print(f"initialised {args.device}: cluster '{sb.cluster_name}' uuid {codec.uuid_text(sb.cluster_uuid)}, "
+          f"{sb.nodes_max} node ids, {sb.block_size}-byte blocks, heartbeat {sb.heartbeat_interval_ms} ms, "
+          f"io timeout {sb.io_timeout_ms} ms; metadata uses the first {layout_total} bytes")
+    print(f"next: clusterfw node add {args.device} --name n1")
+    return 0
+
+
+# --------------------------------------------------------------------------
+# disk dump
+
+def collect_dump(disk: ClusterDisk) -> dict[str, Any]:
+    """Everything on the disk, as records or errors (not yet JSON)."""
+    layout = disk.layout
+    areas = {}
+    for kind in AreaKind:
+        try:
+            areas[layout.reserved_area(kind).name] = disk.read_area_header(kind)
+        except BlockError as exc:
+            areas[layout.reserved_area(kind).name] = exc
+    return {
+        "superblock": disk.superblock,
+        "layout": layout,
+        "areas": areas,
+        "nodes": disk.read_node_table(),
+        "slots": disk.read_slots(),
+        "views": [disk.read_view_copies(node_id) for node_id in range(1, layout.nodes_max + 1)],
+    }
+
+
+def dump_json(dump: dict[str, Any]) -> dict[str, Any]:
+    sb = dump["superblock"]
+    out: dict[str, Any] = {
+        "format_version": codec.FORMAT_VERSION,
+        "superblock": jsonable(sb),
+        "layout": dump["layout"].describe(),
+        "areas": {name: jsonable(header) for name, header in dump["areas"].items()},
+        "nodes": [], "slots": [], "views": [],
+    }
+    for node_id, entry in enumerate(dump["nodes"], start=1):
+        out["nodes"].append({"id": node_id, **({"record": jsonable(entry)} if isinstance(entry, NodeConfig)
+                                                else jsonable(entry))})
+    for node_id, entry in enumerate(dump["slots"], start=1):
+        out["slots"].append({"id": node_id, **({"record": jsonable(entry)} if isinstance(entry, SlotRecord)
+                                                else jsonable(entry))})
+    for node_id, copies in enumerate(dump["views"], start=1):
+        best = best_view_copy(copies)
+        out["views"].append({
+            "id": node_id,
+            "best": None if best is None else COPY_NAMES[best],
+            "copies": [{"copy": COPY_NAMES[i], **({"record": jsonable(c)} if isinstance(c, ViewRecord)
+                                                   else jsonable(c))} for i, c in enumerate(copies)],
+        })
+    return out
+
+
+def _slot_line(rec: SlotRecord) -> str:
+    lease = rec.lease
+    regs = ",".join(f"{r.name}@{r.level}({'/'.join(map(str, r.barriers))})" for r in rec.registrations) or "-"
+    acks = ",".join(f"{level}:{batch}" for level, batch in rec.acks) or "-"
+    return (f"inc={rec.incarnation} seq={rec.seq} request={rec.request.name.lower()} "
+            f"lease[term={lease.term} mbal={lease.mbal} bal={lease.bal} inp={lease.inp}/{lease.inp_incarnation} "
+            f"committed={lease.committed_term} master={lease.master}/{lease.master_incarnation}"
+            f"{' resigned' if lease.resigned else ''}] "
+            f"timing[hb={rec.timing.heartbeat_interval_ms} io={rec.timing.io_timeout_ms} "
+            f"fence={rec.timing.fence_after_ms} dead={rec.timing.dead_after_ms}] "
+            f"regs={regs} acks={acks} seen_epoch={rec.seen_epoch}")
+
+
+def _view_lines(rec: ViewRecord) -> list[str]:
+    lines = [f"term={rec.term} epoch={rec.epoch} seq={rec.seq} inc={rec.incarnation} "
+             f"next_batch={rec.next_batch_id} levels="
+             + (",".join(f"{s.level}({'/'.join(map(str, s.barriers))})" for s in rec.levels) or "-")]
+    for m in rec.members:
+        extra = [flag for flag in ("forced", "ready", "leave_requested") if getattr(m, flag)]
+        lines.append(f"  member {m.node_id}: {m.state.value} inc={m.incarnation}"
+                     f"{' kind=' + m.kind.name.lower() if m.kind else ''} cursor={m.cursor} "
+                     f"barrier={m.barrier} top_level={m.top_level}{' ' + ' '.join(extra) if extra else ''}")
+    for b in rec.batches:
+        entries = ",".join(f"{e.node_id}:{e.kind.name.lower()}#{e.barrier}" for e in b.entries)
+        lines.append(f"  batch level={b.level} id={b.batch_id} entries={entries or '-'} "
+                     f"participants={','.join(map(str, b.participants)) or '-'}")
+    for r in rec.rejections:
+        lines.append(f"  rejected node {r.node_id} inc={r.incarnation} level={r.level}: {r.reason}")
+    return lines
+
+
+def dump_text(dump: dict[str, Any]) -> str:
+    sb, layout = dump["superblock"], dump["layout"]
+    created = datetime.datetime.fromtimestamp(sb.created_at_s, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    out = [
+        "superblock",
+        f"  cluster        {sb.cluster_name}",
+        f"  uuid           {codec.uuid_text(sb.cluster_uuid)}",
+        f"  format         version {codec.FORMAT_VERSION}, {sb.block_size}-byte blocks, {sb.nodes_max} node ids",
+        f"  timing         heartbeat {sb.heartbeat_interval_ms} ms, io timeout {sb.io_timeout_ms} ms",
+        f"  created        {created}",
+        "",
+        "layout (bytes)",
+        f"  {'area':<18} {'offset':>10} {'size':>10}",
+    ]
+    for area in layout.areas():
+        out.append(f"  {area.name:<18} {area.offset:>10} {area.size_bytes:>10}")
+    out.append(f"  {'(data)':<18} {layout.data_offset:>10}")
+    for name, header in dump["areas"].items():
+        state = (f"area version {header.area_version}" if isinstance(header, codec.AreaHeader)
+                 else _error_text(header))
+        out.append(f"  header of {name}: {state}")
+    out += ["", "nodes"]
+    for first, last, entry in _runs(dump["nodes"]):
+        text = entry.name if isinstance(entry, NodeConfig) else _error_text(entry)
+        out.append(f"  {_ids(first, last):>7}  {text}")
+    out += ["", "slots"]
+    for first, last, entry in _runs(dump["slots"]):
+        text = _slot_line(entry) if isinstance(entry, SlotRecord) else _error_text(entry)
+        out.append(f"  {_ids(first, last):>7}  {text}")
+    out += ["", "views"]
+    flat = []
+    for copies in dump["views"]:
+        flat.append(copies if any(not isinstance(c, NotWritten) for c in copies) else NotWritten(""))
+    for first, last, entry in _runs(flat):
+        if isinstance(entry, NotWritten):
+            out.append(f"  {_ids(first, last):>7}  not written")
+            continue
+        best = best_view_copy(entry)
+        for index, copy in enumerate(entry):
+            marker = "*" if best == index else " "
+            label = f"{first}{COPY_NAMES[index]}{marker}"
+            if isinstance(copy, ViewRecord):
+                lines = _view_lines(copy)
+                out.append(f"  {label:>7}  {lines[0]}")
+                out.extend(f"           {line}" for line in lines[1:])
+            else:
+                out.append(f"  {label:>7}  {_error_text(copy)}")
+    out.append("  (* = the copy a reader uses)")
+    return "\n".join(out)
+
+
+def cmd_disk_dump(args: argparse.Namespace) -> int:
+    dev = _open(args.device, readonly=True)
+    try:
+        disk = _open_cluster(dev)
+        dump = collect_dump(disk)
+    except DeviceError as exc:
+        raise _device_error(dev, exc) from None
+    finally:
+        dev.close()
+    if args.json:
+        json.dump(dump_json(dump), sys.stdout, indent=2)
+        print()
+    else:
+        print(dump_text(dump))
+    return 0
+
+
+# --------------------------------------------------------------------------
+# node add
+
+def cmd_node_add(args: argparse.Namespace) -> int:
+    try:
+        admin.check_node_name(args.name)
+    except ValueError as exc:
+        raise CliError(f"--name: {exc}", EXIT_USAGE) from None
+    dev = _open(args.device, readonly=False)
+    try:
+        disk = _open_cluster(dev)
+        nodes_max = disk.layout.nodes_max
+        if args.node_id is not None and not 1 <= args.node_id <= nodes_max:
+            raise CliError(f"--id {args.node_id} is out of range: this disk holds node ids 1..{nodes_max} "
+                           f"(set by 'disk init --max-nodes'); pick an id in that range or omit --id", EXIT_USAGE)
+        cfg = admin.add_node(disk, args.name, args.node_id)
+    except NodeTableError as exc:
+        raise CliError(str(exc), EXIT_REFUSED) from None
+    except DeviceError as exc:
+        raise _device_error(dev, exc) from None
+    finally:
+        dev.close()
+    assert disk.superblock is not None
+    print(f"added node '{cfg.name}' with id {cfg.node_id} to cluster '{disk.superblock.cluster_name}'")
+    return 0
+
+
+# --------------------------------------------------------------------------
+# probe
+
+_UDEV_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    try:
+        found = admin.probe(args.device)
+    except DeviceError as exc:
+        raise CliError(f"cannot probe {args.device}: {exc}", EXIT_FAILED) from None
+    if found is None:
+        raise CliError(f"{args.device} is not a clusterfw disk (no valid clusterfw superblock); "
+                       f"'clusterfw disk init' makes one", EXIT_FAILED)
+    print(f"CLUSTERFW_CLUSTER={_UDEV_UNSAFE.sub('_', found['cluster_name'])}")
+    print(f"CLUSTERFW_UUID={found['cluster_uuid']}")
+    print(f"CLUSTERFW_FORMAT_VERSION={found['format_version']}")
+    print(f"CLUSTERFW_BLOCK_SIZE={found['block_size_bytes']}")
+    print(f"CLUSTERFW_NODES_MAX={found['nodes_max']}")
+    return 0

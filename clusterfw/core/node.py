@@ -1,0 +1,525 @@
+"""One node's membership manager as a pure state machine.
+
+How this works
+--------------
+The driver (the daemon with a real disk, or the simulator) owns all I/O and
+clocks.  It asks ``poll(now)`` for the operations of the next cycle, performs
+them *in order* (each with its own timeout), and hands the results back to
+``complete(now, results)``.  Events to act on -- notifications for local
+subsystems, fencing, role and state changes -- are taken with
+``take_events()``.  Local subsystems acknowledge with ``ack(level, batch)``.
+
+A cycle is::
+
+    write my slot (heartbeat + request + lease + acks)  -> fence clock renewed
+    read every slot                                     -> liveness, election
+    read the master's view (followers)                  -> my state, notifications
+    [master] read every view once on taking over; write the view when it changed
+
+The fence deadline is ``last_ok + fence_after - io_timeout`` (``last_ok``: when
+the newest slot write that completed was issued): past it a write might land
+after ``fence_after``, so the node fences instead of writing.  The driver arms
+a timer for ``wakeup_ms()`` and calls ``tick(now)`` so the deadline is kept
+even while an I/O hangs.  After fencing the core never produces another op.
+
+Invariants: ops are produced only while not fenced, not stopped and before
+the fence deadline; at most one cycle is in flight; a notification batch is
+delivered to a level at most once (a re-notification has a new batch id).
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field, replace
+from typing import Callable, Sequence
+
+from .coordinator import Coordinator, level_state
+from .election import Decision, Election, highest_decision
+from .liveness import Liveness
+from .model import (BatchEntry, Lease, NodeState, Registration, Request, SlotRecord, Timing,
+                    ViewRecord, ACKS_MAX, REGISTRATIONS_MAX)
+
+
+# --------------------------------------------------------------------- ops
+@dataclass(frozen=True)
+class WriteSlot:
+    record: SlotRecord
+
+
+@dataclass(frozen=True)
+class ReadSlots:
+    pass
+
+
+@dataclass(frozen=True)
+class ReadView:
+    node_id: int
+
+
+@dataclass(frozen=True)
+class ReadAllViews:
+    pass
+
+
+@dataclass(frozen=True)
+class WriteView:
+    record: ViewRecord
+    copy: int  # 0 or 1: views ping-pong so a torn write never loses the previous one
+
+
+Op = WriteSlot | ReadSlots | ReadView | ReadAllViews | WriteView
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A block that did not decode."""
+
+    reason: str
+    never_written: bool = False
+
+
+@dataclass(frozen=True)
+class OpResult:
+    op: Op
+    ok: bool
+    start_ms: float
+    end_ms: float
+    value: object = None
+    """ReadSlots: dict node_id -> SlotRecord | Unreadable; ReadView: ViewRecord
+    or None; ReadAllViews: list of valid ViewRecords."""
+    error: str = ""
+
+
+# ------------------------------------------------------------------ events
+@dataclass(frozen=True)
+class Notify:
+    """Deliver to the local subsystem at ``level``; it answers with ack()."""
+
+    level: int
+    batch_id: int
+    entries: tuple[BatchEntry, ...]
+    context: tuple[tuple[int, str], ...]  # (node id, state at this level) of the other nodes
+    epoch: int
+
+
+@dataclass(frozen=True)
+class Fenced:
+    reason: str
+
+
+@dataclass(frozen=True)
+class MasterChanged:
+    term: int
+    master: int
+    me: bool
+
+
+@dataclass(frozen=True)
+class StateChanged:
+    old: NodeState
+    new: NodeState
+
+
+@dataclass(frozen=True)
+class Rejected:
+    level: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Stopped:
+    reason: str  # "left" or "rejected"
+
+
+@dataclass(frozen=True)
+class ViewAdopted:
+    term: int
+    epoch: int
+    log: tuple[str, ...] = ()
+
+
+Event = Notify | Fenced | MasterChanged | StateChanged | Rejected | Stopped | ViewAdopted
+
+
+class Role(enum.Enum):
+    FOLLOWER = "follower"
+    """Heartbeats, reads the master's view, delivers notifications."""
+    TAKING_OVER = "taking-over"
+    """Won the election; reads every view to resume from the newest."""
+    MASTER = "master"
+    """Runs the coordinator and writes the view."""
+
+
+@dataclass
+class _Cycle:
+    ops: list[Op] = field(default_factory=list)
+    kind: str = "cycle"  # "cycle" | "views" | "view-write" | "final"
+
+
+class NodeCore:
+    def __init__(self, *, node_id: int, incarnation: int, timing: Timing,
+                 registrations: Sequence[Registration], rng: Callable[[], float], now_ms: float,
+                 previous_slot: SlotRecord | None = None) -> None:
+        if len(registrations) > REGISTRATIONS_MAX:
+            raise ValueError(f"at most {REGISTRATIONS_MAX} registrations per node")
+        self.node_id = node_id
+        self.incarnation = incarnation
+        self.timing = timing
+        self.registrations = tuple(sorted(registrations, key=lambda r: r.level))
+        self.rng = rng
+        self.seq = (previous_slot.seq if previous_slot else 0)
+        self.election = Election(node_id, incarnation, previous_slot.lease if previous_slot else None)
+        self.liveness = Liveness(timing.dead_after_ms)
+        self.desire = Request.JOIN
+        self.acks: dict[int, int] = {}
+        self.delivered: dict[int, int] = {}
+        self.view: ViewRecord | None = None
+        self.state = NodeState.INACTIVE
+        self.role = Role.FOLLOWER
+        self.coordinator: Coordinator | None = None
+        self.decision: Decision | None = None
+        self.fenced: str | None = None
+        self.stopped: str | None = None
+        self.started_ms = now_ms
+        self.last_ok_ms = now_ms  # a node that never completes a write fences after fence_after
+        self.next_cycle_ms = now_ms
+        self.in_flight: _Cycle | None = None
+        self.pending_view_write: ViewRecord | None = None
+        self.view_copy = 0
+        self.force_self_after_write = False
+        self.final_write = False
+        self.slots: dict[int, SlotRecord] = {}
+        self._events: list[Event] = []
+        self._no_master_since: float | None = None
+        self._view_dirty = False
+        self._hurry = False  # run the next cycle as soon as this one completes
+        self._pending_log: tuple[str, ...] = ()
+        self.final_write_reason = ""
+        self.view_log: list[str] = []
+
+    # ----------------------------------------------------------- public API
+    def fence_deadline_ms(self) -> float:
+        return self.last_ok_ms + self.timing.fence_after_ms - self.timing.io_timeout_ms
+
+    def can_write(self, now_ms: float) -> bool:
+        return self.fenced is None and self.stopped is None and now_ms < self.fence_deadline_ms()
+
+    def is_acting_master(self, now_ms: float) -> bool:
+        return self.role is Role.MASTER and self.can_write(now_ms)
+
+    def wakeup_ms(self) -> float:
+        if self.fenced or self.stopped:
+            return float("inf")
+        if self.pending_view_write is not None or self.role is Role.TAKING_OVER:
+            return min(self.next_cycle_ms, self.started_ms)  # due now
+        return min(self.next_cycle_ms, self.fence_deadline_ms())
+
+    def take_events(self) -> list[Event]:
+        out, self._events = self._events, []
+        return out
+
+    def leave(self, now_ms: float) -> None:
+        """Ask for a graceful leave (SIGTERM).  Completes with Stopped("left")."""
+        if self.fenced or self.stopped:
+            return
+        self.desire = Request.LEAVE
+        if self.state is NodeState.INACTIVE and not self._in_view():
+            self._finish("left", now_ms)
+        self._hurry_up(now_ms)
+
+    def ack(self, level: int, batch_id: int, now_ms: float) -> None:
+        if batch_id > self.acks.get(level, 0):
+            self.acks[level] = batch_id
+            self._hurry_up(now_ms)  # tell the master soon
+
+    def tick(self, now_ms: float) -> None:
+        """Timer: fence if the deadline has passed."""
+        if self.fenced is None and self.stopped is None and now_ms >= self.fence_deadline_ms():
+            self._fence(f"no heartbeat write completed for {self.timing.fence_after_ms - self.timing.io_timeout_ms} ms"
+                        " (disk lost or node stalled)")
+
+    def poll(self, now_ms: float) -> list[Op]:
+        """The ops to perform now ([] if nothing is due)."""
+        self.tick(now_ms)
+        if self.fenced or self.stopped or self.in_flight is not None:
+            return []
+        if self.pending_view_write is not None:
+            rec = replace(self.pending_view_write, seq=self._next_seq())
+            self.in_flight = _Cycle([WriteView(rec, self.view_copy)], "view-write")
+            return list(self.in_flight.ops)
+        if self.role is Role.TAKING_OVER:
+            self.in_flight = _Cycle([ReadAllViews(), ReadSlots()], "views")
+            return list(self.in_flight.ops)
+        if now_ms < self.next_cycle_ms:
+            return []
+        self._hurry = False
+        ops: list[Op] = [WriteSlot(self._slot_record()), ReadSlots()]
+        if self.role is Role.FOLLOWER and self.decision is not None and not self.final_write:
+            ops.append(ReadView(self.decision.master))
+        self.in_flight = _Cycle(ops, "final" if self.final_write else "cycle")
+        return list(ops)
+
+    def complete(self, now_ms: float, results: Sequence[OpResult]) -> None:
+        cycle, self.in_flight = self.in_flight, None
+        if self.fenced or self.stopped:
+            return  # results of I/O issued before fencing are of no use now
+        if cycle is None:
+            raise AssertionError("complete() without a cycle in flight")
+        self.tick(now_ms)
+        if self.fenced or self.stopped:
+            return
+        if cycle.kind == "view-write":
+            self._complete_view_write(now_ms, results[0])
+        elif cycle.kind == "views":
+            self._complete_takeover(now_ms, results)
+        else:
+            self._complete_cycle(now_ms, cycle, results)
+
+    # ------------------------------------------------------------ internals
+    def _hurry_up(self, now_ms: float) -> None:
+        self._hurry = True
+        if self.in_flight is None:
+            self.next_cycle_ms = min(self.next_cycle_ms, now_ms)
+
+    def _next_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    def _slot_record(self) -> SlotRecord:
+        acks = tuple(sorted((lv, b) for lv, b in self.acks.items()
+                            if any(r.level == lv for r in self.registrations)))[:ACKS_MAX]
+        return SlotRecord(
+            node_id=self.node_id, incarnation=self.incarnation, seq=self._next_seq(),
+            timing=self.timing, request=Request.NONE if self.final_write else self.desire,
+            lease=self.election.lease_to_write(), registrations=self.registrations, acks=acks,
+            seen_epoch=self.view.epoch if self.view else 0)
+
+    def _in_view(self) -> bool:
+        if self.view is None:
+            return False
+        m = self.view.member(self.node_id)
+        return m is not None and m.incarnation == self.incarnation and m.state is not NodeState.INACTIVE
+
+    def _fence(self, reason: str) -> None:
+        if self.fenced is None:
+            self.fenced = reason
+            self.in_flight = None
+            self._events.append(Fenced(reason))
+
+    def _stop(self, reason: str, now_ms: float) -> None:
+        if self.stopped is None:
+            self.stopped = reason
+            self._events.append(Stopped(reason))
+
+    def _complete_cycle(self, now_ms: float, cycle: _Cycle, results: Sequence[OpResult]) -> None:
+        wrote: Lease | None = None
+        slots_result: OpResult | None = None
+        view_result: OpResult | None = None
+        for r in results:
+            if isinstance(r.op, WriteSlot) and r.ok:
+                self.last_ok_ms = max(self.last_ok_ms, r.start_ms)
+                wrote = r.op.record.lease
+            elif isinstance(r.op, ReadSlots):
+                slots_result = r
+            elif isinstance(r.op, ReadView):
+                view_result = r
+        if cycle.kind == "final":
+            if wrote is not None:
+                self._stop(self.final_write_reason, now_ms)
+            else:
+                self.next_cycle_ms = now_ms + self.timing.fast_poll_ms
+            return
+        leases: dict[int, Lease] = {}
+        unreadable: set[int] = set()
+        if slots_result is not None and slots_result.ok:
+            self.liveness.note_area_read(slots_result.start_ms, slots_result.end_ms)
+            slots: dict[int, SlotRecord] = {}
+            for node_id, rec in slots_result.value.items():  # type: ignore[union-attr]
+                if isinstance(rec, SlotRecord):
+                    slots[node_id] = rec
+                    leases[node_id] = rec.lease
+                    self.liveness.observe(rec, slots_result.start_ms, slots_result.end_ms)
+                elif isinstance(rec, Unreadable) and not rec.never_written:
+                    unreadable.add(node_id)
+            self.slots = slots
+            self._election_step(now_ms, wrote, leases, frozenset(unreadable))
+        if self.fenced or self.role is Role.TAKING_OVER:
+            self.next_cycle_ms = now_ms
+            return
+        if self.role is Role.MASTER and slots_result is not None and slots_result.ok:
+            self._master_step(now_ms)
+        elif self.role is Role.FOLLOWER and view_result is not None and view_result.ok:
+            view = view_result.value
+            if isinstance(view, ViewRecord):
+                self._maybe_adopt(view, now_ms)
+        self._schedule(now_ms)
+
+    def _schedule(self, now_ms: float) -> None:
+        busy = (self.election.proposing or self.decision is None or self._master_unusable()
+                or (self.view is not None and bool(self.view.batches))
+                or self.state in (NodeState.JOINING, NodeState.LEAVING)
+                or self.pending_view_write is not None
+                or (self.desire is Request.JOIN and self.state is NodeState.INACTIVE)
+                or self.desire is Request.LEAVE)
+        interval = self.timing.fast_poll_ms if busy else self.timing.heartbeat_interval_ms
+        if self._hurry:
+            self._hurry = False
+            interval = 0
+        self.next_cycle_ms = now_ms + interval
+
+    def _master_unusable(self) -> bool:
+        d = self.decision
+        if d is None or d.resigned:
+            return True
+        if d.master == self.node_id:
+            return d.master_incarnation != self.incarnation
+        seen = self.liveness.incarnation(d.master)
+        if seen is not None and seen != d.master_incarnation:
+            return True
+        return self.liveness.is_dead(d.master, d.master_incarnation)
+
+    def _election_step(self, now_ms: float, wrote: Lease | None, leases: dict[int, Lease],
+                       unreadable: frozenset[int]) -> None:
+        before = self.decision
+        all_leases = dict(leases)
+        all_leases[self.node_id] = self.election.lease
+        self.decision = highest_decision(all_leases)
+        want = self._master_unusable() and self.stopped is None and not self.final_write
+        if want and self._no_master_since is None:
+            self._no_master_since = now_ms
+            alive_lower = sum(1 for n in self.slots if n < self.node_id and self.liveness.alive(n))
+            self.election.schedule(now_ms, alive_lower, self.timing.fast_poll_ms, self.rng)
+        if not want:
+            self._no_master_since = None
+        target = self.election.lease.committed_term + 1
+        lower_proposing = any(
+            n < self.node_id and l.term == target and l.mbal > 0 and l.committed_term < target
+            and self.liveness.alive(n)
+            for n, l in leases.items() if n != self.node_id)
+        rank = sum(1 for n in self.slots if n < self.node_id and self.liveness.alive(n))
+        self.election.on_cycle(now_ms=now_ms, wrote=wrote, leases=leases, unreadable=unreadable,
+                               want_master=want, rank=rank, lower_proposing=lower_proposing,
+                               fast_poll_ms=self.timing.fast_poll_ms, rng=self.rng)
+        all_leases[self.node_id] = self.election.lease
+        self.decision = highest_decision(all_leases)
+        d = self.decision
+        if d is None:
+            return
+        if before is None or (before.term, before.master) != (d.term, d.master):
+            self._events.append(MasterChanged(d.term, d.master, d.master == self.node_id))
+        mine = d.master == self.node_id and d.master_incarnation == self.incarnation and not d.resigned
+        if mine and self.role is Role.FOLLOWER:
+            self.role = Role.TAKING_OVER
+        elif not mine and self.role is not Role.FOLLOWER:
+            # A later term was decided while we were master: someone judged us
+            # dead, so by the timing rule we must already have stopped.
+            self.role = Role.FOLLOWER
+            self.coordinator = None
+            self._fence(f"deposed: term {d.term} was decided for n{d.master}")
+
+    def _complete_takeover(self, now_ms: float, results: Sequence[OpResult]) -> None:
+        views_r, slots_r = results[0], results[1]
+        if not (views_r.ok and slots_r.ok):
+            self.next_cycle_ms = now_ms + self.timing.fast_poll_ms
+            return
+        assert self.decision is not None
+        views = [v for v in views_r.value if isinstance(v, ViewRecord)]  # type: ignore[union-attr]
+        best = max(views, key=lambda v: (v.term, v.epoch, v.seq), default=None)
+        slots = {n: r for n, r in slots_r.value.items() if isinstance(r, SlotRecord)}  # type: ignore[union-attr]
+        for rec in slots.values():
+            self.liveness.observe(rec, slots_r.start_ms, slots_r.end_ms)
+        self.liveness.note_area_read(slots_r.start_ms, slots_r.end_ms)
+        self.slots = slots
+        min_batch = 1 + max((b for s in slots.values() for _, b in s.acks), default=0)
+        if best is None:
+            best = ViewRecord(node_id=self.node_id, incarnation=self.incarnation, seq=0,
+                              term=self.decision.term, epoch=0)
+        base = replace(best, term=self.decision.term, epoch=best.epoch + 1)
+        self.coordinator = Coordinator(base, self.timing, now_ms, min_batch_id=min_batch)
+        self.role = Role.MASTER
+        self.view_log.append(f"n{self.node_id} master of term {self.decision.term}, "
+                             f"resuming from epoch {best.epoch} of term {best.term}")
+        self._master_step(now_ms, force_write=True)
+        self._schedule(now_ms)
+
+    def _master_step(self, now_ms: float, force_write: bool = False) -> None:
+        assert self.coordinator is not None
+        out = self.coordinator.step(now_ms, self.slots, self.liveness, self.node_id, self.incarnation,
+                                     self.acks)
+        self.view_log.extend(out.log)
+        if out.changed or force_write or self._view_dirty:
+            self._view_dirty = False
+            self.pending_view_write = self.coordinator.view(self.node_id, self.incarnation, 0)
+            self.force_self_after_write = self.force_self_after_write or out.self_forced
+            self._pending_log = self._pending_log + tuple(out.log)
+
+    def _complete_view_write(self, now_ms: float, r: OpResult) -> None:
+        if not r.ok:
+            # Retry with the then-current coordinator state on the next cycle.
+            self.pending_view_write = None
+            self._view_dirty = True
+            self.next_cycle_ms = now_ms + self.timing.fast_poll_ms
+            return
+        assert isinstance(r.op, WriteView)
+        self.pending_view_write = None
+        self.view_copy ^= 1
+        log, self._pending_log = self._pending_log, ()
+        self._adopt(r.op.record, now_ms, log)
+        if self.force_self_after_write and not self.fenced:
+            self._fence("forced out by itself: a local subsystem did not ack in time")
+        self._schedule(now_ms)
+
+    def _maybe_adopt(self, view: ViewRecord, now_ms: float) -> None:
+        d = self.decision
+        if d is None or view.node_id != d.master or view.term != d.term:
+            return
+        if self.view is not None and (self.view.term, self.view.epoch, self.view.seq) >= (view.term, view.epoch, view.seq):
+            return
+        self._adopt(view, now_ms, ())
+
+    def _adopt(self, view: ViewRecord, now_ms: float, log: tuple[str, ...]) -> None:
+        self.view = view
+        self._events.append(ViewAdopted(view.term, view.epoch, log))
+        me = view.member(self.node_id)
+        for rej in view.rejections:
+            if rej.node_id == self.node_id and rej.incarnation == self.incarnation:
+                self._events.append(Rejected(rej.level, rej.reason))
+                self._finish("rejected", now_ms)
+                return
+        new_state = NodeState.INACTIVE
+        if me is not None and me.incarnation == self.incarnation:
+            new_state = me.state
+            if me.state is NodeState.FORCED_LEAVING or (me.state is NodeState.INACTIVE and me.forced):
+                if not (self.role is Role.MASTER and self.force_self_after_write):
+                    self._set_state(me.state)
+                    self._fence("forced out by the master (epoch %d)" % view.epoch)
+                    return
+        self._set_state(new_state)
+        if (self.desire is Request.LEAVE and new_state is NodeState.INACTIVE
+                and me is not None and me.incarnation == self.incarnation and not me.forced):
+            self._finish("left", now_ms)
+            return
+        for batch in view.batches:
+            if self.node_id not in batch.participants:
+                continue
+            if self.delivered.get(batch.level) == batch.batch_id or self.acks.get(batch.level, 0) >= batch.batch_id:
+                continue
+            self.delivered[batch.level] = batch.batch_id
+            in_batch = {e.node_id for e in batch.entries}
+            context = tuple((m.node_id, level_state(m, batch.level)) for m in view.members
+                            if m.node_id not in in_batch and m.state is not NodeState.INACTIVE)
+            self._events.append(Notify(batch.level, batch.batch_id, batch.entries, context, view.epoch))
+
+    def _set_state(self, new: NodeState) -> None:
+        if new is not self.state:
+            self._events.append(StateChanged(self.state, new))
+            self.state = new
+
+    def _finish(self, reason: str, now_ms: float) -> None:
+        """Leave the protocol: a master first resigns with one last slot write."""
+        if self.role is not Role.FOLLOWER:
+            self.election.resign()
+            self.role = Role.FOLLOWER
+            self.coordinator = None
+        self.final_write = True
+        self.final_write_reason = reason
+        self._hurry_up(now_ms)

@@ -1,0 +1,611 @@
+"""The deterministic simulator: many nodes, one simulated disk, simulated
+clocks and faults, driven by one seed.
+
+How this works
+--------------
+An event queue in *real* (simulated) milliseconds drives every node's
+``NodeCore`` exactly as the daemon does: poll for ops, perform them one after
+another against the ``SimStore`` with sampled latencies and faults, hand the
+results back, act on the events (notifications go to test subsystems that ack
+after a delay, fencing kills the node's "services", a stopped daemon is
+restarted later with a new incarnation).  Each node sees time through its own
+clock, ``local = offset + rate * real``, with ``rate`` within the drift bound.
+
+Faults (each can be switched off by name): crash, pause, cut (one node's disk
+fails with EIO or hangs), outage (every node's disk at once), torn (a crash
+tears an in-flight view write), lost (a crash loses in-flight writes), slowio,
+eio, drift, hang (a subsystem never acks), slowsub, leave (graceful leaves and
+rejoins).  After the fault phase everything heals and the liveness phase
+requires every node to be Joined in one agreed view within a stated bound.
+
+The ``Checker`` (checker.py) is called on every landing write, delivery and
+fence and after every event; the first violated invariant stops the run.
+Everything random comes from ``random.Random(seed)``: a seed replays exactly.
+"""
+from __future__ import annotations
+
+import heapq
+import random
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..core import timing as timing_mod
+from ..core.model import NodeState, Registration, SlotRecord
+from ..core.node import (Fenced, MasterChanged, NodeCore, Notify, OpResult, ReadAllViews, ReadSlots,
+                         ReadView, Rejected, Role, StateChanged, Stopped, Unreadable, ViewAdopted,
+                         WriteSlot, WriteView)
+from .checker import Checker, Violation
+from .store import SimStore
+
+FAULTS = ("crash", "pause", "cut", "outage", "torn", "lost", "slowio", "eio", "drift", "hang",
+          "slowsub", "leave")
+
+LEVELS = ((0, "mm"), (10, "dlm"), (20, "vdm"), (30, "sfs"), (40, "evm"))
+
+
+@dataclass
+class SimConfig:
+    nodes: int = 5
+    seed: int = 1
+    faults: frozenset[str] = frozenset(FAULTS)
+    fault_phase_ms: float = 20_000
+    profile: timing_mod.Profile = field(default_factory=lambda: timing_mod.Profile(transition_timeout_ms=0))
+    sector_size: int = 512
+    io_latency_ms: tuple[float, float] = (0.2, 2.0)
+    fault_rate_per_s: float = 0.6  # mean faults started per simulated second
+    trace_lines: int = 4000
+    registrations: tuple[Registration, ...] | None = None  # default: random barriers per seed
+    restart_delay_ms: tuple[float, float] = (300, 2500)
+    max_events: int = 3_000_000
+
+
+@dataclass
+class SubsystemSim:
+    level: int
+    name: str
+    delay_ms: tuple[float, float] = (0.0, 3.0)
+    hung: bool = False
+    pending: int = 0  # batch id being processed
+
+
+@dataclass
+class SimNode:
+    node_id: int
+    rate: float = 1.0
+    offset_ms: float = 0.0
+    gen: int = 0
+    core: NodeCore | None = None
+    up: bool = False
+    crashed: bool = False
+    fenced_done: bool = True  # services are down (true while no daemon has started them)
+    paused_until: float = 0.0
+    cut: str | None = None  # None | "eio" | "hang"
+    ops: list = field(default_factory=list)
+    results: list = field(default_factory=list)
+    inflight_write: tuple[int, bytes, Any] | None = None  # (offset, data, record)
+    deferred: list = field(default_factory=list)
+    subsystems: dict[int, SubsystemSim] = field(default_factory=dict)
+    wake_token: int = 0
+    watchdog_token: int = 0
+    watchdog_local_ms: float = -1.0
+    fence_timer_local_ms: float = -1.0
+    restart_pending: bool = False
+    want_down: bool = False  # left gracefully: restart later only if the leave fault plans it
+
+    def local(self, t: float) -> float:
+        return self.offset_ms + self.rate * t
+
+    def real(self, local_ms: float) -> float:
+        return (local_ms - self.offset_ms) / self.rate
+
+
+class World:
+    def __init__(self, cfg: SimConfig) -> None:
+        self.cfg = cfg
+        self.rng = random.Random(cfg.seed)
+        self.t = 0.0
+        self._q: list[tuple[float, int, str, int, int, Any]] = []
+        self._seq = 0
+        self.timing = timing_mod.derive(cfg.profile) if cfg.profile.transition_timeout_ms else \
+            timing_mod.derive(timing_mod.Profile(cfg.profile.heartbeat_interval_ms, cfg.profile.io_timeout_ms,
+                                                 cfg.profile.fence_margin_ms, transition_timeout_ms=1))
+        self.store = SimStore(nodes_max=max(cfg.nodes, 1), sector_size=cfg.sector_size, seed=cfg.seed)
+        self.trace: deque[str] = deque(maxlen=cfg.trace_lines)
+        self.full_trace: list[str] | None = None
+        self.registrations = cfg.registrations or self._random_registrations()
+        self.nodes = {i: SimNode(i) for i in range(1, cfg.nodes + 1)}
+        drift = "drift" in cfg.faults
+        for n in self.nodes.values():
+            n.rate = 1.0 + (self.rng.uniform(-0.009, 0.009) if drift else 0.0)
+            n.offset_ms = self.rng.uniform(0, 1e6)
+        self.checker = Checker(self)
+        self.slow_io_until = 0.0
+        self.eio_until = 0.0
+        self.outage_until = 0.0
+        self.healed = False
+        self.events_processed = 0
+        self.stats = {"crashes": 0, "pauses": 0, "cuts": 0, "outages": 0, "leaves": 0, "fences": 0,
+                      "torn_writes": 0, "lost_writes": 0, "hangs": 0, "forced_out": 0, "masters": 0,
+                      "ios": 0}
+
+    # ------------------------------------------------------------ utilities
+    def _random_registrations(self) -> tuple[Registration, ...]:
+        regs = []
+        for level, name in LEVELS:
+            if level in (10, 30):
+                barriers = (self.rng.randint(1, 3), self.rng.randint(1, 2), self.rng.randint(1, 2))
+            else:
+                barriers = (1, 1, 1)
+            regs.append(Registration(level, name, barriers))
+        return tuple(regs)
+
+    def log(self, msg: str) -> None:
+        line = f"{self.t:10.1f} {msg}"
+        self.trace.append(line)
+        if self.full_trace is not None:
+            self.full_trace.append(line)
+
+    def at(self, t: float, kind: str, node_id: int = 0, gen: int = 0, payload: Any = None) -> None:
+        self._seq += 1
+        heapq.heappush(self._q, (max(t, self.t), self._seq, kind, node_id, gen, payload))
+
+    # ------------------------------------------------------------- running
+    def run(self) -> "RunResult":
+        cfg = self.cfg
+        for n in self.nodes.values():
+            self.at(self.rng.uniform(0, 300), "start", n.node_id)
+        self._plan_faults()
+        heal_t = cfg.fault_phase_ms
+        self.at(heal_t, "heal")
+        self.liveness_bound_ms = self.liveness_bound()
+        deadline = heal_t + self.liveness_bound_ms
+        self.at(heal_t, "check_converged")
+        converged_at = None
+        try:
+            while self._q:
+                t, _, kind, node_id, gen, payload = heapq.heappop(self._q)
+                if t > deadline:
+                    break
+                self.t = t
+                self.events_processed += 1
+                if self.events_processed > cfg.max_events:
+                    raise Violation("bounded-run", f"more than {cfg.max_events} events: livelock?")
+                if kind == "check_converged":
+                    problem = self.convergence_problem()
+                    if problem is None:
+                        converged_at = t
+                        break
+                    self.at(t + 50, "check_converged")
+                    continue
+                self._dispatch(kind, node_id, gen, payload)
+                self.checker.after_event()
+            if converged_at is None:
+                raise Violation("liveness", f"not converged {self.liveness_bound_ms:.0f} ms after faults "
+                                f"stopped: {self.convergence_problem()}")
+        except Violation as v:
+            v.seed = cfg.seed
+            v.trace = list(self.trace)
+            return RunResult(cfg.seed, False, v, self.t, converged_at, heal_t, self.stats, self.events_processed)
+        return RunResult(cfg.seed, True, None, self.t, converged_at, heal_t, self.stats, self.events_processed)
+
+    def liveness_bound(self) -> float:
+        """After faults stop, every node is Joined within this (simulated ms).
+
+        A node may still be in its restart delay, then need a fence deadline to
+        pass, a dead timeout for its previous incarnation, an election, the
+        transition timeout of a batch a hung subsystem blocked, and a join
+        through every level and barrier.
+        """
+        tm = self.timing
+        steps = sum(sum(r.barriers) for r in self.registrations)
+        return (self.cfg.restart_delay_ms[1] + tm.fence_after_ms + 2 * tm.dead_after_ms
+                + tm.transition_timeout_ms + 20 * tm.fast_poll_ms
+                + steps * 6 * tm.fast_poll_ms * max(1, self.cfg.nodes // 8) + 2000)
+
+    def _dispatch(self, kind: str, node_id: int, gen: int, payload: Any) -> None:
+        node = self.nodes.get(node_id)
+        if kind == "start":
+            self._start(node)
+        elif kind == "heal":
+            self._heal()
+        elif kind == "fault":
+            self._fault(payload)
+        elif node is None or gen != node.gen or not node.up:
+            return  # an event for a daemon that has gone
+        elif kind == "watchdog":
+            # The hardware watchdog is not paused with the host's processes.
+            if payload == node.watchdog_token and not node.fenced_done:
+                self.log(f"n{node.node_id} WATCHDOG fires: host reset")
+                self.stats["watchdog_resets"] = self.stats.get("watchdog_resets", 0) + 1
+                node.fenced_done = True
+                self.checker.on_fenced(node)
+                self._daemon_exit(node, restart=True)
+        elif kind == "opdone":
+            # The disk does its part on time even while the process is paused;
+            # only the process sees the completion late.
+            payload = self._io_effect(node, payload)
+            if node.paused_until > self.t:
+                node.deferred.append(("completion", payload))
+            else:
+                self._op_done(node, payload)
+        elif node.paused_until > self.t:
+            node.deferred.append((kind, payload))
+        elif kind == "completion":
+            self._op_done(node, payload)
+        elif kind == "fence_timer":
+            if node.core is not None and payload == node.fence_timer_local_ms:
+                node.core.tick(node.local(self.t))
+                self._handle_events(node)
+        elif kind == "wake":
+            if payload == node.wake_token:
+                self._kick(node)
+        elif kind == "ack":
+            self._ack(node, payload)
+        elif kind == "fence_done":
+            node.fenced_done = True
+            self.checker.on_fenced(node)
+            self.log(f"n{node.node_id} fence complete: services stopped")
+            self._daemon_exit(node, restart=True)
+        elif kind == "resume":
+            self._resume(node)
+        elif kind == "unhang":
+            for s in node.subsystems.values():
+                s.hung = False
+        else:
+            raise AssertionError(kind)
+
+    # ------------------------------------------------------------- lifecycle
+    def _start(self, node: SimNode | None) -> None:
+        assert node is not None
+        node.restart_pending = False
+        if node.up:
+            return
+        if node.cut is not None or self.outage_until > self.t:
+            self.at(self.t + 200, "start", node.node_id)  # the daemon cannot read its slot yet
+            return
+        node.gen += 1
+        node.up, node.crashed, node.fenced_done = True, False, False
+        node.paused_until, node.deferred, node.ops, node.results = 0.0, [], [], []
+        node.inflight_write, node.want_down = None, False
+        incarnation = self.rng.getrandbits(63) | 1
+        prev = self.store.read_slots().get(node.node_id)
+        prev_slot = prev if isinstance(prev, SlotRecord) else None
+        node.core = NodeCore(node_id=node.node_id, incarnation=incarnation, timing=self.timing,
+                             registrations=self.registrations, rng=self.rng.random,
+                             now_ms=node.local(self.t), previous_slot=prev_slot)
+        node.subsystems = {}
+        for reg in self.registrations:
+            delay = (0.0, 3.0)
+            if "slowsub" in self.cfg.faults and not self.healed and self.rng.random() < 0.15:
+                delay = (50.0, 600.0)
+            node.subsystems[reg.level] = SubsystemSim(reg.level, reg.name, delay)
+        if "hang" in self.cfg.faults and not self.healed and self.rng.random() < 0.08:
+            victim = self.rng.choice(list(node.subsystems.values()))
+            victim.hung = True
+            self.stats["hangs"] += 1
+            self.log(f"n{node.node_id} subsystem {victim.name} will hang")
+        self.log(f"n{node.node_id} daemon starts, incarnation {incarnation:x}")
+        self.checker.on_start(node)
+        self._kick(node)
+
+    def _daemon_exit(self, node: SimNode, restart: bool) -> None:
+        node.up = False
+        node.core = None
+        node.gen += 1
+        if restart and not node.restart_pending:
+            node.restart_pending = True
+            lo, hi = self.cfg.restart_delay_ms
+            self.at(self.t + self.rng.uniform(lo, hi), "start", node.node_id)
+
+    def _crash(self, node: SimNode) -> None:
+        if not node.up:
+            return
+        self.stats["crashes"] += 1
+        self.log(f"n{node.node_id} CRASH")
+        if node.inflight_write is not None:
+            offset, data, rec = node.inflight_write
+            sectors = self.store.sectors_of(data)
+            r = self.rng.random()
+            if r < 0.4 and "lost" in self.cfg.faults:
+                self.stats["lost_writes"] += 1
+                self.log(f"n{node.node_id} in-flight write lost")
+            elif r < 0.7 and sectors > 1 and "torn" in self.cfg.faults:
+                k = self.rng.randint(1, sectors - 1)
+                self.store.land(offset, data, sectors=k)
+                self.stats["torn_writes"] += 1
+                self.log(f"n{node.node_id} in-flight write torn after {k}/{sectors} sectors")
+            else:
+                self._land(node, offset, data, rec)
+        node.crashed = True
+        node.fenced_done = True  # the whole host died: its services with it
+        self.checker.on_crash(node)
+        self._daemon_exit(node, restart=True)
+
+    # ------------------------------------------------------------------ I/O
+    def _arm_watchdog(self, node: SimNode) -> None:
+        """The daemon feeds the watchdog only while it may still write; the
+        watchdog fires ``fence_margin`` after the fence deadline it last saw."""
+        core = node.core
+        if core is None or core.fenced is not None or core.stopped is not None:
+            return
+        deadline = core.fence_deadline_ms()
+        if deadline != node.fence_timer_local_ms:
+            # The daemon's fence timer runs even while an I/O hangs.
+            node.fence_timer_local_ms = deadline
+            self.at(node.real(deadline) + 0.001, "fence_timer", node.node_id, node.gen, deadline)
+        fire_local = deadline + 0.9 * self.cfg.profile.fence_margin_ms
+        if fire_local != node.watchdog_local_ms:
+            node.watchdog_local_ms = fire_local
+            node.watchdog_token += 1
+            self.at(node.real(fire_local), "watchdog", node.node_id, node.gen, node.watchdog_token)
+
+    def _kick(self, node: SimNode) -> None:
+        core = node.core
+        if core is None:
+            return
+        self._arm_watchdog(node)
+        if node.ops:
+            return
+        now = node.local(self.t)
+        ops = core.poll(now)
+        self._handle_events(node)
+        if not node.up or node.core is None:
+            return
+        if ops:
+            if core.fenced is not None:
+                raise Violation("no-write-after-fence", f"n{node.node_id} produced ops after fencing")
+            node.ops, node.results = list(ops), []
+            self._issue(node)
+            return
+        wake = core.wakeup_ms()
+        if wake != float("inf"):
+            node.wake_token += 1
+            self.at(max(self.t, node.real(wake)) + 0.001, "wake", node.node_id, node.gen, node.wake_token)
+
+    def _latency(self) -> float:
+        lo, hi = self.cfg.io_latency_ms
+        lat = self.rng.uniform(lo, hi)
+        if self.slow_io_until > self.t:
+            lat = self.rng.uniform(lo, 1.5 * self.timing.io_timeout_ms)
+        return lat
+
+    def _issue(self, node: SimNode) -> None:
+        op = node.ops[len(node.results)]
+        self.stats["ios"] += 1
+        start_local = node.local(self.t)
+        io_timeout = self.timing.io_timeout_ms
+        if node.cut == "hang" or self.outage_until > self.t:
+            self.at(self.t + io_timeout, "opdone", node.node_id, node.gen, (op, False, start_local, None, "timeout"))
+            return
+        if node.cut == "eio" or (self.eio_until > self.t and self.rng.random() < 0.05):
+            self.at(self.t + self.rng.uniform(0.05, 1.0), "opdone", node.node_id, node.gen,
+                    (op, False, start_local, None, "EIO"))
+            return
+        lat = self._latency()
+        if lat > io_timeout:
+            # Our stated assumption: an I/O that times out never lands later.
+            self.at(self.t + io_timeout, "opdone", node.node_id, node.gen, (op, False, start_local, None, "timeout"))
+            return
+        if isinstance(op, (WriteSlot, WriteView)):
+            if node.core is None or not node.core.can_write(start_local):
+                raise Violation("no-write-after-fence", f"n{node.node_id} issues a write past its fence deadline")
+            if isinstance(op, WriteSlot):
+                offset, data = self.store.slot_write(op.record)
+            else:
+                offset, data = self.store.view_write(op.record, op.copy)
+            node.inflight_write = (offset, data, op.record)
+        self.at(self.t + lat, "opdone", node.node_id, node.gen, (op, True, start_local, None, ""))
+
+    def _land(self, node: SimNode, offset: int, data: bytes, rec: Any) -> None:
+        self.store.land(offset, data)
+        self.checker.on_land(node, rec)
+
+    def _io_effect(self, node: SimNode, payload: Any) -> Any:
+        op, ok, start_local, value, error = payload
+        if ok:
+            if isinstance(op, (WriteSlot, WriteView)):
+                assert node.inflight_write is not None
+                offset, data, rec = node.inflight_write
+                node.inflight_write = None
+                self._land(node, offset, data, rec)
+            elif isinstance(op, ReadSlots):
+                value = self.store.read_slots()
+            elif isinstance(op, ReadView):
+                value = self.store.read_view(op.node_id)
+            elif isinstance(op, ReadAllViews):
+                value = self.store.read_all_views()
+        return (op, ok, start_local, value, error)
+
+    def _op_done(self, node: SimNode, payload: Any) -> None:
+        op, ok, start_local, value, error = payload
+        node.results.append(OpResult(op, ok, start_local, node.local(self.t), value, error))
+        if len(node.results) < len(node.ops):
+            self._issue(node)
+            return
+        results, node.ops, node.results = node.results, [], []
+        assert node.core is not None
+        node.core.complete(node.local(self.t), results)
+        self._handle_events(node)
+        if node.up:
+            self._kick(node)
+
+    # --------------------------------------------------------------- events
+    def _handle_events(self, node: SimNode) -> None:
+        core = node.core
+        if core is None:
+            return
+        for ev in core.take_events():
+            if isinstance(ev, Notify):
+                self.checker.on_deliver(node, ev)
+                sub = node.subsystems.get(ev.level)
+                if sub is None:
+                    raise Violation("notify-unregistered", f"n{node.node_id} notified at level {ev.level}")
+                sub.pending = ev.batch_id
+                self.log(f"n{node.node_id} {sub.name} notified batch {ev.batch_id}: "
+                         + ", ".join(f"n{e.node_id} {e.kind.notification}#{e.barrier}" for e in ev.entries))
+                if not sub.hung:
+                    self.at(self.t + self.rng.uniform(*sub.delay_ms), "ack", node.node_id, node.gen,
+                            (ev.level, ev.batch_id))
+            elif isinstance(ev, Fenced):
+                self.stats["fences"] += 1
+                self.log(f"n{node.node_id} FENCE: {ev.reason}")
+                self.checker.on_fence_start(node, ev)
+                self.at(self.t + self.rng.uniform(0, self.cfg.profile.fence_margin_ms * 0.9), "fence_done",
+                        node.node_id, node.gen)
+            elif isinstance(ev, MasterChanged):
+                self.log(f"n{node.node_id} sees master n{ev.master} of term {ev.term}")
+            elif isinstance(ev, StateChanged):
+                self.log(f"n{node.node_id} state {ev.old.value} -> {ev.new.value}")
+            elif isinstance(ev, ViewAdopted):
+                for line in ev.log:
+                    self.log(f"n{node.node_id} [master] {line}")
+            elif isinstance(ev, Rejected):
+                raise Violation("unexpected-rejection", f"n{node.node_id}: {ev.reason}")
+            elif isinstance(ev, Stopped):
+                self.log(f"n{node.node_id} daemon stops: {ev.reason}")
+                node.fenced_done = True  # graceful: everything was stopped top-down
+                self.checker.on_stopped(node)
+                self._daemon_exit(node, restart=not node.want_down or self.healed)
+        if core.role is Role.MASTER and not getattr(node, "_was_master", False):
+            self.stats["masters"] += 1
+        node._was_master = core.role is Role.MASTER  # type: ignore[attr-defined]
+
+    def _ack(self, node: SimNode, payload: Any) -> None:
+        level, batch_id = payload
+        sub = node.subsystems.get(level)
+        if sub is None or sub.hung or sub.pending != batch_id or node.core is None:
+            return
+        self.checker.on_ack(node, level, batch_id)
+        node.core.ack(level, batch_id, node.local(self.t))
+        self._kick(node)
+
+    def _resume(self, node: SimNode) -> None:
+        if node.paused_until > self.t:
+            return
+        self.log(f"n{node.node_id} resumes")
+        deferred, node.deferred = node.deferred, []
+        if node.core is not None:
+            node.core.tick(node.local(self.t))
+            self._handle_events(node)
+        for kind, payload in deferred:
+            self.at(self.t, kind, node.node_id, node.gen, payload)
+        self._kick(node)
+
+    # --------------------------------------------------------------- faults
+    def _plan_faults(self) -> None:
+        kinds = [k for k in ("crash", "pause", "cut", "outage", "slowio", "eio", "leave") if k in self.cfg.faults]
+        if not kinds:
+            return
+        t = 1000.0
+        while True:
+            t += self.rng.expovariate(self.cfg.fault_rate_per_s / 1000.0)
+            if t >= self.cfg.fault_phase_ms:
+                break
+            kind = self.rng.choice(kinds)
+            if kind == "outage" and self.rng.random() < 0.6:
+                continue  # rarer than the rest
+            self.at(t, "fault", 0, 0, (kind, self.rng.randint(1, self.cfg.nodes)))
+
+    def _fault(self, payload: Any) -> None:
+        if self.healed:
+            return
+        kind, node_id = payload
+        node = self.nodes[node_id]
+        if kind == "crash":
+            self._crash(node)
+        elif kind == "pause" and node.up and node.paused_until <= self.t:
+            long = self.rng.random() < 0.5
+            dur = self.rng.uniform(self.timing.dead_after_ms * 1.2, self.timing.dead_after_ms * 3) if long \
+                else self.rng.uniform(10, self.timing.fence_after_ms * 0.5)
+            node.paused_until = self.t + dur
+            self.stats["pauses"] += 1
+            self.log(f"n{node_id} PAUSE for {dur:.0f} ms")
+            self.at(node.paused_until, "resume", node_id, node.gen)
+        elif kind == "cut" and node.cut is None:
+            node.cut = self.rng.choice(("eio", "hang"))
+            dur = self.rng.uniform(100, 4000)
+            self.stats["cuts"] += 1
+            self.log(f"n{node_id} DISK CUT ({node.cut}) for {dur:.0f} ms")
+            self.at(self.t + dur, "fault", 0, 0, ("restore", node_id))
+        elif kind == "restore":
+            if node.cut is not None:
+                self.log(f"n{node_id} disk restored")
+            node.cut = None
+        elif kind == "outage":
+            dur = self.rng.uniform(100, 3000)
+            self.outage_until = max(self.outage_until, self.t + dur)
+            self.stats["outages"] += 1
+            self.log(f"WHOLE-DISK OUTAGE for {dur:.0f} ms")
+        elif kind == "slowio":
+            self.slow_io_until = max(self.slow_io_until, self.t + self.rng.uniform(200, 2000))
+            self.log("slow I/O window")
+        elif kind == "eio":
+            self.eio_until = max(self.eio_until, self.t + self.rng.uniform(200, 2000))
+            self.log("random EIO window")
+        elif kind == "leave" and node.up and node.core is not None and node.core.fenced is None:
+            self.stats["leaves"] += 1
+            self.log(f"n{node_id} graceful LEAVE requested")
+            node.want_down = self.rng.random() < 0.5
+            node.core.leave(node.local(self.t))
+            self._handle_events(node)
+            self._kick(node)
+
+    def _heal(self) -> None:
+        self.healed = True
+        self.log("HEAL: faults stop; liveness phase")
+        self.outage_until = self.slow_io_until = self.eio_until = 0.0
+        for node in self.nodes.values():
+            node.cut = None
+            if node.up:
+                for s in node.subsystems.values():
+                    s.delay_ms = (0.0, 3.0)
+                    if s.hung:
+                        s.hung = False
+                        if s.pending:
+                            self.at(self.t, "ack", node.node_id, node.gen, (s.level, s.pending))
+            if node.paused_until > self.t:
+                node.paused_until = self.t
+                self.at(self.t, "resume", node.node_id, node.gen)
+            if not node.up and not node.restart_pending:
+                node.restart_pending = True
+                self.at(self.t + self.rng.uniform(*self.cfg.restart_delay_ms), "start", node.node_id)
+
+    # ------------------------------------------------------------ liveness
+    def convergence_problem(self) -> str | None:
+        views = set()
+        masters = 0
+        for node in self.nodes.values():
+            core = node.core
+            if not node.up or core is None:
+                return f"n{node.node_id} is not running"
+            if core.state is not NodeState.JOINED:
+                return f"n{node.node_id} is {core.state.value}"
+            if core.view is None:
+                return f"n{node.node_id} has no view"
+            if core.view.batches:
+                return f"n{node.node_id}'s view has batches outstanding"
+            views.add((core.view.term, core.view.epoch))
+            if core.is_acting_master(node.local(self.t)):
+                masters += 1
+        if len(views) != 1:
+            return f"nodes hold different views {sorted(views)}"
+        if masters != 1:
+            return f"{masters} acting masters"
+        return None
+
+
+@dataclass
+class RunResult:
+    seed: int
+    ok: bool
+    violation: Violation | None
+    end_ms: float
+    converged_ms: float | None
+    heal_ms: float
+    stats: dict
+    events: int
+
+    @property
+    def converge_after_heal_ms(self) -> float | None:
+        return None if self.converged_ms is None else self.converged_ms - self.heal_ms
