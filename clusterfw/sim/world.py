@@ -91,6 +91,7 @@ class SimNode:
     watchdog_local_ms: float = -1.0
     fence_timer_local_ms: float = -1.0
     restart_pending: bool = False
+    crash_on_write: bool = False
     want_down: bool = False  # left gracefully: restart later only if the leave fault plans it
 
     def local(self, t: float) -> float:
@@ -113,6 +114,7 @@ class World:
         self.store = SimStore(nodes_max=max(cfg.nodes, 1), sector_size=cfg.sector_size, seed=cfg.seed)
         self.trace: deque[str] = deque(maxlen=cfg.trace_lines)
         self.full_trace: list[str] | None = None
+        self.trace_sink = None  # called with every trace line's bytes (for run digests)
         self.registrations = cfg.registrations or self._random_registrations()
         self.nodes = {i: SimNode(i) for i in range(1, cfg.nodes + 1)}
         drift = "drift" in cfg.faults
@@ -143,6 +145,8 @@ class World:
     def log(self, msg: str) -> None:
         line = f"{self.t:10.1f} {msg}"
         self.trace.append(line)
+        if self.trace_sink is not None:
+            self.trace_sink(line.encode() + b"\n")
         if self.full_trace is not None:
             self.full_trace.append(line)
 
@@ -151,6 +155,32 @@ class World:
         heapq.heappush(self._q, (max(t, self.t), self._seq, kind, node_id, gen, payload))
 
     # ------------------------------------------------------------- running
+    def step(self) -> bool:
+        """Process one event; False when nothing is queued."""
+        if not self._q:
+            return False
+        t, _, kind, node_id, gen, payload = heapq.heappop(self._q)
+        self.t = t
+        self.events_processed += 1
+        if self.events_processed > self.cfg.max_events:
+            raise Violation("bounded-run", f"more than {self.cfg.max_events} events: livelock?")
+        self._dispatch(kind, node_id, gen, payload)
+        self.checker.after_event()
+        return True
+
+    def next_event_ms(self) -> float:
+        return self._q[0][0] if self._q else float("inf")
+
+    def run_until(self, predicate, limit_ms: float) -> bool:
+        """Step until ``predicate()`` holds (checked after every event) or
+        simulated time passes ``limit_ms``; True if it held."""
+        while not predicate():
+            if self.next_event_ms() > limit_ms:
+                self.t = max(self.t, limit_ms)
+                return predicate()
+            self.step()
+        return True
+
     def run(self) -> "RunResult":
         cfg = self.cfg
         for n in self.nodes.values():
@@ -160,26 +190,15 @@ class World:
         self.at(heal_t, "heal")
         self.liveness_bound_ms = self.liveness_bound()
         deadline = heal_t + self.liveness_bound_ms
-        self.at(heal_t, "check_converged")
         converged_at = None
         try:
-            while self._q:
-                t, _, kind, node_id, gen, payload = heapq.heappop(self._q)
-                if t > deadline:
+            self.run_until(lambda: self.t >= heal_t, heal_t)
+            while converged_at is None:
+                if self.convergence_problem() is None:
+                    converged_at = self.t
                     break
-                self.t = t
-                self.events_processed += 1
-                if self.events_processed > cfg.max_events:
-                    raise Violation("bounded-run", f"more than {cfg.max_events} events: livelock?")
-                if kind == "check_converged":
-                    problem = self.convergence_problem()
-                    if problem is None:
-                        converged_at = t
-                        break
-                    self.at(t + 50, "check_converged")
-                    continue
-                self._dispatch(kind, node_id, gen, payload)
-                self.checker.after_event()
+                if not self.run_until(lambda: False, min(deadline, self.t + 50)) and self.t >= deadline:
+                    break
             if converged_at is None:
                 raise Violation("liveness", f"not converged {self.liveness_bound_ms:.0f} ms after faults "
                                 f"stopped: {self.convergence_problem()}")
@@ -267,7 +286,7 @@ class World:
         node.gen += 1
         node.up, node.crashed, node.fenced_done = True, False, False
         node.paused_until, node.deferred, node.ops, node.results = 0.0, [], [], []
-        node.inflight_write, node.want_down = None, False
+        node.inflight_write, node.want_down, node.crash_on_write = None, False, False
         incarnation = self.rng.getrandbits(63) | 1
         prev = self.store.read_slots().get(node.node_id)
         prev_slot = prev if isinstance(prev, SlotRecord) else None
@@ -395,6 +414,10 @@ class World:
             else:
                 offset, data = self.store.view_write(op.record, op.copy)
             node.inflight_write = (offset, data, op.record)
+            if node.crash_on_write and (isinstance(op, WriteView) or node.core is None
+                                        or node.core.role is not Role.MASTER):
+                node.crash_on_write = False
+                self.at(self.t + lat * self.rng.random(), "fault", 0, 0, ("crash-now", node.node_id))
         self.at(self.t + lat, "opdone", node.node_id, node.gen, (op, True, start_local, None, ""))
 
     def _land(self, node: SimNode, offset: int, data: bytes, rec: Any) -> None:
@@ -449,6 +472,8 @@ class World:
                             (ev.level, ev.batch_id))
             elif isinstance(ev, Fenced):
                 self.stats["fences"] += 1
+                if "forced out" in ev.reason:
+                    self.stats["forced_out"] += 1
                 self.log(f"n{node.node_id} FENCE: {ev.reason}")
                 self.checker.on_fence_start(node, ev)
                 self.at(self.t + self.rng.uniform(0, self.cfg.profile.fence_margin_ms * 0.9), "fence_done",
@@ -513,6 +538,11 @@ class World:
         kind, node_id = payload
         node = self.nodes[node_id]
         if kind == "crash":
+            if node.up and self.rng.random() < 0.5 and ("torn" in self.cfg.faults or "lost" in self.cfg.faults):
+                node.crash_on_write = True  # crash in the middle of its next write
+            else:
+                self._crash(node)
+        elif kind == "crash-now":
             self._crash(node)
         elif kind == "pause" and node.up and node.paused_until <= self.t:
             long = self.rng.random() < 0.5
