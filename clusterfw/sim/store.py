@@ -24,6 +24,9 @@ class SimStore:
         self.disk = SimDisk(self.layout.total_bytes, sector_size=sector_size)
         self.sector_size = sector_size
         self.nodes_max = nodes_max
+        # Decoding is pure, and most reads see blocks decoded before: cache
+        # by content (bounded) so large simulated clusters stay fast.
+        self._decoded: dict[tuple[int, bytes], SlotRecord | Unreadable] = {}
 
     # -- writes -------------------------------------------------------------
     def slot_write(self, rec: SlotRecord) -> tuple[int, bytes]:
@@ -50,13 +53,23 @@ class SimStore:
         for i in range(self.nodes_max):
             node_id = i + 1
             block = raw[i * size:(i + 1) * size]
-            try:
-                out[node_id] = codec.decode_slot(block, cluster_uuid=self.cluster_uuid, node_id=node_id)
-            except errors.NotWritten:
-                out[node_id] = Unreadable("never written", never_written=True)
-            except errors.BlockError as exc:
-                out[node_id] = Unreadable(type(exc).__name__)
+            key = (node_id, block)
+            hit = self._decoded.get(key)
+            if hit is None:
+                hit = self._decode_slot(node_id, block)
+                if len(self._decoded) > 8 * self.nodes_max + 64:
+                    self._decoded.clear()
+                self._decoded[key] = hit
+            out[node_id] = hit
         return out
+
+    def _decode_slot(self, node_id: int, block: bytes) -> SlotRecord | Unreadable:
+        try:
+            return codec.decode_slot(block, cluster_uuid=self.cluster_uuid, node_id=node_id)
+        except errors.NotWritten:
+            return Unreadable("never written", never_written=True)
+        except errors.BlockError as exc:
+            return Unreadable(type(exc).__name__)
 
     def _read_view_copy(self, node_id: int, copy: int) -> ViewRecord | None:
         block = self.disk.read(self.layout.view_offset(node_id, copy), self.layout.view_copy_bytes)
