@@ -15,6 +15,8 @@ write, delivery, ack and fence, and after every simulator event.
 |                         | landed at least dead_after (slowest clock) before              |
 | deliver-after-commit    | a node delivers only batches that landed on the disk           |
 | no-write-after-fence    | a fenced node issues no write (checked where writes are issued)|
+| fence-on-disk-loss      | a running node past its fence deadline has fenced (its timer), |
+|                         | a paused one has been reset by its watchdog by deadline+margin |
 | liveness                | after faults stop, all nodes Joined in one view (world.py)     |
 """
 from __future__ import annotations
@@ -171,6 +173,16 @@ class Checker:
 
     # ---------------------------------------------------------------- step
     def after_event(self) -> None:
+        margin = self.w.cfg.profile.fence_margin_ms
+        for n in self.w.nodes.values():
+            core = n.core
+            if not n.up or core is None or core.fenced is not None or core.stopped is not None:
+                continue
+            late = n.local(self.w.t) - core.fence_deadline_ms()
+            allowed = margin if n.paused_until > self.w.t else 1.0
+            if late > allowed:
+                self.fail("fence-on-disk-loss", f"n{n.node_id} is {late:.0f} ms past its fence deadline "
+                          "and has not fenced")
         acting = [n.node_id for n in self.w.nodes.values()
                   if n.up and n.core is not None and n.core.is_acting_master(n.local(self.w.t))]
         if len(acting) > 1:
