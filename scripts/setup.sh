@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up clusterfw on a fresh Debian/Ubuntu host (run as root):
 # the apt packages it needs, then the Python package itself (editable, from
-# this checkout) with the test and systemd extras.
+# this checkout) with the test, systemd and lab extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +24,6 @@ export DEBIAN_FRONTEND=noninteractive
 echo "setup: installing apt packages: ${APT_PACKAGES[*]}" >&2
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${APT_PACKAGES[@]}" >/dev/null
-echo "setup: installing clusterfw (pip, editable) with test and systemd extras" >&2
-python3 -m pip install -q --disable-pip-version-check -e ".[test,systemd]"
+echo "setup: installing clusterfw (pip, editable) with test, systemd and lab extras" >&2
+python3 -m pip install -q --disable-pip-version-check -e ".[test,systemd,lab]"
 echo "setup: done. Try: clusterfw --help" >&2
