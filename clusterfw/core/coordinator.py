@@ -238,10 +238,12 @@ class Coordinator:
 
     # -- failures -------------------------------------------------------------
     def _force(self, m: MemberEntry, why: str) -> None:
-        if m.state is NodeState.JOINED or m.state is NodeState.LEAVING:
-            top = max(self.levels, default=-1)
-            top = max(top, m.top_level)
+        if m.state is NodeState.JOINED:
+            top = max(max(self.levels, default=-1), m.top_level)
         else:
+            # Joining: the highest level told of the join.  Leaving: the level
+            # the leave started at (the top for a joined node's leave, the
+            # highest level that processed the join for a reversed join).
             top = m.top_level
         self.members[m.node_id] = replace(m, state=NodeState.FORCED_LEAVING, kind=Kind.FORCED,
                                           cursor=-1, barrier=0, top_level=top, ready=False,

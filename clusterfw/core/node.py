@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field, replace
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence, cast
 
 from .coordinator import Coordinator, level_state
 from .election import Decision, Election, highest_decision
@@ -333,7 +333,7 @@ class NodeCore:
         if slots_result is not None and slots_result.ok:
             self.liveness.note_area_read(slots_result.start_ms, slots_result.end_ms)
             slots: dict[int, SlotRecord] = {}
-            for node_id, rec in slots_result.value.items():  # type: ignore[union-attr]
+            for node_id, rec in cast(Mapping[int, object], slots_result.value).items():
                 if isinstance(rec, SlotRecord):
                     slots[node_id] = rec
                     leases[node_id] = rec.lease
@@ -422,9 +422,9 @@ class NodeCore:
             self.next_cycle_ms = now_ms + self.timing.fast_poll_ms
             return
         assert self.decision is not None
-        views = [v for v in views_r.value if isinstance(v, ViewRecord)]  # type: ignore[union-attr]
+        views = [v for v in cast(Sequence[object], views_r.value) if isinstance(v, ViewRecord)]
         best = max(views, key=lambda v: (v.term, v.epoch, v.seq), default=None)
-        slots = {n: r for n, r in slots_r.value.items() if isinstance(r, SlotRecord)}  # type: ignore[union-attr]
+        slots = {n: r for n, r in cast(Mapping[int, object], slots_r.value).items() if isinstance(r, SlotRecord)}
         for rec in slots.values():
             self.liveness.observe(rec, slots_r.start_ms, slots_r.end_ms)
         self.liveness.note_area_read(slots_r.start_ms, slots_r.end_ms)
