@@ -42,7 +42,8 @@ def cmd_up(args):
                 sector_size=args.sector_size, node_command=args.node_command,
                 autostart=args.autostart, boot_timeout=args.boot_timeout,
                 rebuild=args.rebuild_rootfs, wipe_disk=args.wipe_disk,
-                keep_on_failure=args.keep_on_failure, setup_commands=args.setup_command)
+                keep_on_failure=args.keep_on_failure, setup_commands=args.setup_command,
+                prepare_disk=args.prepare_disk)
     if args.json:
         _print(st)
     else:
@@ -192,8 +193,12 @@ def register(subparsers) -> None:
                    help="run CMD on the host once the disk views exist, before the nodes "
                         "boot (repeatable; {disk} = n1's loop device, {image}, {nodes}, "
                         "{dir}); e.g. 'clusterfw disk init {disk} --cluster lab --force'")
-    p.add_argument("--autostart", action="store_true",
-                   help="nspawn mode: enable the repository's units at boot")
+    p.add_argument("--no-autostart", dest="autostart", action="store_false",
+                   help="nspawn mode: do not enable clusterfw.service at boot (default: enabled, "
+                        "so every node runs `systemctl start clusterfw` as it boots)")
+    p.add_argument("--no-disk-setup", dest="prepare_disk", action="store_false",
+                   help="leave the shared disk as it is (default: format a new disk for "
+                        "cluster 'lab' and add nodes n1..nN)")
     p.add_argument("--boot-timeout", type=float, default=90)
     p.add_argument("--rebuild-rootfs", action="store_true", help="rebuild the cached rootfs")
     p.add_argument("--keep-on-failure", action="store_true",

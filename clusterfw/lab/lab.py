@@ -259,9 +259,9 @@ class Lab:
     # --------------------------------------------------------------------- up
     def up(self, nodes: int, mode: str = "nspawn", *, disk_size: int = DEFAULT_DISK_SIZE,
            sector_size: int = 512, node_command: str = DEFAULT_NODE_COMMAND,
-           autostart: bool = False, boot_timeout: float = 90, rebuild: bool = False,
+           autostart: bool = True, boot_timeout: float = 90, rebuild: bool = False,
            wipe_disk: bool = False, keep_on_failure: bool = False,
-           setup_commands: list[str] | None = None) -> dict:
+           setup_commands: list[str] | None = None, prepare_disk: bool = True) -> dict:
         if mode not in MODES:
             raise LabError(f"unknown mode {mode!r} (nspawn or process)", 2)
         if not 1 <= nodes <= 250:
@@ -280,7 +280,7 @@ class Lab:
         try:
             with self.locked():
                 self._up_locked(nodes, mode, disk_size, sector_size, cmd, autostart,
-                                boot_timeout, rebuild, wipe_disk, setups)
+                                boot_timeout, rebuild, wipe_disk, setups, prepare_disk)
         except BaseException as exc:
             # only undo a lab this very `up` created; never tear down an existing one
             if keep_on_failure or self.state is None or not self._created:
@@ -299,7 +299,7 @@ class Lab:
         return self.status()
 
     def _up_locked(self, nodes, mode, disk_size, sector_size, cmd, autostart,
-                   boot_timeout, rebuild, wipe_disk, setups) -> None:
+                   boot_timeout, rebuild, wipe_disk, setups, prepare_disk) -> None:
         names = [f"n{k}" for k in range(1, nodes + 1)]
         st = self.state
         if st is not None:
@@ -369,6 +369,8 @@ class Lab:
         for name, rec in st["nodes"].items():
             self._ensure_node_resources(name, rec)
 
+        if prepare_disk:
+            self._prepare_cluster_disk()
         for argv in setups:
             self._run_setup(argv)
 
@@ -388,6 +390,7 @@ class Lab:
         conf_dir = ndir / "etc-clusterfw"
         conf_dir.mkdir(exist_ok=True)
         (conf_dir / "node.conf").write_text(self._node_conf(rec))
+        (conf_dir / "clusterfw.conf").write_text(self._daemon_conf(rec))
         if rec["netns"] is None:
             rec["netns"] = f"{self.prefix}-{name}"
             self._save()
@@ -418,6 +421,39 @@ class Lab:
         if cp.returncode != 0:
             raise LabError(f"setup command failed with exit code {cp.returncode}: "
                            f"{' '.join(argv)}")
+
+    def _daemon_conf(self, rec: dict) -> str:
+        """What clusterfw.service reads (EnvironmentFile=): the node's disk
+        view and its name.  Lab nodes fence by exiting; systemd restarts them
+        as a new incarnation (docs/daemon.md)."""
+        return ("# written by `clusterfw lab up` for clusterfw.service; see docs/daemon.md\n"
+                f"CLUSTERFW_DISK={DISK_IN_NODE}\nCLUSTERFW_NODE={rec['name']}\n"
+                "CLUSTERFW_OPTIONS=\n")
+
+    def _prepare_cluster_disk(self) -> None:
+        """A new (or foreign) shared disk becomes a clusterfw disk for cluster
+        'lab' with nodes n1..nN; an existing lab disk only gains missing nodes."""
+        from ..ondisk import admin
+        from ..ondisk.blockdev import BlockDevice
+        from ..ondisk.clusterdisk import ClusterDisk
+        from ..ondisk.errors import NodeTableError
+
+        first = self.state["nodes"]["n1"]["loop"]
+        names = sorted(self.state["nodes"], key=lambda n: int(n[1:]))
+        if admin.probe(first) is None:
+            log(f"formatting the shared disk for cluster 'lab' ({len(names)} nodes)")
+            with BlockDevice(first) as dev:
+                admin.format_disk(dev, "lab", max(16, len(names)), 100, 200, force=True)
+        with BlockDevice(first) as dev:
+            disk = ClusterDisk.open(dev)
+            have = {e.name for e in disk.read_node_table() if hasattr(e, "name")}
+            for name in names:
+                if name not in have:
+                    try:
+                        admin.add_node(disk, name, int(name[1:]))
+                    except (NodeTableError, ValueError) as exc:
+                        raise LabError(f"cannot add {name} to the lab disk: {exc}; "
+                                       "recreate it with 'clusterfw lab up --wipe-disk'") from None
 
     def _node_conf(self, rec: dict) -> str:
         return ("# written by `clusterfw lab up`: KEY=VALUE lines for systemd's\n"

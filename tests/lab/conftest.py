@@ -59,7 +59,8 @@ def nspawn_lab(tmp_path_factory, lab_need):
     lab_need("nspawn")
     lab = Lab(tmp_path_factory.mktemp("nspawn-lab"))
     try:
-        lab.up(3, "nspawn", disk_size=64 << 20)
+        # Infrastructure only: raw blocks on an unformatted disk, no daemon.
+        lab.up(3, "nspawn", disk_size=64 << 20, autostart=False, prepare_disk=False)
         yield lab
     finally:
         bring_down(lab)
@@ -72,7 +73,7 @@ def process_lab(tmp_path_factory, lab_need):
     (lab.dir / "shared").mkdir(parents=True, exist_ok=True)
     (lab.dir / "shared" / "heartbeat.py").write_text(HEARTBEAT)
     try:
-        lab.up(3, "process", disk_size=64 << 20,
+        lab.up(3, "process", disk_size=64 << 20, prepare_disk=False,
                node_command="python3 /lab/shared/heartbeat.py {node}")
         yield lab
     finally:

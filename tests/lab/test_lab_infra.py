@@ -341,7 +341,7 @@ class TestProcess:
         write = ("import mmap, os, sys; fd = os.open(sys.argv[1], os.O_RDWR | os.O_DIRECT); "
                  "b = mmap.mmap(-1, 4096); b.write(b'set-up'); os.pwritev(fd, [b], 0)")
         try:
-            other.up(1, "process", disk_size=16 << 20, node_command="sleep infinity",
+            other.up(1, "process", disk_size=16 << 20, node_command="sleep infinity", prepare_disk=False,
                      setup_commands=[shlex.join([sys.executable, "-c", write, "{disk}"])])
             assert other.prefix != process_lab.prefix
             assert other.exec("n1", ["hostname"], timeout=10).stdout.strip() == "n1"

@@ -1,0 +1,209 @@
+"""A real cluster: three nspawn nodes, each with its own systemd as PID 1
+running clusterfw.service on one shared loop-backed disk, and real faults
+(SIGKILL of a whole node, a frozen node, a cut disk path, a killed daemon).
+
+Each test starts from (and leaves) a healthy cluster of three joined nodes.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import pytest
+
+from clusterfw.lab.lab import Lab, LabError
+
+pytestmark = pytest.mark.lab
+NODES = ("n1", "n2", "n3")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, lab_need):
+    lab_need("nspawn")
+    lab = Lab(tmp_path_factory.mktemp("cluster-lab"))
+    try:
+        lab.up(3, "nspawn", disk_size=64 << 20)
+        wait_healthy(lab, timeout=60)
+        yield lab
+    finally:
+        lab.down(timeout=10, purge=True)
+        assert not lab.leftovers(), lab.leftovers()
+
+
+def status(lab: Lab, node: str) -> dict | None:
+    try:
+        cp = lab.exec(node, ["clusterfw", "status", "--json"], timeout=10)
+    except (LabError, subprocess.TimeoutExpired):
+        return None
+    if cp.returncode != 0:
+        return None
+    try:
+        return json.loads(cp.stdout)
+    except json.JSONDecodeError:
+        return None
+
+
+def states(st: dict | None) -> dict[str, str]:
+    return {} if st is None else {n["name"]: n["state"] for n in st["nodes"]}
+
+
+def wait_for(fn, timeout: float, step: float = 0.1):  # noqa: ANN001, ANN201
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(step)
+    return fn()
+
+
+def healthy(lab: Lab, via: str = "n1") -> dict | None:
+    st = status(lab, via)
+    if st is None or st.get("master") is None:
+        return None
+    if states(st) != {n: "joined" for n in NODES}:
+        return None
+    return st
+
+
+def wait_healthy(lab: Lab, timeout: float = 60, via: str = "n1") -> dict:
+    st = wait_for(lambda: healthy(lab, via), timeout, 0.3)
+    assert st, f"cluster not healthy after {timeout}s: {states(status(lab, via))}"
+    return st
+
+
+def systemctl(lab: Lab, node: str, *args: str) -> subprocess.CompletedProcess:
+    return lab.exec(node, ["systemctl", *args], timeout=30)
+
+
+def unit_prop(lab: Lab, node: str, prop: str) -> str:
+    return systemctl(lab, node, "show", "-p", prop, "--value", "clusterfw").stdout.strip()
+
+
+def journal(lab: Lab, node: str) -> str:
+    return lab.exec(node, ["journalctl", "-u", "clusterfw", "--no-pager", "-o", "cat"], timeout=30).stdout
+
+
+def slot(lab: Lab, node_id: int) -> tuple[int, int] | None:
+    """(incarnation, seq) of a node's slot, read from the disk by the host."""
+    from clusterfw.ondisk.blockdev import BlockDevice
+    from clusterfw.ondisk.clusterdisk import ClusterDisk
+    with BlockDevice(lab.state["disk"]["image"], readonly=True,
+                     file_block_size_bytes=lab.state["disk"]["sector_size"]) as dev:
+        rec = ClusterDisk.open(dev).read_slot(node_id)
+    return None if isinstance(rec, Exception) else (rec.incarnation, rec.seq)
+
+
+def other(node: str) -> str:
+    return "n1" if node != "n1" else "n2"
+
+
+def test_three_nodes_join_with_one_master(cluster: Lab) -> None:
+    st = wait_healthy(cluster)
+    assert sum(1 for n in st["nodes"] if n["master"]) == 1
+    for n in st["nodes"]:
+        assert set(n["levels"].values()) == {"joined"}
+        assert n["heartbeat_age_ms"] < 1000
+    for node in NODES:  # every node agrees on master and epoch
+        s = wait_for(lambda: healthy(cluster, node), 10)
+        assert s and s["master"] == st["master"]
+    assert "READY" not in unit_prop(cluster, "n1", "StatusText")
+    assert unit_prop(cluster, "n1", "ActiveState") == "active"
+
+
+def test_graceful_leave_and_rejoin(cluster: Lab) -> None:
+    wait_healthy(cluster)
+    assert systemctl(cluster, "n3", "stop", "clusterfw").returncode == 0
+    st = wait_for(lambda: (s := status(cluster, "n1")) and states(s)["n3"] == "inactive" and s, 30)
+    assert st, states(status(cluster, "n1"))
+    n3 = next(n for n in st["nodes"] if n["name"] == "n3")
+    assert n3["forced"] is False  # left, not forced out
+    assert unit_prop(cluster, "n3", "ExecMainStatus") == "0"
+    assert systemctl(cluster, "n3", "start", "clusterfw").returncode == 0
+    wait_healthy(cluster, 30)
+
+
+def _crash_and_check(cluster: Lab, victim: str, timeout: float = 20) -> dict:
+    watcher = other(victim)
+    before = states(status(cluster, watcher))
+    assert before == {n: "joined" for n in NODES}
+    t0 = time.monotonic()
+    cluster.crash(victim)
+    st = wait_for(lambda: (s := status(cluster, watcher)) and states(s).get(victim) == "inactive"
+                  and s["master"] not in (None, victim) and s, timeout, 0.1)
+    assert st, f"{victim} not forced out: {states(status(cluster, watcher))}"
+    gone = next(n for n in st["nodes"] if n["name"] == victim)
+    assert gone["forced"] is True
+    assert all(states(st)[n] == "joined" for n in NODES if n != victim)
+    st["forced_out_after_s"] = time.monotonic() - t0
+    return st
+
+
+def test_crash_of_a_member(cluster: Lab) -> None:
+    st = wait_healthy(cluster)
+    victim = next(n for n in NODES if n != st["master"])
+    _crash_and_check(cluster, victim)
+    time.sleep(2)  # it stays out while it is down
+    assert states(status(cluster, other(victim)))[victim] == "inactive"
+    cluster.restart(victim)
+    wait_healthy(cluster, 60, via=other(victim))
+
+
+def test_crash_of_the_master(cluster: Lab) -> None:
+    st = wait_healthy(cluster)
+    old = st["master"]
+    after = _crash_and_check(cluster, old)
+    assert after["master"] != old and after["term"] > st["term"]
+    cluster.restart(old)
+    wait_healthy(cluster, 60, via=other(old))
+
+
+def test_pause_longer_than_the_dead_timeout_fences_the_node(cluster: Lab) -> None:
+    st = wait_healthy(cluster)
+    victim = next(n for n in NODES if n != st["master"])
+    vid = int(victim[1:])
+    pid_before = unit_prop(cluster, victim, "MainPID")
+    cluster.pause(victim, 3.0, background=True)  # dead_after is ~1 s in the lab profile
+    time.sleep(0.3)
+    frozen = slot(cluster, vid)
+    forced = wait_for(lambda: states(status(cluster, other(victim))).get(victim) == "inactive", 10)
+    assert forced, "the others did not force the paused node out"
+    wait_for(lambda: cluster._node_status(victim, cluster.state["nodes"][victim]).get("state") != "paused", 10)
+    time.sleep(1.5)  # awake; its daemon must fence at once and write nothing
+    now = slot(cluster, vid)
+    assert now is not None and frozen is not None
+    assert now == frozen or now[0] != frozen[0], \
+        f"the paused incarnation wrote after waking: {frozen} -> {now}"
+    assert "fence" in journal(cluster, victim).lower()
+    # systemd restarts the fenced daemon as a new incarnation, which rejoins
+    wait_healthy(cluster, 60, via=other(victim))
+    assert unit_prop(cluster, victim, "MainPID") != pid_before
+
+
+def test_cut_disk_fences_that_node_and_the_others_carry_on(cluster: Lab) -> None:
+    st = wait_healthy(cluster)
+    victim = next(n for n in NODES if n != st["master"])
+    cluster.cut_disk(victim, "eio")
+    try:
+        fenced = wait_for(lambda: "fence" in journal(cluster, victim).lower()
+                          and unit_prop(cluster, victim, "ActiveState") != "active", 10)
+        assert fenced, "the node kept running without its disk"
+        st2 = wait_for(lambda: (s := status(cluster, other(victim))) and states(s).get(victim) == "inactive"
+                       and s, 15)
+        assert st2 and all(states(st2)[n] == "joined" for n in NODES if n != victim)
+    finally:
+        cluster.restore_disk(victim)
+    wait_healthy(cluster, 60, via=other(victim))
+
+
+def test_daemon_alone_restarted_by_systemd(cluster: Lab) -> None:
+    st = wait_healthy(cluster)
+    victim = next(n for n in NODES if n != st["master"])
+    pid = unit_prop(cluster, victim, "MainPID")
+    inc = next(n["incarnation"] for n in st["nodes"] if n["name"] == victim)
+    assert systemctl(cluster, victim, "kill", "--signal=SIGKILL", "clusterfw").returncode == 0
+    st2 = wait_for(lambda: (s := healthy(cluster, other(victim))) and
+                   next(n["incarnation"] for n in s["nodes"] if n["name"] == victim) != inc and s, 60, 0.3)
+    assert st2, f"the daemon was not restarted and rejoined: {states(status(cluster, other(victim)))}"
+    assert unit_prop(cluster, victim, "MainPID") not in ("0", pid)
