@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "clusterfw.cli_disk",
     "clusterfw.cli_sim",
     "clusterfw.cli_lab",
+    "clusterfw.cli_node",
 )
 
 EXIT_OK = 0

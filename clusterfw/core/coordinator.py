@@ -38,7 +38,7 @@ from dataclasses import dataclass, field, replace
 from typing import Mapping
 
 from .liveness import Liveness
-from .model import (Batch, BatchEntry, Kind, LEVELS_MAX, LevelSpec, MemberEntry, NodeState,
+from .model import (REASON_MAX, Batch, BatchEntry, Kind, LEVELS_MAX, LevelSpec, MemberEntry, NodeState,
                     Registration, Rejection, SlotRecord, Timing, ViewRecord)
 
 LIVE = (NodeState.JOINING, NodeState.JOINED, NodeState.LEAVING)
@@ -61,6 +61,13 @@ def level_state(m: MemberEntry, level: int) -> str:
             return "inactive"
         return "forced-leaving"
     return "inactive"
+
+
+def _bounded(reason: str) -> str:
+    """A rejection reason cut to what a view can hold (REASON_MAX bytes of
+    UTF-8): an over-long reason must never make the view unwritable."""
+    data = reason.encode()[:REASON_MAX]
+    return data.decode(errors="ignore")
 
 
 def registered_levels(slot: SlotRecord | None) -> dict[int, Registration]:
@@ -317,7 +324,7 @@ class Coordinator:
                 problem = self._check_registrations(s)
                 if problem is not None:
                     level, reason = problem
-                    self.rejections[n] = Rejection(n, s.incarnation, level, reason)
+                    self.rejections[n] = Rejection(n, s.incarnation, level, _bounded(reason))
                     self._change(f"n{n} join refused: {reason}")
                     continue
                 first = min((r.level for r in s.registrations), default=None)
@@ -357,8 +364,7 @@ class Coordinator:
                 return reg.level, f"level {reg.level}: barrier counts must be >= 1"
             spec = self.levels.get(reg.level)
             if spec is not None and spec.barriers != reg.barriers:
-                return reg.level, (f"level {reg.level} barriers (join,leave,forced)="
-                                   f"{reg.barriers} differ from the cluster's {spec.barriers}")
+                return reg.level, f"level {reg.level}: barriers {reg.barriers} != {spec.barriers}"
         if len(set(self.levels) | seen) > LEVELS_MAX:
             return max(seen), f"more than {LEVELS_MAX} levels cluster-wide"
         return None

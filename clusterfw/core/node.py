@@ -231,6 +231,11 @@ class NodeCore:
             self.acks[level] = batch_id
             self._hurry_up(now_ms)  # tell the master soon
 
+    def fence(self, reason: str) -> None:
+        """Fence for a reason the driver found (another host writing this
+        node's slot, a stop that overran its bound, a crashed thread)."""
+        self._fence(reason)
+
     def tick(self, now_ms: float) -> None:
         """Timer: fence if the deadline has passed."""
         if self.fenced is None and self.stopped is None and now_ms >= self.fence_deadline_ms():
@@ -334,6 +339,13 @@ class NodeCore:
             self.liveness.note_area_read(slots_result.start_ms, slots_result.end_ms)
             slots: dict[int, SlotRecord] = {}
             for node_id, rec in cast(Mapping[int, object], slots_result.value).items():
+                if (node_id == self.node_id and isinstance(rec, SlotRecord)
+                        and rec.incarnation != self.incarnation and wrote is not None):
+                    # We wrote our slot this cycle, yet it shows another
+                    # incarnation: another host runs this node.  Both fence.
+                    self._fence(f"another host is writing node n{self.node_id}'s slot "
+                                f"(incarnation {rec.incarnation:x})")
+                    return
                 if isinstance(rec, SlotRecord):
                     slots[node_id] = rec
                     leases[node_id] = rec.lease

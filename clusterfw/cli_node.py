@@ -1,0 +1,325 @@
+"""``clusterfw daemon | join | leave | status``: the node daemon and the
+commands that talk to it over the local socket.
+
+How this works
+--------------
+``daemon`` runs ``clusterfw.node.daemon`` in the foreground (what
+clusterfw.service runs) and returns its exit code.  ``join``, ``leave`` and
+``status`` are clients of the daemon's socket (``clusterfw.client``);
+``status --disk DEVICE`` reads the shared disk directly when no daemon runs
+on this host.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from typing import Any
+
+from clusterfw.cli import EXIT_USAGE, CliError
+from clusterfw.client import Client, ClientError, DaemonUnavailable, RequestFailed
+from clusterfw.node import protocol
+from clusterfw.node.fencing import FENCE_ACTIONS
+
+DAEMON_EXIT_CODES = """\
+exit codes:
+  0   left the cluster gracefully (SIGTERM, SIGINT or 'clusterfw leave')
+  1   failed: the disk could not be opened or read, or a wait timed out
+  2   bad usage
+  75  fenced: the node stopped its services and wrote nothing more (systemd restarts it;
+      the new incarnation can rejoin once the cluster has forced the old one out)
+  78  refused (configuration): the node is not in the node table, the disk is not a
+      clusterfw disk, another daemon or host runs this node, or the join was rejected;
+      a restart cannot help (clusterfw.service: RestartPreventExitStatus=78)"""
+
+CLIENT_EXIT_CODES = """\
+exit codes:
+  0   success
+  1   failed (no daemon answers, the daemon refused, a timeout)
+  2   bad usage"""
+
+DEFAULT_UNIT = "clusterfw.service"
+CLIENT_SOCKET = os.environ.get("CLUSTERFW_SOCKET") or protocol.DEFAULT_SOCKET
+DISK_READ_TIMEOUT_MS = 30_000
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    fmt = argparse.RawDescriptionHelpFormatter
+    d = subparsers.add_parser(
+        "daemon", help="run the node daemon (what clusterfw.service runs)", formatter_class=fmt,
+        description="Run this host's membership manager for node NAME on the shared DEVICE: heartbeat, "
+                    "master election, transitions, the local API socket, self-fencing.  Starting it is "
+                    "a graceful join; SIGTERM is a graceful leave.",
+        epilog=DAEMON_EXIT_CODES)
+    d.add_argument("--disk", required=True, metavar="DEVICE", help="the shared block device")
+    d.add_argument("--node", required=True, metavar="NAME", help="this host's node name (in the node table)")
+    d.add_argument("--fence-action", choices=FENCE_ACTIONS, default="exit",
+                   help="after killing the cluster-managed units: exit (code 75, default), kill-namespace "
+                        "(lab: end our whole PID namespace, init included), kill-units (stay up, fenced), none (tests: "
+                        "kill nothing, stay up, fenced)")
+    d.add_argument("--socket", default=None, metavar="PATH",
+                   help=f"local API socket (default {protocol.DEFAULT_SOCKET}, or RUNTIME_DIR/clusterfw.sock)")
+    d.add_argument("--runtime-dir", default=protocol.DEFAULT_RUNTIME_DIR, metavar="DIR",
+                   help=f"lock files and the managed-units list (default {protocol.DEFAULT_RUNTIME_DIR})")
+    d.add_argument("--profile", choices=("auto", "lab", "san"), default="auto",
+                   help="fence margin and transition timeout (heartbeat and io timeout come from the disk); "
+                        "auto: san when the disk's io timeout is >= 1000 ms, else lab")
+    d.add_argument("--watchdog", metavar="DEVICE",
+                   help="a watchdog device (/dev/watchdog) fed while the node may write; never disarmed "
+                        "once fenced")
+    d.add_argument("--fence-hook", action="append", default=[], metavar="PATH",
+                   help="an executable run when the node fences (repeatable; env CLUSTERFW_NODE, "
+                        "CLUSTERFW_FENCE_REASON)")
+    d.add_argument("--wait-for-subsystem", action="append", default=[], metavar="NAME",
+                   help="delay the join until external subsystem NAME registered over the socket "
+                        "(repeatable): registrations are fixed once the join is requested")
+    d.add_argument("--wait-timeout", type=float, default=300.0, metavar="S",
+                   help="give up (exit 1) if those subsystems did not register within S seconds (default 300)")
+    d.add_argument("--stop-timeout", type=float, default=60.0, metavar="S",
+                   help="a graceful leave that takes longer fences the node and exits 75 (default 60)")
+    d.add_argument("--no-placeholder-subsystems", action="store_true",
+                   help="do not register the placeholder in-process subsystems mm/dlm/vdm/sfs (levels 0-30)")
+    d.add_argument("--debug", action="store_true", help="log every view the node adopts")
+    d.set_defaults(func=cmd_daemon)
+
+    j = subparsers.add_parser(
+        "join", help="(re)join this host's node: start the daemon", formatter_class=fmt,
+        description="Join the cluster: if a daemon runs, wait until it is joined; otherwise start "
+                    f"{DEFAULT_UNIT} with systemctl (when systemd manages this host) and wait.",
+        epilog=CLIENT_EXIT_CODES)
+    j.add_argument("--socket", default=CLIENT_SOCKET, metavar="PATH",
+                    help=f"the daemon's socket (default $CLUSTERFW_SOCKET or {protocol.DEFAULT_SOCKET})")
+    j.add_argument("--unit", default=DEFAULT_UNIT, metavar="UNIT", help=f"the unit to start (default {DEFAULT_UNIT})")
+    j.add_argument("--timeout", type=float, default=120.0, metavar="S", help="wait at most S seconds (default 120)")
+    j.add_argument("--no-wait", action="store_true", help="do not wait until the node is joined")
+    j.set_defaults(func=cmd_join)
+
+    lv = subparsers.add_parser(
+        "leave", help="leave the cluster gracefully (the daemon exits when done)", formatter_class=fmt,
+        description="Ask the local daemon to leave the cluster gracefully, show its progress through the "
+                    "levels (top-down) and wait until it left; the daemon then exits 0.",
+        epilog=CLIENT_EXIT_CODES)
+    lv.add_argument("--socket", default=CLIENT_SOCKET, metavar="PATH",
+                    help=f"the daemon's socket (default $CLUSTERFW_SOCKET or {protocol.DEFAULT_SOCKET})")
+    lv.add_argument("--timeout", type=float, default=120.0, metavar="S", help="wait at most S seconds (default 120)")
+    lv.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    lv.set_defaults(func=cmd_leave)
+
+    st = subparsers.add_parser(
+        "status", help="show the cluster: nodes, states per level, master, epoch", formatter_class=fmt,
+        description="Ask the local daemon for the cluster's status.  With --disk DEVICE and no daemon "
+                    "running here, read the shared disk directly (heartbeat ages are then unknown).",
+        epilog=CLIENT_EXIT_CODES)
+    st.add_argument("--json", action="store_true", help="print one JSON object")
+    st.add_argument("--socket", default=CLIENT_SOCKET, metavar="PATH",
+                    help=f"the daemon's socket (default $CLUSTERFW_SOCKET or {protocol.DEFAULT_SOCKET})")
+    st.add_argument("--disk", metavar="DEVICE", help="read DEVICE directly when no daemon answers")
+    st.set_defaults(func=cmd_status)
+
+
+# --------------------------------------------------------------------------
+# daemon
+
+def cmd_daemon(args: argparse.Namespace) -> int:
+    from clusterfw.node.daemon import DaemonOptions, run_daemon
+
+    for option, value in (("--wait-timeout", args.wait_timeout), ("--stop-timeout", args.stop_timeout)):
+        if not value > 0:
+            raise CliError(f"{option} {value}: use a positive number of seconds", EXIT_USAGE)
+    for hook in args.fence_hook:
+        if not (os.path.isfile(hook) and os.access(hook, os.X_OK)):
+            raise CliError(f"--fence-hook {hook}: not an executable file; give the path of a program "
+                           f"(it is run without a shell)", EXIT_USAGE)
+    socket_path = args.socket or (protocol.DEFAULT_SOCKET if args.runtime_dir == protocol.DEFAULT_RUNTIME_DIR
+                                  else os.path.join(args.runtime_dir, "clusterfw.sock"))
+    opts = DaemonOptions(
+        disk=args.disk, node=args.node, fence_action=args.fence_action, socket_path=socket_path,
+        runtime_dir=args.runtime_dir, profile=args.profile, watchdog=args.watchdog,
+        fence_hooks=tuple(args.fence_hook), wait_for=tuple(dict.fromkeys(args.wait_for_subsystem)),
+        wait_timeout_s=args.wait_timeout, stop_timeout_s=args.stop_timeout,
+        placeholders=not args.no_placeholder_subsystems, debug=args.debug)
+    return run_daemon(opts)
+
+
+# --------------------------------------------------------------------------
+# status
+
+def _levels_order(nodes: list[dict[str, Any]]) -> list[str]:
+    order: list[str] = []
+    for node in nodes:
+        for name in node.get("levels", {}):
+            if name not in order:
+                order.append(name)
+    return order
+
+
+def format_status(status: dict[str, Any]) -> str:
+    nodes = status.get("nodes", [])
+    levels = _levels_order(nodes)
+    head = (f"cluster {status.get('cluster')}  master {status.get('master') or '-'}  "
+            f"epoch {status.get('epoch')}  term {status.get('term')}")
+    if status.get("source") == "daemon":
+        head += f"  (asked node {status.get('node')}: {status.get('phase')}"
+        if status.get("fenced"):
+            head += f", FENCED: {status.get('fenced')}"
+        head += ")"
+    rows = [["NODE", "ID", "STATE", *[name.upper() for name in levels], "HEARTBEAT"]]
+    for node in nodes:
+        age = node.get("heartbeat_age_ms")
+        rows.append([
+            node["name"] + ("*" if node.get("master") else ""),
+            str(node["id"]),
+            node["state"] + (" (forced)" if node.get("forced") and node["state"] == "inactive" else ""),
+            *[node.get("levels", {}).get(name, "-") for name in levels],
+            "?" if age is None else f"{age} ms ago",
+        ])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [head, ""]
+    lines += ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
+    lines.append("")
+    lines.append("* master")
+    return "\n".join(lines)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    try:
+        status = Client(args.socket).status()
+    except DaemonUnavailable as exc:
+        if not args.disk:
+            raise CliError(f"{exc}: is the daemon running ('systemctl status clusterfw')? To read the shared "
+                           f"disk directly, add --disk DEVICE") from None
+        status = _status_from_disk(args.disk)
+        if not args.json:
+            print(f"no local daemon answers on {args.socket}: read {args.disk} directly "
+                  f"(heartbeat ages unknown: one read cannot tell a live node from a dead one)")
+    except ClientError as exc:
+        raise CliError(str(exc)) from None
+    if args.json:
+        json.dump(status, sys.stdout)
+        print()
+    else:
+        print(format_status(status))
+    return 0
+
+
+def _status_from_disk(path: str) -> dict[str, Any]:
+    from clusterfw.node.status import from_disk
+    from clusterfw.ondisk.blockdev import BlockDevice
+    from clusterfw.ondisk.clusterdisk import ClusterDisk
+    from clusterfw.ondisk.errors import BlockError, DeviceError, SetupError
+
+    try:
+        dev = BlockDevice(path, readonly=True, io_timeout_ms=DISK_READ_TIMEOUT_MS)
+    except DeviceError as exc:
+        raise CliError(f"--disk {path}: {exc}", EXIT_USAGE) from None
+    try:
+        return from_disk(ClusterDisk.open(dev))
+    except BlockError as exc:
+        raise CliError(f"--disk {path} is not a clusterfw disk ({type(exc).__name__}: {exc})") from None
+    except (DeviceError, SetupError) as exc:
+        raise CliError(f"reading {path} failed: {exc}; check the device and its connection") from None
+    finally:
+        dev.close()
+
+
+# --------------------------------------------------------------------------
+# leave
+
+def _progress_printer(quiet: bool) -> Any:
+    last: list[str] = []
+
+    def show(message: dict[str, Any]) -> None:
+        if quiet:
+            return
+        levels = message.get("levels", {})
+        text = f"{message.get('state')}: " + (", ".join(f"{k} {v}" for k, v in levels.items()) or "-")
+        if not last or last[-1] != text:
+            last.append(text)
+            print(text, flush=True)
+
+    return show
+
+
+def cmd_leave(args: argparse.Namespace) -> int:
+    try:
+        final = Client(args.socket).leave(progress=_progress_printer(args.quiet), timeout_s=args.timeout)
+    except DaemonUnavailable as exc:
+        raise CliError(f"{exc}: nothing to leave (is the daemon running? 'systemctl status clusterfw')") from None
+    except RequestFailed as exc:
+        raise CliError(f"the daemon refused to leave: {exc}") from None
+    except ClientError as exc:
+        raise CliError(f"{exc}; the daemon goes on leaving in the background ('clusterfw status')") from None
+    if final.get("op") == "fenced":
+        raise CliError(f"the node fenced itself while leaving: {final.get('reason')}")
+    if final.get("op") == "closed":
+        raise CliError("the daemon closed the connection before saying it left: check its log "
+                       "('journalctl -u clusterfw')")
+    if final.get("exit", 0) != 0:
+        raise CliError(f"the daemon stopped: {final.get('reason')} (exit {final.get('exit')})")
+    if not args.quiet:
+        print(f"left the cluster: {final.get('reason')}")
+    return 0
+
+
+# --------------------------------------------------------------------------
+# join
+
+def _under_systemd() -> bool:
+    return os.path.isdir("/run/systemd/system") and shutil.which("systemctl") is not None
+
+
+def _wait_joined(socket_path: str, timeout_s: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    while True:
+        try:
+            status = Client(socket_path, timeout_s=2.0).status()
+        except ClientError:
+            status = None
+        if status is not None:
+            line = f"{status.get('state')} ({status.get('phase')})"
+            if line != last:
+                print(line, flush=True)
+                last = line
+            if status.get("fenced"):
+                raise CliError(f"the node fenced itself: {status.get('fenced')}")
+            if status.get("state") == "joined":
+                return status
+        if time.monotonic() > deadline:
+            raise CliError(f"the node did not join within {timeout_s:.0f} s: see 'clusterfw status' and the "
+                           f"daemon's log ('journalctl -u clusterfw')")
+        time.sleep(0.2)
+
+
+def cmd_join(args: argparse.Namespace) -> int:
+    try:
+        status = Client(args.socket, timeout_s=2.0).status()
+    except DaemonUnavailable:
+        status = None
+    except ClientError as exc:
+        raise CliError(str(exc)) from None
+    if status is not None:
+        print(f"the daemon for node {status.get('node')} is running: {status.get('state')}")
+        if status.get("phase") == "leaving":
+            raise CliError("it is leaving; wait until it exited ('clusterfw status'), then run 'clusterfw join' "
+                           "again")
+    else:
+        if not _under_systemd():
+            raise CliError("no clusterfw daemon runs on this host and systemd does not manage this host: "
+                           "start one with 'clusterfw daemon --disk DEVICE --node NAME'")
+        proc = subprocess.run(["systemctl", "start", "--no-block", args.unit], capture_output=True, text=True,
+                              timeout=60)
+        if proc.returncode != 0:
+            raise CliError(f"'systemctl start {args.unit}' failed: {proc.stderr.strip()}; check "
+                           f"/etc/clusterfw/clusterfw.conf and 'systemctl status {args.unit}'")
+        print(f"started {args.unit}")
+    if args.no_wait:
+        return 0
+    _wait_joined(args.socket, args.timeout)
+    print("joined")
+    return 0
+

@@ -1,0 +1,803 @@
+"""The membership manager daemon: NodeCore driven with a real disk and clock.
+
+How this works
+--------------
+Start-up (``Daemon.run``), each step refusing with a clear message:
+
+1. take ``<runtime dir>/NODE.lock`` (one daemon per node per host);
+2. open the disk, read the superblock and the node table, find NODE;
+3. read NODE's own slot (NodeCore's ``previous_slot``: sequence and Disk
+   Paxos block continue from it) -- refuse if it cannot be read;
+4. read it again three of its heartbeat intervals later: if it changed,
+   another host is running NODE now -- refuse;
+5. derive the timing from the superblock's heartbeat and io_timeout
+   (``core.timing.derive`` with the chosen profile), pick a new random
+   63-bit incarnation;
+6. open the local API socket and tell systemd READY=1;
+7. wait until every ``--wait-for-subsystem`` name registered, then create
+   NodeCore with every registration (the join request goes out with the
+   first heartbeat).
+
+Threads, and the one lock (``_lock``) that guards NodeCore:
+
+* **io** runs the cycle: ``poll`` -> perform the ops one after another on
+  the disk, each with the BlockDevice timeout -> ``complete``; feeds the
+  watchdogs after a cycle that left the node able to write.  The lock is
+  held only around NodeCore calls, never across I/O, logging or sockets.
+* **fence-timer** calls ``tick`` at ``fence_deadline_ms()`` even while an
+  I/O hangs, so the node fences on time whatever the disk does.
+* **api** serves the socket (node/api.py); **subsystem** threads run the
+  in-process subsystems; the **main** thread waits for signals (SIGTERM,
+  SIGINT: graceful leave) and for the end.
+
+Every write is guarded twice: NodeCore produces writes only while the node
+can still write, and the device asks the daemon again right before the
+system call (diskio.GuardedBlockDevice), so a daemon that was paused in
+between writes nothing once it resumes past its deadline.
+
+Exit codes: 0 left gracefully; 1 failed (disk unreadable, ...); 2 bad usage;
+75 fenced; 78 refused by configuration (node unknown, rejected join,
+another daemon or host runs this node) -- systemd must not restart it.
+"""
+from __future__ import annotations
+
+import os
+import random
+import secrets
+import select
+import signal
+import struct
+import threading
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+import fasteners
+
+from clusterfw.core import timing as timing_mod
+from clusterfw.core.coordinator import level_state
+from clusterfw.core.model import NodeConfig, NodeState, Registration, SlotRecord
+from clusterfw.core.node import (
+    Event,
+    Fenced,
+    MasterChanged,
+    NodeCore,
+    Notify,
+    ReadSlots,
+    Rejected,
+    StateChanged,
+    Stopped,
+    ViewAdopted,
+    WriteSlot,
+)
+from clusterfw.ondisk import admin
+from clusterfw.ondisk.clusterdisk import ClusterDisk
+from clusterfw.ondisk.errors import BlockError, BlockSizeMismatch, DeviceError, DeviceTooSmall, NotWritten
+from clusterfw.subsystems.base import Entry, Notification
+from clusterfw.subsystems.placeholders import default_subsystems
+
+from . import api, diskio, protocol
+from .fencing import EXIT_FENCED, FENCE_ACTIONS, Fencer, Watchdog
+from .hub import Hub, RegistrationError
+from .journal import Journal
+from .notify import Notifier
+from .status import render, timing_json
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_CONFIG = 78  # EX_CONFIG: a restart cannot help
+STARTUP_IO_TIMEOUT_MS = 10_000
+OTHER_HOST_CHECK_INTERVALS = 3
+PROFILES = {"lab": timing_mod.LAB, "san": timing_mod.SAN}
+AUTO_SAN_IO_TIMEOUT_MS = 1000  # profile "auto": san when the disk's io_timeout is at least this
+WAIT_MAX_S = 1.0  # no thread sleeps longer than this without looking around
+WATCHDOG_NOTIFY_MIN_S = 1.0
+NAMES_REFRESH_MIN_S = 5.0
+LEAVE_FLUSH_S = 1.0
+
+
+class StartupError(Exception):
+    def __init__(self, message: str, exit_code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass
+class DaemonOptions:
+    disk: str
+    node: str
+    fence_action: str = "exit"
+    socket_path: str = protocol.DEFAULT_SOCKET
+    runtime_dir: str = protocol.DEFAULT_RUNTIME_DIR
+    profile: str = "auto"
+    watchdog: str | None = None
+    fence_hooks: tuple[str, ...] = ()
+    wait_for: tuple[str, ...] = ()
+    wait_timeout_s: float = 300.0
+    stop_timeout_s: float = 60.0
+    placeholders: bool = True
+    debug: bool = False
+
+
+def lock_holder_pid(path: str) -> int | None:
+    """The PID holding a POSIX (lockf/fcntl) lock on ``path``, if any."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        import fcntl
+        flock = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
+        out = fcntl.fcntl(fd, fcntl.F_GETLK, flock)
+        l_type, _, _, _, pid = struct.unpack("hhqqi4x", out)
+        return pid if l_type != fcntl.F_UNLCK else None
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def choose_profile(name: str, io_timeout_ms: int) -> timing_mod.Profile:
+    if name == "auto":
+        name = "san" if io_timeout_ms >= AUTO_SAN_IO_TIMEOUT_MS else "lab"
+    return PROFILES[name]
+
+
+class Daemon:
+    def __init__(self, opts: DaemonOptions, journal: Journal | None = None) -> None:
+        if opts.fence_action not in FENCE_ACTIONS:
+            raise ValueError(f"fence action {opts.fence_action!r}")
+        self.opts = opts
+        self.log = journal or Journal(opts.node, debug=opts.debug)
+        self.notifier = Notifier()
+        self._lock = threading.Lock()  # guards self.core; held only around NodeCore calls
+        self.core: NodeCore | None = None
+        self.disk: ClusterDisk | None = None
+        self.dev: diskio.GuardedBlockDevice | None = None
+        self.names: dict[int, str] = {}
+        self.node_id = 0
+        self.incarnation = 0
+        self.timing = timing_mod.derive()
+        self.cluster = ""
+        self.previous_slot: SlotRecord | None = None
+        self._interprocess_lock: fasteners.InterProcessLock | None = None
+        self._fence_reason: str | None = None
+        self._fence_lock = threading.Lock()
+        self._write_deadline_ms = float("-inf")  # the guard's copy of core.fence_deadline_ms()
+        self._done = threading.Event()
+        self._exit_code = EXIT_OK
+        self._exit_reason = ""
+        self._kick = threading.Event()
+        self._signals: list[int] = []
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._leave_deadline: float | None = None
+        self._rejected: str | None = None
+        self._threads: list[threading.Thread] = []
+        self._last_watchdog_notify = 0.0
+        self._names_refresh_at = 0.0
+        self._names_refreshing = False
+        self._started_ms = diskio.clock_ms()
+        self._joined_once = False
+        self._status_line = ""
+        self.hub = Hub(ack_core=self._ack_core, send=self._send_notification, log=self._log)
+        self.server = api.ApiServer(opts.socket_path, self, self._log)
+        self.watchdog: Watchdog | None = None
+        self.fencer: Fencer | None = None
+
+    # ------------------------------------------------------------------ logging
+    def _log(self, priority: str, text: str) -> None:
+        self.log.log(priority, text)
+
+    # ---------------------------------------------------------------- start-up
+    def _take_host_lock(self) -> None:
+        os.makedirs(self.opts.runtime_dir, mode=0o755, exist_ok=True)
+        path = os.path.join(self.opts.runtime_dir, f"{self.opts.node}.lock")
+        lock = fasteners.InterProcessLock(path)
+        if not lock.acquire(blocking=False):
+            pid = lock_holder_pid(path)
+            holder = f"PID {pid}" if pid else "another process"
+            raise StartupError(
+                f"another clusterfw daemon ({holder}) already runs node '{self.opts.node}' on this host "
+                f"(lock {path}): stop it first (systemctl stop clusterfw), or start this one for another node",
+                EXIT_CONFIG)
+        self._interprocess_lock = lock
+        try:
+            assert lock.lockfile is not None
+            lock.lockfile.truncate(0)
+            lock.lockfile.write(f"{os.getpid()}\n")
+            lock.lockfile.flush()
+        except (OSError, AttributeError):
+            pass
+
+    def _open_disk(self) -> None:
+        path = self.opts.disk
+        try:
+            dev = diskio.GuardedBlockDevice(path, guard=self._write_guard, io_timeout_ms=STARTUP_IO_TIMEOUT_MS)
+        except DeviceError as exc:
+            raise StartupError(f"cannot open the shared disk {path}: {exc}") from None
+        try:
+            disk = ClusterDisk.open(dev)
+        except BlockError as exc:
+            dev.close()
+            raise StartupError(f"{path} is not a clusterfw disk ({type(exc).__name__}: {exc}); initialise it "
+                               f"with 'clusterfw disk init {path} --cluster NAME'", EXIT_CONFIG) from None
+        except (BlockSizeMismatch, DeviceTooSmall) as exc:
+            dev.close()
+            raise StartupError(f"{path}: {exc}", EXIT_CONFIG) from None
+        except DeviceError as exc:
+            dev.close()
+            raise StartupError(f"cannot read the superblock of {path}: {exc}") from None
+        assert disk.superblock is not None
+        self.disk = disk
+        self.dev = dev
+        self.cluster = disk.superblock.cluster_name
+        try:
+            table = disk.read_node_table()
+        except DeviceError as exc:
+            raise StartupError(f"cannot read the node table of {path}: {exc}") from None
+        self.names = {cfg.node_id: cfg.name for cfg in table if isinstance(cfg, NodeConfig)}
+        found = [node_id for node_id, name in self.names.items() if name == self.opts.node]
+        if not found:
+            known = ", ".join(sorted(self.names.values())) or "none yet"
+            raise StartupError(
+                f"node '{self.opts.node}' is not in the node table of {path} (cluster '{self.cluster}'; "
+                f"nodes: {known}): add it with 'clusterfw node add {path} --name {self.opts.node}'",
+                EXIT_CONFIG)
+        self.node_id = found[0]
+        sb = disk.superblock
+        profile = replace(choose_profile(self.opts.profile, sb.io_timeout_ms),
+                          heartbeat_interval_ms=sb.heartbeat_interval_ms, io_timeout_ms=sb.io_timeout_ms)
+        self.profile = profile
+        self.timing = timing_mod.derive(profile)
+
+    def _read_own_slot(self) -> SlotRecord | None:
+        assert self.disk is not None
+        try:
+            rec = self.disk.read_slot(self.node_id)
+        except DeviceError as exc:
+            raise StartupError(f"cannot read node '{self.opts.node}''s slot on {self.opts.disk}: {exc}; "
+                               f"refusing to start without it (its ballot state must carry over)") from None
+        if isinstance(rec, SlotRecord):
+            return rec
+        if isinstance(rec, NotWritten):
+            return None
+        raise StartupError(
+            f"node '{self.opts.node}''s slot on {self.opts.disk} is damaged ({type(rec).__name__}: {rec}); "
+            f"refusing to start: its Disk Paxos ballot state would be lost. Check the disk "
+            f"('clusterfw disk dump {self.opts.disk}')")
+
+    def _check_other_host(self) -> None:
+        """Refuse if NODE's slot is being written right now (another host)."""
+        first = self.previous_slot
+        if first is None:
+            return
+        wait_ms = OTHER_HOST_CHECK_INTERVALS * max(first.timing.heartbeat_interval_ms,
+                                                   self.timing.heartbeat_interval_ms)
+        time.sleep(wait_ms / 1000.0)
+        second = self._read_own_slot()
+        if second is not None and (second.incarnation, second.seq) != (first.incarnation, first.seq):
+            raise StartupError(
+                f"node '{self.opts.node}''s slot on {self.opts.disk} is being written by another daemon "
+                f"(incarnation {second.incarnation:x}, seq {first.seq} -> {second.seq} in {wait_ms} ms), "
+                f"probably on another host: node names must be unique; stop that daemon or start this "
+                f"one for another node", EXIT_CONFIG)
+        self.previous_slot = second
+
+    def run(self) -> int:
+        """Run until left, fenced or refused; returns the exit code."""
+        try:
+            self._take_host_lock()
+            self._open_disk()
+            self.previous_slot = self._read_own_slot()
+            self._check_other_host()
+            if self.opts.watchdog is not None and not os.access(self.opts.watchdog, os.W_OK):
+                raise StartupError(f"--watchdog {self.opts.watchdog}: no such device, or not writable")
+            self.fencer = Fencer(node=self.opts.node, action=self.opts.fence_action, hooks=self.opts.fence_hooks,
+                                 runtime_dir=self.opts.runtime_dir, log=self._log)
+            if self.opts.placeholders:
+                for sub in default_subsystems():
+                    self.hub.add_local(sub)
+            self.server.start()
+        except StartupError as exc:
+            self.log.error(str(exc), NODE=self.opts.node)
+            return exc.exit_code
+        except api.SocketInUse as exc:
+            self.log.error(str(exc))
+            return EXIT_CONFIG
+        except OSError as exc:
+            self.log.error(f"start-up failed: {exc}")
+            return EXIT_FAILED
+        prev = self.previous_slot.incarnation if self.previous_slot else 0
+        while self.incarnation in (0, prev):
+            self.incarnation = secrets.randbits(63)
+        self._install_signals()
+        assert self.disk is not None
+        self.log.notice(
+            f"node {self.opts.node} (id {self.node_id}) of cluster '{self.cluster}' on {self.opts.disk}: "
+            f"incarnation {self.incarnation:x}; heartbeat {self.timing.heartbeat_interval_ms} ms, io timeout "
+            f"{self.timing.io_timeout_ms} ms, fence after {self.timing.fence_after_ms} ms, dead after "
+            f"{self.timing.dead_after_ms} ms; socket {self.opts.socket_path}; fence action {self.opts.fence_action}")
+        waiting = self._missing_subsystems()
+        self.notifier.ready(f"waiting for subsystems: {', '.join(waiting)}" if waiting else "joining")
+        if waiting:
+            self.log.notice(f"waiting for subsystems to register before the join: {', '.join(waiting)}")
+        return self._main_loop()
+
+    def _missing_subsystems(self) -> list[str]:
+        have = self.hub.registered_names()
+        return [name for name in self.opts.wait_for if name not in have]
+
+    # ----------------------------------------------------------------- signals
+    def _install_signals(self) -> None:
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_signal)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self._signals.append(signum)  # handled by the main loop; nothing else is safe here
+
+    def _wake_main(self) -> None:
+        try:
+            os.write(self._wake_w, b"\0")
+        except BlockingIOError:
+            pass
+
+    # --------------------------------------------------------------- main loop
+    def _main_loop(self) -> int:
+        wait_deadline = time.monotonic() + self.opts.wait_timeout_s
+        while not self._done.is_set():
+            select.select([self._wake_r], [], [], 0.2)
+            try:
+                while os.read(self._wake_r, 256):
+                    pass
+            except BlockingIOError:
+                pass
+            while self._signals:
+                self._handle_signal(self._signals.pop(0))
+            if self._done.is_set():
+                break
+            if self.core is None:
+                self._notify_watchdog()  # alive while waiting: no cycles run yet
+                missing = self._missing_subsystems()
+                if not missing:
+                    self._start_protocol()
+                elif time.monotonic() > wait_deadline:
+                    self._finish(EXIT_FAILED, f"subsystems {', '.join(missing)} did not register within "
+                                              f"{self.opts.wait_timeout_s:.0f} s (--wait-for-subsystem); "
+                                              f"start them, or drop the option")
+            elif self._leave_deadline is not None and time.monotonic() > self._leave_deadline \
+                    and self._fence_reason is None:
+                self._fence(f"graceful leave did not complete within {self.opts.stop_timeout_s:.0f} s",
+                            exit_anyway=True)
+        return self._shutdown()
+
+    def _handle_signal(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        if self._fence_reason is not None:
+            self._finish(EXIT_FENCED, f"{name} while fenced ({self._fence_reason})")
+            return
+        if self.core is None:
+            self._finish(EXIT_OK, f"{name} before the join was requested: nothing to leave")
+            return
+        if self._leave_deadline is not None:
+            self.log.notice(f"{name}: the graceful leave is already under way")
+            return
+        self.log.notice(f"{name}: leaving the cluster gracefully (at most {self.opts.stop_timeout_s:.0f} s)")
+        self.request_leave()
+
+    def _start_protocol(self) -> None:
+        # Opening a watchdog device arms it: only now, right before the
+        # first heartbeat, never while waiting for subsystems.
+        try:
+            self.watchdog = Watchdog(self.opts.watchdog, self._log)
+        except OSError as exc:
+            self._finish(EXIT_FAILED, f"cannot open the watchdog {self.opts.watchdog}: {exc}")
+            return
+        registrations = self.hub.freeze()
+        now = diskio.clock_ms()
+        rng = random.Random(secrets.randbits(64))
+        core = NodeCore(node_id=self.node_id, incarnation=self.incarnation, timing=self.timing,
+                        registrations=registrations, rng=rng.random, now_ms=now,
+                        previous_slot=self.previous_slot)
+        with self._lock:
+            self.core = core
+            self._write_deadline_ms = core.fence_deadline_ms()
+        assert self.dev is not None
+        self.dev.io_timeout_ms = self.timing.io_timeout_ms
+        self.log.notice("joining with " + ", ".join(f"{r.name}@{r.level}" for r in registrations),
+                        NODE=self.opts.node, TRANSITION="join-requested")
+        self.notifier.status(f"joining; cluster {self.cluster}")
+        for target, name in ((self._io_loop, "io"), (self._fence_timer_loop, "fence-timer")):
+            thread = threading.Thread(target=self._guarded(target), name=name, daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _guarded(self, target: Any) -> Any:
+        def run() -> None:
+            try:
+                target()
+            except BaseException as exc:  # a broken invariant: fence, then crash the daemon
+                self.log.critical(f"thread {threading.current_thread().name} crashed: {type(exc).__name__}: "
+                                  f"{exc}")
+                self._fence(f"internal error in thread {threading.current_thread().name}: "
+                            f"{type(exc).__name__}: {exc}", exit_anyway=True)
+        return run
+
+    def _finish(self, code: int, reason: str) -> None:
+        if self._done.is_set():
+            return
+        self._exit_code = code
+        self._exit_reason = reason
+        self._done.set()
+        self._kick.set()
+        self._wake_main()
+
+    def _shutdown(self) -> int:
+        code, reason = self._exit_code, self._exit_reason
+        priority = "notice" if code == EXIT_OK else "error"
+        self.log.log(priority, f"exiting ({code}): {reason}", NODE=self.opts.node)
+        self.notifier.stopping(f"exiting: {reason}")
+        final = {"op": "stopped", "reason": reason, "exit": code}
+        if self._fence_reason is not None:
+            final = {"op": "fenced", "reason": self._fence_reason, "exit": code}
+        self.server.broadcast(final, "watcher")
+        self.server.close(LEAVE_FLUSH_S)
+        self.hub.stop()
+        if self.watchdog is not None:
+            self.watchdog.close_gracefully()  # no magic close once fenced
+        if self.dev is not None and code == EXIT_OK:
+            self.dev.close()
+        return code
+
+    # -------------------------------------------------------------- the guard
+    def _write_guard(self) -> str | None:
+        """Asked on the I/O worker right before every write system call."""
+        if self._fence_reason is not None:
+            return f"fenced ({self._fence_reason})"
+        if self._done.is_set():
+            return "the daemon is exiting"
+        if diskio.clock_ms() >= self._write_deadline_ms:
+            return "the fence deadline has passed"
+        return None
+
+    # --------------------------------------------------------------- io thread
+    def _io_loop(self) -> None:
+        core = self.core
+        disk = self.disk
+        assert core is not None and disk is not None
+        while not self._done.is_set() and self._fence_reason is None:
+            self._kick.clear()
+            now = diskio.clock_ms()
+            with self._lock:
+                ops = core.poll(now)
+                events = core.take_events()
+                wake = core.wakeup_ms()
+                self._write_deadline_ms = core.fence_deadline_ms()
+            self._dispatch(events)
+            if not ops:
+                if core.stopped is not None or core.fenced is not None:
+                    return
+                self._kick.wait(min(max(0.0, (wake - now) / 1000.0), WAIT_MAX_S))
+                continue
+            results = []
+            for op in ops:
+                if self._fence_reason is not None or self._done.is_set():
+                    return
+                if isinstance(op, WriteSlot) and self._slot_taken(diskio.read_own_slot(disk, self.node_id)):
+                    return
+                results.append(diskio.perform(disk, op))
+            if any(isinstance(r.op, ReadSlots) and r.ok and self._slot_taken(r.value) for r in results):
+                return
+            now = diskio.clock_ms()
+            with self._lock:
+                core.complete(now, results)
+                events = core.take_events()
+                healthy = core.can_write(now)
+                self._write_deadline_ms = core.fence_deadline_ms()
+                slots = core.slots
+            self._dispatch(events)
+            if healthy and self._fence_reason is None:
+                self._feed_watchdogs()
+            if any(node_id not in self.names for node_id in slots):
+                self._refresh_names()
+
+    def _slot_taken(self, slots: object) -> bool:
+        """Fence (and return True) if our slot shows another incarnation than
+        ours that is not the record we found at start: another host runs
+        this node.  Checked right before every heartbeat write (so a write of
+        the other host since our last one is seen) and in every slot read."""
+        foreign = diskio.own_slot_problem(slots, self.node_id, self.incarnation, self.previous_slot)
+        if foreign is None:
+            return False
+        self.log.critical(
+            f"ANOTHER HOST IS WRITING NODE {self.opts.node}'S SLOT (incarnation {foreign.incarnation:x}, "
+            f"seq {foreign.seq}; ours is {self.incarnation:x}): two daemons run node "
+            f"'{self.opts.node}'; node names must be unique per host", NODE=self.opts.node)
+        self._fence(f"another host is writing node {self.opts.node}'s slot (incarnation {foreign.incarnation:x})",
+                    exit_anyway=True)
+        return True
+
+    def _feed_watchdogs(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.feed()
+        self._notify_watchdog()
+
+    def _notify_watchdog(self) -> None:
+        """WATCHDOG=1 to systemd, at most once a second (or a quarter of
+        WatchdogSec)."""
+        now = time.monotonic()
+        interval = WATCHDOG_NOTIFY_MIN_S
+        if self.notifier.watchdog_usec:
+            interval = min(interval, self.notifier.watchdog_usec / 4e6)
+        if now - self._last_watchdog_notify >= interval:
+            self._last_watchdog_notify = now
+            self.notifier.watchdog()
+
+    def _refresh_names(self) -> None:
+        """Re-read the node table (a node was added while we run), on a
+        thread and a device of its own so the heartbeat never waits for it."""
+        now = time.monotonic()
+        if self._names_refreshing or now < self._names_refresh_at:
+            return
+        self._names_refreshing = True
+        self._names_refresh_at = now + NAMES_REFRESH_MIN_S
+
+        def refresh() -> None:
+            try:
+                from clusterfw.ondisk.blockdev import BlockDevice
+                with BlockDevice(self.opts.disk, readonly=True, io_timeout_ms=STARTUP_IO_TIMEOUT_MS) as dev:
+                    assert self.disk is not None
+                    disk = ClusterDisk(dev, self.disk.layout, self.disk.cluster_uuid)
+                    table = disk.read_node_table()
+                names = {cfg.node_id: cfg.name for cfg in table if isinstance(cfg, NodeConfig)}
+                names.update({k: v for k, v in self.names.items() if k not in names})
+                self.names = names
+            except (OSError, DeviceError, BlockError) as exc:
+                self._log("warning", f"cannot re-read the node table: {exc}")
+            finally:
+                self._names_refreshing = False
+
+        threading.Thread(target=refresh, name="node-table", daemon=True).start()
+
+    # ------------------------------------------------------ fence-timer thread
+    def _fence_timer_loop(self) -> None:
+        core = self.core
+        assert core is not None
+        while not self._done.is_set() and self._fence_reason is None:
+            with self._lock:
+                if core.fenced is not None or core.stopped is not None:
+                    return
+                deadline = core.fence_deadline_ms()
+            now = diskio.clock_ms()
+            if now >= deadline:
+                with self._lock:
+                    core.tick(now)
+                    events = core.take_events()
+                self._dispatch(events)
+                continue
+            self._done.wait(min((deadline - now) / 1000.0 + 0.001, WAIT_MAX_S / 2))
+
+    # ----------------------------------------------------------------- events
+    def _dispatch(self, events: list[Event]) -> None:
+        for ev in events:
+            if isinstance(ev, Notify):
+                self.hub.deliver(self._notification(ev))
+            elif isinstance(ev, Fenced):
+                self._fence(ev.reason)
+            elif isinstance(ev, MasterChanged):
+                who = "this node" if ev.me else self.names.get(ev.master, f"node{ev.master}")
+                self.log.notice(f"master is {who} (term {ev.term})", TERM=ev.term)
+                self._update_status()
+            elif isinstance(ev, StateChanged):
+                term, epoch = self._term_epoch()
+                self.log.notice(f"state {ev.old.value} -> {ev.new.value}", EPOCH=epoch, TERM=term,
+                                TRANSITION=f"{ev.old.value}->{ev.new.value}")
+                if ev.new is NodeState.JOINED and not self._joined_once:
+                    self._joined_once = True
+                    self.log.notice(f"joined {diskio.clock_ms() - self._started_ms:.0f} ms after start")
+                self._update_status()
+                self._progress()
+            elif isinstance(ev, ViewAdopted):
+                for line in ev.log:
+                    self.log.info(f"[master] {line}", EPOCH=ev.epoch, TERM=ev.term)
+                self.log.debug(f"view epoch {ev.epoch} of term {ev.term}", EPOCH=ev.epoch, TERM=ev.term)
+                self._progress()
+            elif isinstance(ev, Rejected):
+                self._rejected = f"level {ev.level}: {ev.reason}"
+                self.log.error(f"the join was rejected at level {ev.level}: {ev.reason}", LEVEL=ev.level)
+            elif isinstance(ev, Stopped):
+                if ev.reason == "left":
+                    self._finish(EXIT_OK, "left the cluster gracefully")
+                else:
+                    self._finish(EXIT_CONFIG, f"join rejected ({self._rejected or ev.reason}): fix the "
+                                              f"subsystem registrations so they match the cluster's")
+
+    def _term_epoch(self) -> tuple[int, int]:
+        with self._lock:
+            core = self.core
+            if core is None or core.view is None:
+                return 0, 0
+            return core.view.term, core.view.epoch
+
+    def _notification(self, ev: Notify) -> Notification:
+        names = self.names
+        return Notification(
+            level=ev.level, batch=ev.batch_id, epoch=ev.epoch,
+            entries=tuple(Entry(e.node_id, names.get(e.node_id, f"node{e.node_id}"), e.kind.notification, e.barrier)
+                          for e in ev.entries),
+            context=tuple((node_id, names.get(node_id, f"node{node_id}"), state) for node_id, state in ev.context))
+
+    def _update_status(self) -> None:
+        with self._lock:
+            core = self.core
+            if core is None:
+                return
+            state = core.state.value
+            decision = core.decision
+            epoch = core.view.epoch if core.view is not None else 0
+        master = "none"
+        if decision is not None and not decision.resigned:
+            master = self.names.get(decision.master, f"node{decision.master}")
+        line = f"{state}; master {master}; epoch {epoch}"
+        if line != self._status_line:
+            self._status_line = line
+            self.notifier.status(line)
+
+    def _my_levels(self) -> tuple[str, dict[str, str], int]:
+        with self._lock:
+            core = self.core
+            assert core is not None
+            view, state, slots = core.view, core.state, core.slots
+        member = view.member(self.node_id) if view is not None else None
+        names = {r.level: r.name for s in slots.values() for r in s.registrations}
+        levels = {}
+        if view is not None:
+            for spec in view.levels:
+                name = names.get(spec.level, f"level{spec.level}")
+                ok = member is not None and member.incarnation == self.incarnation
+                levels[name] = level_state(member, spec.level) if ok and member is not None else "inactive"
+        return state.value, levels, view.epoch if view is not None else 0
+
+    def _progress(self) -> None:
+        if self._leave_deadline is None:
+            return
+        state, levels, epoch = self._my_levels()
+        self.server.broadcast({"op": "progress", "state": state, "levels": levels, "epoch": epoch}, "watcher")
+
+    # ------------------------------------------------------------------ fence
+    def _fence(self, reason: str, exit_anyway: bool = False) -> None:
+        with self._fence_lock:
+            if self._fence_reason is not None:
+                return
+            self._fence_reason = reason  # from here on the write guard refuses every write
+        assert self.fencer is not None
+        if self.watchdog is not None:
+            self.watchdog.fence()
+        self._kick.set()
+        self.log.critical(f"FENCED: {reason}", NODE=self.opts.node, TRANSITION="fenced")
+        self.notifier.status(f"fenced: {reason}")
+        action = self.opts.fence_action
+        if action != "none":
+            try:
+                self.fencer.kill_units(reason)
+            except Exception as exc:  # noqa: BLE001 - the rest of the fence must still happen
+                self.log.critical(f"fence: killing units failed: {type(exc).__name__}: {exc}")
+        if action == "kill-namespace":
+            self.fencer.kill_namespace()  # returns only if it refused
+        if action in ("exit", "kill-namespace") or exit_anyway:
+            self._finish(EXIT_FENCED, f"fenced: {reason}")
+        else:
+            self.server.broadcast({"op": "fenced", "reason": reason}, "watcher")
+
+    # ------------------------------------------------------------ api handler
+    def handle(self, peer: api.Peer, request: protocol.Request) -> dict[str, Any]:
+        if request.op == "status":
+            return {"ok": True, "op": "status", "status": self.status()}
+        if request.op == "leave":
+            error = self.request_leave()
+            if error is not None:
+                return protocol.error(error, "leave")
+            peer.role = "watcher"
+            state, levels, epoch = self._my_levels() if self.core is not None else ("inactive", {}, 0)
+            return {"ok": True, "op": "leave", "state": state, "levels": levels, "epoch": epoch}
+        if request.op == "register":
+            reg = Registration(request.level, request.name, request.barriers)
+            try:
+                reattached = self.hub.add_external(peer.conn_id, reg)
+            except RegistrationError as exc:
+                return protocol.error(str(exc), "register")
+            peer.role = "subsystem"
+            self.log.notice(f"external subsystem {reg.name} registered at level {reg.level} "
+                            f"(pid {peer.pid}){' (re-attached)' if reattached else ''}", LEVEL=reg.level)
+            self._wake_main()
+            return {"ok": True, "op": "registered", "level": reg.level, "name": reg.name,
+                    "barriers": list(reg.barriers), "reattached": reattached,
+                    # a new registration is always taken before the join request (it is
+                    # refused after it); only a re-attached one finds the join requested
+                    "join": "requested" if reattached else "waiting"}
+        if request.op == "ack":
+            error = self.hub.external_ack(peer.conn_id, request.batch)
+            if error is not None:
+                return protocol.error(error, "ack")
+            return {"ok": True, "op": "acked", "batch": request.batch}
+        return protocol.error(f"unknown op {request.op!r}")
+
+    def disconnected(self, peer: api.Peer) -> None:
+        if peer.role == "subsystem":
+            self.hub.detach(peer.conn_id)
+
+    def _send_notification(self, conn_id: int, notification: Notification) -> bool:
+        return self.server.push(conn_id, notification.to_json())
+
+    def _ack_core(self, level: int, batch: int) -> None:
+        now = diskio.clock_ms()
+        with self._lock:
+            if self.core is not None:
+                self.core.ack(level, batch, now)
+        self._kick.set()
+
+    def request_leave(self) -> str | None:
+        """Start the graceful leave; returns an error text if it cannot."""
+        if self._fence_reason is not None:
+            return f"the node is fenced ({self._fence_reason}): nothing to leave; stop the daemon"
+        if self.core is None:
+            self._finish(EXIT_OK, "asked to leave before the join was requested: nothing to leave")
+            return None
+        if self._leave_deadline is None:
+            self._leave_deadline = time.monotonic() + self.opts.stop_timeout_s
+        now = diskio.clock_ms()
+        with self._lock:
+            self.core.leave(now)
+            events = self.core.take_events()
+        self._dispatch(events)
+        self._kick.set()
+        return None
+
+    # ----------------------------------------------------------------- status
+    def status(self) -> dict[str, Any]:
+        now = diskio.clock_ms()
+        with self._lock:
+            core = self.core
+            if core is not None:
+                view, slots, decision = core.view, core.slots, core.decision
+                ages = {n: core.liveness.age_ms(n, now) for n in set(slots) | set(self.names)}
+                state, role = core.state.value, core.role.value
+                acting_master = core.is_acting_master(now)
+                fenced, stopped = core.fenced, core.stopped
+            else:
+                view, slots, decision, ages = None, {}, None, {}
+                state, role, acting_master, fenced, stopped = "inactive", "follower", False, None, None
+        out = render(cluster=self.cluster, names=self.names, view=view, slots=slots, decision=decision,
+                     ages_ms=ages)
+        fenced = self._fence_reason or fenced
+        if fenced:
+            phase = "fenced"
+        elif self._done.is_set() or stopped:
+            phase = "stopped"
+        elif core is None:
+            phase = "waiting-for-subsystems"
+        elif self._leave_deadline is not None:
+            phase = "leaving"
+        else:
+            phase = "running"
+        out.update({
+            "source": "daemon", "node": self.opts.node, "node_id": self.node_id, "state": state,
+            "phase": phase, "role": role, "acting_master": acting_master,
+            "incarnation": self.incarnation, "fenced": fenced, "pid": os.getpid(),
+            "disk": self.opts.disk, "timing": timing_json(self.timing),
+            "fence_action": self.opts.fence_action,
+            "subsystems": self.hub.describe(), "waiting_for": self._missing_subsystems() if core is None else [],
+            "uptime_ms": int(now - self._started_ms),
+        })
+        return out
+
+
+def run_daemon(opts: DaemonOptions) -> int:
+    try:
+        admin.check_node_name(opts.node)
+    except ValueError as exc:
+        Journal(opts.node or "?").error(f"--node: {exc}")
+        return EXIT_USAGE
+    return Daemon(opts).run()

@@ -1,0 +1,149 @@
+"""The daemon's disk I/O: NodeCore's ops carried out on the real device.
+
+How this works
+--------------
+``perform`` carries out one op of a cycle against a ``ClusterDisk`` and
+returns the ``OpResult`` NodeCore expects, with start and end times on the
+daemon's clock.  A ``DeviceError`` (EIO, timeout) becomes ``ok=False``: a
+failed renewal, never an exception.  Decoding failures come back per block
+as ``Unreadable`` (``never_written`` for an all-zero block), as the
+simulator's store reports them.
+
+``GuardedBlockDevice`` is a ``BlockDevice`` whose every write asks a guard,
+on the I/O worker thread, immediately before the ``pwritev`` system call,
+whether it may still be issued.  The daemon's guard says no once the node
+has fenced or its fence deadline has passed.  This closes the window between
+"the core produced a write" and "the write is issued": a daemon that was
+paused (SIGSTOP, a stalled VM) right after NodeCore produced a write finds
+the deadline passed when it resumes and the write is refused.  What no user
+space code can close is the last few instructions before the system call;
+the timing rule and the watchdog cover that (docs/daemon.md).
+
+Invariant: no write reaches the device while the guard refuses it.
+"""
+from __future__ import annotations
+
+import errno
+import mmap
+import time
+from typing import Callable
+
+from clusterfw.core.model import SlotRecord, ViewRecord
+from clusterfw.core.node import Op, OpResult, ReadAllViews, ReadSlots, ReadView, Unreadable, WriteSlot, WriteView
+from clusterfw.ondisk.blockdev import BlockDevice
+from clusterfw.ondisk.clusterdisk import ClusterDisk
+from clusterfw.ondisk.errors import DeviceError, NotWritten
+from clusterfw.ondisk.layout import VIEW_COPIES, VIEW_COPY_BYTES
+
+VIEWS_READ_CHUNK_BYTES = 1 << 20  # ReadAllViews reads the view area in chunks of this many bytes
+
+
+def clock_ms() -> float:
+    """The daemon's clock, in milliseconds.
+
+    CLOCK_BOOTTIME rather than CLOCK_MONOTONIC: both never jump, but only
+    BOOTTIME keeps counting while the host is suspended.  A host that was
+    suspended for a minute must see that a minute passed, or it would write a
+    heartbeat after the others declared it dead.
+    """
+    return time.clock_gettime(time.CLOCK_BOOTTIME) * 1000.0
+
+
+class WriteRefused(OSError):
+    pass
+
+
+class GuardedBlockDevice(BlockDevice):
+    """A BlockDevice that asks ``guard()`` before every write system call;
+    ``guard`` returns ``None`` to allow it or the reason to refuse."""
+
+    def __init__(self, path: str, *, guard: Callable[[], str | None], **kwargs: object) -> None:
+        self.guard = guard
+        super().__init__(path, **kwargs)  # type: ignore[arg-type]
+
+    def _pwrite(self, buf: mmap.mmap, offset: int) -> int:
+        refusal = self.guard()
+        if refusal is not None:
+            raise WriteRefused(errno.ECANCELED, f"write refused: {refusal}")
+        return super()._pwrite(buf, offset)
+
+
+def _slots_value(disk: ClusterDisk) -> dict[int, SlotRecord | Unreadable]:
+    out: dict[int, SlotRecord | Unreadable] = {}
+    for node_id, entry in enumerate(disk.read_slots(), start=1):
+        if isinstance(entry, SlotRecord):
+            out[node_id] = entry
+        elif isinstance(entry, NotWritten):
+            out[node_id] = Unreadable("never written", never_written=True)
+        else:
+            out[node_id] = Unreadable(f"{type(entry).__name__}: {entry}")
+    return out
+
+
+def read_all_views(disk: ClusterDisk) -> list[ViewRecord]:
+    """The best valid view of every node's view area, in chunks of whole
+    view pairs (one I/O per chunk, each with its own timeout)."""
+    layout = disk.layout
+    pair_bytes = VIEW_COPIES * VIEW_COPY_BYTES
+    pairs_per_chunk = max(1, VIEWS_READ_CHUNK_BYTES // pair_bytes)
+    views: list[ViewRecord] = []
+    node_id = 1
+    while node_id <= layout.nodes_max:
+        count = min(pairs_per_chunk, layout.nodes_max - node_id + 1)
+        raw = disk.dev.read(layout.view_pair_offset(node_id), count * pair_bytes)
+        for index in range(count):
+            best = disk.view_from_bytes(node_id + index, raw[index * pair_bytes:(index + 1) * pair_bytes])
+            if isinstance(best, ViewRecord):
+                views.append(best)
+        node_id += count
+    return views
+
+
+def perform(disk: ClusterDisk, op: Op) -> OpResult:
+    """Carry out one op; never raises for a failed or timed-out I/O."""
+    start = clock_ms()
+    value: object = None
+    try:
+        if isinstance(op, WriteSlot):
+            disk.write_slot(op.record)
+        elif isinstance(op, ReadSlots):
+            value = _slots_value(disk)
+        elif isinstance(op, ReadView):
+            view = disk.read_view(op.node_id)
+            value = view if isinstance(view, ViewRecord) else None
+        elif isinstance(op, ReadAllViews):
+            value = read_all_views(disk)
+        elif isinstance(op, WriteView):
+            disk.write_view(op.record, op.copy)
+        else:
+            raise AssertionError(f"unknown op {op!r}")
+    except DeviceError as exc:
+        return OpResult(op, False, start, clock_ms(), None, str(exc))
+    return OpResult(op, True, start, clock_ms(), value)
+
+
+def read_own_slot(disk: ClusterDisk, node_id: int) -> dict[int, SlotRecord] | None:
+    """Our own slot, as ``{node_id: record}`` (None if it cannot be read or
+    decoded: no evidence either way)."""
+    try:
+        rec = disk.read_slot(node_id)
+    except DeviceError:
+        return None
+    return {node_id: rec} if isinstance(rec, SlotRecord) else None
+
+
+def own_slot_problem(value: object, node_id: int, incarnation: int,
+                     previous: SlotRecord | None) -> SlotRecord | None:
+    """If the slot area just read shows ``node_id``'s slot written by another
+    incarnation than ours -- and not the record that was there when we
+    started -- return that record: another host is writing this node's slot."""
+    if not isinstance(value, dict):
+        return None
+    rec = value.get(node_id)
+    if not isinstance(rec, SlotRecord) or rec.incarnation == incarnation:
+        return None
+    if previous is not None and (rec.incarnation, rec.seq) == (previous.incarnation, previous.seq):
+        return None  # our first write has not landed (or failed): still the old record
+    return rec
+
+

@@ -1,0 +1,86 @@
+"""What a subsystem sees of the transition framework (DESIGN §4), in-process
+or over the local socket alike.
+
+How this works
+--------------
+A subsystem registers a *level* and, per transition kind, a number of
+*barriers*.  The daemon hands it ``Notification``s: one batch describing one
+or more nodes' transitions at this level (each with its kind and barrier),
+with the other members' states at this level as context (the patent's
+Table 1).  The subsystem does its work and acknowledges the batch; the next
+level (or barrier) is notified only after every member node's subsystem at
+this level acknowledged.  A newer batch at the same level supersedes an
+unacknowledged older one (a forced leave interrupting a graceful
+transition): the subsystem must drop the older work promptly and ack only
+the newest batch.
+
+An in-process subsystem subclasses ``LocalSubsystem``: ``deliver`` is called
+from the daemon's event dispatch and must not block (queue the work);
+``ack(batch)`` may be called from any thread.  An external subsystem speaks
+the same thing as JSON over the socket (``Notification.to_json``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from clusterfw.core.model import Registration
+
+
+@dataclass(frozen=True)
+class Entry:
+    node_id: int
+    node: str  # the node's name
+    kind: str  # "joining" | "leaving" | "forced-leaving"
+    barrier: int
+
+
+@dataclass(frozen=True)
+class Notification:
+    level: int
+    batch: int
+    epoch: int
+    entries: tuple[Entry, ...]
+    context: tuple[tuple[int, str, str], ...]  # (node id, name, state at this level) of the other members
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "op": "notify", "level": self.level, "batch": self.batch, "epoch": self.epoch,
+            "entries": [{"node": e.node, "id": e.node_id, "kind": e.kind, "barrier": e.barrier}
+                        for e in self.entries],
+            "context": [{"node": name, "id": node_id, "state": state} for node_id, name, state in self.context],
+        }
+
+    @classmethod
+    def from_json(cls, message: dict[str, Any]) -> Notification:
+        """The inverse of ``to_json`` (raises KeyError/TypeError/ValueError on a bad message)."""
+        return cls(
+            level=int(message["level"]), batch=int(message["batch"]), epoch=int(message["epoch"]),
+            entries=tuple(Entry(int(e["id"]), str(e["node"]), str(e["kind"]), int(e["barrier"]))
+                          for e in message["entries"]),
+            context=tuple((int(c["id"]), str(c["node"]), str(c["state"])) for c in message["context"]))
+
+    def describe(self) -> str:
+        what = ", ".join(f"{e.node} {e.kind}#{e.barrier}" for e in self.entries) or "nothing"
+        return f"batch {self.batch} (epoch {self.epoch}): {what}"
+
+
+class LocalSubsystem:
+    """Base of the in-process subsystems.  The daemon calls ``start`` with
+    its ack function before the first ``deliver`` and ``stop`` at exit."""
+
+    level: int = -1
+    name: str = ""
+    barriers: tuple[int, int, int] = (1, 1, 1)
+
+    def registration(self) -> Registration:
+        return Registration(self.level, self.name, self.barriers)
+
+    def start(self, ack: Callable[[int], None], log: Callable[[str], None]) -> None:
+        raise NotImplementedError
+
+    def deliver(self, notification: Notification) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
