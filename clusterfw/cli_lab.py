@@ -44,11 +44,38 @@ def cmd_up(args):
                 rebuild=args.rebuild_rootfs, wipe_disk=args.wipe_disk,
                 keep_on_failure=args.keep_on_failure, setup_commands=args.setup_command,
                 prepare_disk=args.prepare_disk)
+    joined = _wait_joined(lab, args) if args.autostart and lab.state.get("units") else None
     if args.json:
-        _print(st)
+        _print({**st, "cluster": joined})
     else:
         _print_status(st)
+        if joined is not None:
+            master = joined.get("master")
+            print(f"cluster '{joined.get('cluster')}': "
+                  + ", ".join(f"{n['name']} {n['state']}{'*' if n['name'] == master else ''}"
+                              for n in joined["nodes"])
+                  + "  (* master) -- `clusterfw status` shows more")
     return 0
+
+
+def _wait_joined(lab, args, timeout: float = 60.0):
+    """Wait until every node of the lab shows joined (as node n1 sees it)."""
+    import time
+    names = sorted(lab.state["nodes"], key=lambda n: int(n[1:]))
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        cp = lab.exec(names[0], ["clusterfw", "status", "--json"], timeout=15)
+        try:
+            last = json.loads(cp.stdout) if cp.returncode == 0 else last
+        except ValueError:
+            pass
+        if last and last.get("master") and sum(n["state"] == "joined" for n in last["nodes"]) == len(names):
+            return last
+        time.sleep(0.3)
+    print(f"lab: the cluster did not fully join within {timeout:.0f} s; see "
+          f"'clusterfw lab exec n1 -- journalctl -u clusterfw'", file=sys.stderr)
+    return last
 
 
 def _print_status(st: dict) -> None:

@@ -190,12 +190,18 @@ def cmd_status(args: argparse.Namespace) -> int:
         status = Client(args.socket).status()
     except DaemonUnavailable as exc:
         if not args.disk:
-            raise CliError(f"{exc}: is the daemon running ('systemctl status clusterfw')? To read the shared "
-                           f"disk directly, add --disk DEVICE") from None
-        status = _status_from_disk(args.disk)
-        if not args.json:
-            print(f"no local daemon answers on {args.socket}: read {args.disk} directly "
-                  f"(heartbeat ages unknown: one read cannot tell a live node from a dead one)")
+            lab_status = _status_from_lab()
+            if lab_status is None:
+                raise CliError(f"{exc}: is the daemon running ('systemctl status clusterfw')? To read the "
+                               f"shared disk directly, add --disk DEVICE") from None
+            via, status = lab_status
+            if not args.json:
+                print(f"no daemon on this host: asked lab node {via} ({os.environ.get('CLUSTERFW_LAB_DIR') or 'default lab'})")
+        else:
+            status = _status_from_disk(args.disk)
+            if not args.json:
+                print(f"no local daemon answers on {args.socket}: read {args.disk} directly "
+                      f"(heartbeat ages unknown: one read cannot tell a live node from a dead one)")
     except ClientError as exc:
         raise CliError(str(exc)) from None
     if args.json:
@@ -204,6 +210,25 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print(format_status(status))
     return 0
+
+
+def _status_from_lab() -> tuple[str, dict[str, Any]] | None:
+    """On a host running `clusterfw lab` (and no daemon of its own): the
+    status as a running lab node's daemon sees it, or None without a lab."""
+    from clusterfw.lab.lab import DEFAULT_DIR, Lab, LabError
+
+    lab = Lab(os.environ.get("CLUSTERFW_LAB_DIR") or DEFAULT_DIR)
+    if lab.state is None or os.geteuid() != 0:
+        return None
+    try:
+        nodes = [n for n in lab.status()["nodes"] if n["state"] == "up"]
+        for node in nodes:
+            cp = lab.exec(node["name"], ["clusterfw", "status", "--json"], timeout=15)
+            if cp.returncode == 0:
+                return node["name"], json.loads(cp.stdout)
+    except (LabError, OSError, ValueError):
+        return None
+    return None
 
 
 def _status_from_disk(path: str) -> dict[str, Any]:
