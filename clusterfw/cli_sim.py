@@ -3,6 +3,7 @@
     clusterfw sim --seeds 300 --nodes 7            many seeds, every fault
     clusterfw sim --seed 1234 --nodes 7 --trace    replay one seed, full trace
     clusterfw sim --seeds 50 --faults crash,pause  only some faults
+    clusterfw sim --seeds 300 --nodes 4 --dlm      also run the DLM with lock clients
 
 Exits 0 when no invariant was violated, 1 otherwise (each failing seed is
 printed with the invariant, the message and the end of its trace).
@@ -16,7 +17,7 @@ import time
 
 from clusterfw.cli import EXIT_FAILED, EXIT_USAGE, CliError
 from clusterfw.sim.runner import MUTATIONS, parse_faults, run_many, run_seed, summarize
-from clusterfw.sim.world import FAULTS
+from clusterfw.sim.world import FAULTS, FEATURES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,7 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "sim", help="run the deterministic cluster simulator",
         description="Run the membership protocol with simulated nodes, disk, clocks and faults. "
                     "A seed reproduces a run exactly; any invariant violation exits 1 with its seed.",
-        epilog="Faults: " + ", ".join(FAULTS) + ". Exit codes: 0 no violation, 1 violation, 2 bad usage.")
+        epilog="Faults: " + ", ".join(FAULTS) + ". Features: " + ", ".join(FEATURES)
+               + " (--dlm). Exit codes: 0 no violation, 1 violation, 2 bad usage.")
     p.add_argument("--seeds", type=int, default=100, metavar="N", help="number of seeds to run (default 100)")
     p.add_argument("--nodes", type=int, default=5, metavar="K", help="nodes per run (default 5)")
     p.add_argument("--seed", type=int, metavar="S",
@@ -33,6 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated faults to inject, 'all' (default) or 'none'")
     p.add_argument("--fault-ms", type=float, default=20_000, metavar="MS",
                    help="simulated length of the fault phase (default 20000)")
+    p.add_argument("--dlm", action="store_true",
+                   help="also run the DLM on every node with lock clients, and check its invariants")
     p.add_argument("--mutation", choices=sorted(MUTATIONS),
                    help="deliberately break one rule (to see the simulator catch it)")
     p.add_argument("--trace", action="store_true", help="print the full trace of a single seed")
@@ -46,6 +50,9 @@ def cmd_sim(args: argparse.Namespace) -> int:
         faults = parse_faults(args.faults)
     except ValueError as exc:
         raise CliError(f"--faults: {exc}", EXIT_USAGE) from None
+    if args.dlm:
+        faults = faults | {"dlm"}
+    replay_flags = f"--faults {args.faults}" + (" --dlm" if args.dlm else "")
     if not 1 <= args.nodes <= 255:
         raise CliError(f"--nodes {args.nodes}: use 1..255", EXIT_USAGE)
     if args.seeds < 1:
@@ -65,7 +72,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
                   f"stopped, {out.events} events, trace digest {out.digest}")
         else:
             print(f"seed {out.seed}: VIOLATION {out.violation}\n"
-                  f"replay: clusterfw sim --seed {out.seed} --nodes {args.nodes} --faults {args.faults} --trace",
+                  f"replay: clusterfw sim --seed {out.seed} --nodes {args.nodes} {replay_flags} --trace",
                   file=sys.stderr)
         return 0 if out.ok else EXIT_FAILED
 
@@ -98,5 +105,5 @@ def cmd_sim(args: argparse.Namespace) -> int:
         for bad in [o for o in outcomes if not o.ok][:5]:
             print(f"\nseed {bad.seed}: {bad.violation}\n  last events:")
             print("\n".join("  " + line for line in bad.trace[-25:]))
-            print(f"  replay: clusterfw sim --seed {bad.seed} --nodes {args.nodes} --faults {args.faults} --trace")
+            print(f"  replay: clusterfw sim --seed {bad.seed} --nodes {args.nodes} {replay_flags} --trace")
     return 0 if summary["violations"] == 0 else EXIT_FAILED

@@ -207,7 +207,7 @@ def test_writes_elsewhere_and_reads_proceed_past_a_stuck_write(image):
                 self.release.wait()
             return super()._pwrite(buf, offset)
 
-    with StuckWrite(image, io_timeout_ms=100) as dev:
+    with StuckWrite(image, io_timeout_ms=1000) as dev:
         with pytest.raises(IoTimeout):
             dev.write(0, b"\x01" * 4096)
         dev.write(4096, b"\x02" * 4096)
@@ -270,7 +270,7 @@ def test_cli_on_a_file(image):
     assert bad.returncode == 2 and "a-z 0-9" in bad.stderr
     out_of_range = cli("node", "add", image, "--name", "n9", "--id", "9")
     assert out_of_range.returncode == 2 and "1..4" in out_of_range.stderr
-    again = cli("disk", "init", image, "--cluster", "lab")
+    again = cli("disk", "init", image, "--cluster", "lab", "--max-nodes", "4")  # 16 would not fit 4 MiB
     assert again.returncode == 3 and "--force" in again.stderr
 
     dumped = cli("disk", "dump", image, "--json")

@@ -9,7 +9,6 @@ from hypothesis import strategies as st
 from clusterfw.core.model import NODES_MAX, SuperBlock
 from clusterfw.ondisk.errors import DeviceTooSmall
 from clusterfw.ondisk.layout import (
-    DLM_AREA_BYTES,
     MIB,
     SERVICE_AREA_BYTES,
     VDISK_AREA_BYTES,
@@ -68,25 +67,28 @@ def test_node_records_are_512_bytes_inside_the_table(layout, data):
     assert layout.node_table_read_bytes % layout.block_size_bytes == 0
 
 
-@pytest.mark.parametrize("kind,size", [(AreaKind.DLM_LOCKS, DLM_AREA_BYTES), (AreaKind.VIRTUAL_DISKS, VDISK_AREA_BYTES),
+@pytest.mark.parametrize("kind,size", [(AreaKind.DLM_LOCKS, 4096 + 128 * 16 * 512),
+                                       (AreaKind.VIRTUAL_DISKS, VDISK_AREA_BYTES),
                                        (AreaKind.SERVICE_REGISTRY, SERVICE_AREA_BYTES)])
 def test_reserved_areas(kind, size):
     area = Layout(512, 16).reserved_area(kind)
     assert area.size_bytes == size
-    assert size in (1 << 20, 256 << 10)
+    assert size in (4096 + (1 << 20), 1 << 20, 256 << 10)  # DLM: header + 128 stripes of 16 x 512
 
 
 # Pinned: changing any of these changes the on-disk format.
 @pytest.mark.parametrize("block_size,nodes_max,expected", [
     (512, 16, dict(node_table_offset=4096, slots_offset=12288, slots_bytes=8192, views_offset=20480,
-                   views_bytes=524288, dlm_offset=544768, vdisk_offset=1593344, service_offset=1855488,
-                   total_bytes=3 * MIB)),
+                   views_bytes=524288, dlm_offset=544768, dlm_bytes=1052672, dlm_stripes_max=128,
+                   vdisk_offset=1597440, service_offset=1859584, total_bytes=3 * MIB)),
     (4096, 16, dict(node_table_offset=4096, slots_offset=12288, slots_bytes=65536, views_offset=77824,
-                    views_bytes=524288, dlm_offset=602112, vdisk_offset=1650688, service_offset=1912832,
-                    total_bytes=3 * MIB)),
+                    views_bytes=524288, dlm_offset=602112, dlm_bytes=8392704, dlm_stripes_max=128,
+                    vdisk_offset=8994816, service_offset=9256960, total_bytes=10 * MIB)),
     (512, 255, dict(node_table_offset=4096, slots_offset=135168, slots_bytes=131072, views_offset=266240,
-                    views_bytes=8355840, dlm_offset=8622080, total_bytes=11 * MIB)),
-    (4096, 255, dict(slots_offset=135168, slots_bytes=1044480, views_offset=1179648, total_bytes=12 * MIB)),
+                    views_bytes=8355840, dlm_offset=8622080, dlm_bytes=16715776, total_bytes=26 * MIB)),
+    (4096, 255, dict(slots_offset=135168, slots_bytes=1044480, views_offset=1179648, dlm_offset=9535488,
+                     dlm_bytes=133697536, total_bytes=138 * MIB)),
+    (512, 5, dict(dlm_offset=176128, dlm_bytes=1048576, dlm_stripes_max=408, total_bytes=3 * MIB)),
 ])
 def test_pinned_offsets(block_size, nodes_max, expected):
     layout = Layout(block_size, nodes_max)

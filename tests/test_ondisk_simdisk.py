@@ -44,7 +44,7 @@ def view(node_id: int, seq: int, *, term: int = 1, epoch: int = 1, members: int 
 
 
 def formatted(sector_size: int = 512, nodes_max: int = 8) -> tuple[SimDisk, ClusterDisk]:
-    disk = SimDisk(4 * MIB, sector_size)
+    disk = SimDisk(16 * MIB, sector_size)  # 4096-byte sectors, 16 nodes: 10 MiB of metadata (DLM stripes)
     format_disk(disk, "lab", nodes_max, 100, 200, cluster_uuid=UUID, created_at_s=1)
     return disk, ClusterDisk.open(disk)
 

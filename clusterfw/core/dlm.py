@@ -20,7 +20,7 @@ N-process generalisation, and needs nothing but single-writer registers)::
     2. read the stripe: ticket = 1 + max ticket   }
     3. write WAITING(ticket)                      } one batch
     4. read the stripe; blocked while a counted   }
-       conflicting entry is CHOOSING, HELD, or WAITING with a smaller
+       conflicting entry is CHOOSING, or WAITING or HELD with a smaller
        (ticket, node id); re-read (backing off) until not blocked
     5. token = 1 + max token of the stripe (EXCLUSIVE) or the max (SHARED);
        write HELD(token); report the grant only once that write completed
@@ -57,9 +57,10 @@ Races, as two-column timelines (node i < node j, same name, EXCLUSIVE)::
     read: j CHOOSING -> blocked         read: i WAITING(5) -> ticket 6
     re-read: j WAITING(6) -> clear      write WAITING(6); read: blocked by i
 
-Had i not waited for j's CHOOSING, j could have read the stripe *before*
-i's WAITING landed, drawn ticket 5 too, and -- reading i as CHOOSING --
-both could pass (the simulator's ``dlm-ignore-choosing`` mutation).
+Why i must wait for j's CHOOSING: j may have read the stripe before i's
+WAITING landed and so drawn ticket 5 as well; had j checked while i was
+still CHOOSING, and had neither waited for the other's CHOOSING, both would
+pass (the simulator's ``dlm-ignore-choosing`` mutation; docs/dlm.md §2).
 
 The core never does I/O: ``poll(now)`` returns the ops due (``WriteEntry``,
 ``ReadStripe``, ``ReadArea``), the driver performs them *in order* and hands
@@ -353,7 +354,7 @@ class Holding:
     waiters: tuple[tuple[int, int, LockMode], ...]  # (node id, ticket, mode), as of the last stripe read
 
 
-@dataclass
+@dataclass(eq=False)  # identity: a request is itself, whatever its fields say
 class _Request:
     req_id: int
     name: str
@@ -453,6 +454,8 @@ class DlmCore:
         """Ask for lock ``name``.  Answered by ``Granted`` or ``Denied``."""
         check_name(name)
         mode = LockMode(mode)
+        if isinstance(req_id, bool) or not isinstance(req_id, int) or req_id < 0:
+            raise DlmMisuse(f"request id {req_id!r}: must be an integer >= 0")
         if req_id in self._requests:
             raise DlmMisuse(f"request id {req_id} is already in use")
         if timeout_ms is not None and timeout_ms < 0:
@@ -503,6 +506,7 @@ class DlmCore:
             gone = [b for b in req.blockers if b.incarnation and not self._counted(b.node_id, b.incarnation)]
             for b in gone:
                 self._events.append(Recovered(b.name, b.node_id, req.req_id))
+            req.blockers = tuple(b for b in req.blockers if b not in gone)  # reported once
             if gone and req.phase is Phase.BLOCKED:
                 req.next_ms = now_ms  # re-check at once
                 req.backoff_ms = 0.0
@@ -523,7 +527,11 @@ class DlmCore:
             self._leave(now_ms)
         elif Kind.JOIN in kinds:
             self._pending_ack = (batch_id, "join")
-            if not self.area_read:
+            if not self.area_read or any(e.kind is Kind.JOIN and e.barrier == 0 for e in own):
+                # (Re)joining: read every stripe before acking -- our own
+                # sectors' seq, tickets and tokens, and leftovers to withdraw.
+                self._leaving = False
+                self.area_read = False
                 self._want_area = True
                 self._area_next_ms = now_ms
         else:
@@ -626,6 +634,8 @@ class DlmCore:
         out = []
         for queue in self._stripes.values():
             for req in queue:
+                if req.req_id < 0:
+                    continue  # an internal withdrawal
                 state = {Phase.HELD: "held", Phase.QUEUED: "queued", Phase.RELEASING: "releasing",
                          Phase.WITHDRAWING: "withdrawing"}.get(req.phase, "waiting")
                 since = req.granted_ms if req.phase is Phase.HELD else req.requested_ms
@@ -721,10 +731,13 @@ class DlmCore:
                 continue
             if e.state is EntryState.CHOOSING:
                 out.append(Blocker(node_id, e.incarnation, e.name, "choosing"))
-            elif e.state is EntryState.HELD:
-                out.append(Blocker(node_id, e.incarnation, e.name, "held"))
             elif (e.ticket, e.node_id) < (req.ticket, self.node_id):
-                out.append(Blocker(node_id, e.incarnation, e.name, "waiting"))
+                # WAITING or HELD with a smaller ticket.  (A conflicting HELD
+                # entry always has the smaller ticket: its holder read this
+                # node CHOOSING or WAITING before it was granted otherwise --
+                # docs/dlm.md §3.)
+                out.append(Blocker(node_id, e.incarnation, e.name, "held" if e.state is EntryState.HELD
+                                   else "waiting"))
         return tuple(out)
 
     def _waiters(self, req: _Request, entries: Mapping[int, object]) -> tuple[tuple[int, int, LockMode], ...]:
@@ -776,9 +789,24 @@ class DlmCore:
             return
         for stripe, entries in result.value.items():
             if isinstance(entries, Mapping) and self.node_id in entries:
-                self._learn_own(stripe, entries[self.node_id], entries)
+                own = entries[self.node_id]
+                self._learn_own(stripe, own, entries)
+                if (isinstance(own, LockEntry) and own.incarnation == self.incarnation
+                        and own.state is not EntryState.FREE and stripe not in self._stripes):
+                    self._cleanup(stripe, own, now_ms)
         self._want_area = False
         self.area_read = True
+
+    def _cleanup(self, stripe: int, own: LockEntry, now_ms: float) -> None:
+        """This incarnation left (its FREE writes failed) and now rejoins:
+        withdraw what its sector still shows before acking the join, or the
+        entry would count again.  Internal requests have negative ids and
+        report nothing."""
+        req = _Request(-(stripe + 1), own.name, own.mode, stripe, False, None, now_ms,
+                       phase=Phase.WITHDRAWING, abandon="cleanup", next_ms=now_ms)
+        self._sector(stripe).maybe_busy = True
+        self._requests[req.req_id] = req
+        self._stripes.setdefault(stripe, deque()).append(req)
 
     def _complete_step(self, req: _Request, results: list[DlmResult], now_ms: float) -> None:
         phase = req.phase
@@ -818,6 +846,10 @@ class DlmCore:
             # The view no longer shows this node joined at the DLM level (it
             # is being forced out): never report a grant now.
             self._abandon(req, "this node is no longer a member at the DLM level", now_ms)
+        elif phase is Phase.GRANTING and not self.can_write(now_ms):
+            self._abandon(req, "this node can no longer write to the disk (fencing)", now_ms)
+        elif phase is Phase.GRANTING and req.deadline_ms is not None and now_ms >= req.deadline_ms:
+            self._abandon(req, "timeout", now_ms)  # the HELD write completed too late
         elif phase is Phase.GRANTING:
             self._move(req, Phase.HELD)
             req.granted_ms = now_ms
@@ -887,7 +919,7 @@ class DlmCore:
         if self._pending_ack is None:
             return
         batch_id, why = self._pending_ack
-        if why == "join" and not self.area_read:
+        if why == "join" and (not self.area_read or any(r < 0 for r in self._requests)):
             return
         if why == "leave" and (self._requests or self._in_flight is not None):
             return

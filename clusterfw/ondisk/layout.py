@@ -9,7 +9,8 @@ The disk starts with a fixed sequence of areas (all offsets in bytes)::
     node table        nodes_max x 512, to 4096  written by admin tools
     slots             nodes_max x block_size, to 4096
     views             nodes_max x 2 x 16 KiB    copies A and B per node
-    DLM lock table    1 MiB   (4096 area header, then the subsystem's data)
+    DLM lock table    4096 area header + dlm_stripes_max stripes of
+                      nodes_max x block_size (one sector per node), to 4096
     virtual disks     256 KiB (idem)
     service registry  1 MiB   (idem)
     -- total_bytes: the end of the last area rounded up to 1 MiB; everything
@@ -28,7 +29,12 @@ Invariants (checked in ``__post_init__``, tested):
   (asserted in ``codec``) so it fits either block size;
 * the slots are contiguous: one read of ``slots_read_bytes`` returns every
   node's slot;
-* the two view copies of a node are adjacent: one read returns both.
+* the two view copies of a node are adjacent: one read returns both;
+* DLM lock stripes are stripe-major: stripe *s* is ``nodes_max`` adjacent
+  sectors, sector (s, n) written only by node *n*; one read of
+  ``dlm_stripe_bytes`` returns a whole stripe.  There are
+  ``max(128, (1 MiB - 4096) // dlm_stripe_bytes)`` stripes (at least 128; a
+  small cluster gets more within 1 MiB) -- see ``dlm_stripes_for``.
 
 Changing anything here changes the on-disk format (bump
 ``codec.FORMAT_VERSION``).
@@ -54,7 +60,10 @@ SLOT_RECORD_MAX_BYTES = 512  # an encoded SlotRecord fits the smallest sector
 VIEW_COPY_BYTES = 16 * KIB
 VIEW_COPIES = 2
 AREA_HEADER_BYTES = 4096
-DLM_AREA_BYTES = 1 * MIB
+# The DLM area (docs/dlm.md): at least DLM_STRIPES_MIN stripes, and as many
+# more as fit DLM_AREA_MIN_BYTES when a stripe is small.
+DLM_STRIPES_MIN = 128
+DLM_AREA_MIN_BYTES = 1 * MIB
 VDISK_AREA_BYTES = 256 * KIB
 SERVICE_AREA_BYTES = 1 * MIB
 DATA_ALIGN_BYTES = 1 * MIB
@@ -78,6 +87,19 @@ AREA_NAMES: dict[AreaKind, str] = {
 
 def round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
+
+
+def dlm_stripes_for(block_size_bytes: int, nodes_max: int) -> int:
+    """How many lock stripes the DLM area holds (on-disk format): at least
+    ``DLM_STRIPES_MIN``, more when they fit ``DLM_AREA_MIN_BYTES``."""
+    stripe_bytes = nodes_max * block_size_bytes
+    return max(DLM_STRIPES_MIN, (DLM_AREA_MIN_BYTES - AREA_HEADER_BYTES) // stripe_bytes)
+
+
+def dlm_area_bytes_for(block_size_bytes: int, nodes_max: int) -> int:
+    """The DLM area's size: its header, then every stripe, to 4096."""
+    stripes = dlm_stripes_for(block_size_bytes, nodes_max)
+    return round_up(AREA_HEADER_BYTES + stripes * nodes_max * block_size_bytes, ALIGN_BYTES)
 
 
 @dataclass(frozen=True)
@@ -114,6 +136,9 @@ class Layout:
     view_copy_bytes: int = field(init=False)
     views_bytes: int = field(init=False)
     dlm_offset: int = field(init=False)
+    dlm_bytes: int = field(init=False)
+    dlm_stripes_max: int = field(init=False)
+    dlm_stripe_bytes: int = field(init=False)
     vdisk_offset: int = field(init=False)
     service_offset: int = field(init=False)
     metadata_end: int = field(init=False)
@@ -141,7 +166,10 @@ class Layout:
         put("views_bytes", self.nodes_max * VIEW_COPIES * VIEW_COPY_BYTES)
         offset += self.views_bytes
         put("dlm_offset", offset)
-        offset += DLM_AREA_BYTES
+        put("dlm_stripes_max", dlm_stripes_for(self.block_size_bytes, self.nodes_max))
+        put("dlm_stripe_bytes", self.nodes_max * self.block_size_bytes)
+        put("dlm_bytes", dlm_area_bytes_for(self.block_size_bytes, self.nodes_max))
+        offset += self.dlm_bytes
         put("vdisk_offset", offset)
         offset += VDISK_AREA_BYTES
         put("service_offset", offset)
@@ -160,6 +188,8 @@ class Layout:
         assert SLOT_RECORD_MAX_BYTES <= self.slot_size_bytes
         assert self.slots_read_bytes <= self.slots_bytes
         assert self.total_bytes >= self.metadata_end
+        assert self.dlm_stripes_max >= DLM_STRIPES_MIN
+        assert AREA_HEADER_BYTES + self.dlm_stripes_max * self.dlm_stripe_bytes <= self.dlm_bytes
 
     # -- derived values -------------------------------------------------
 
@@ -205,10 +235,21 @@ class Layout:
             raise ValueError(f"copy={copy!r}: a view copy is 0 (A) or 1 (B)")
         return self.view_pair_offset(node_id) + copy * VIEW_COPY_BYTES
 
+    def dlm_stripe_offset(self, stripe: int) -> int:
+        """Offset of DLM stripe ``stripe``: its ``nodes_max`` sectors follow."""
+        if not 0 <= stripe < self.dlm_stripes_max:
+            raise ValueError(f"stripe={stripe}: must be 0..{self.dlm_stripes_max - 1}")
+        return self.dlm_offset + AREA_HEADER_BYTES + stripe * self.dlm_stripe_bytes
+
+    def dlm_entry_offset(self, stripe: int, node_id: int) -> int:
+        """Offset of the lock sector (stripe, node): written only by ``node_id``."""
+        self._check_node_id(node_id)
+        return self.dlm_stripe_offset(stripe) + (node_id - 1) * self.block_size_bytes
+
     def reserved_area(self, kind: AreaKind) -> Area:
         kind = AreaKind(kind)
         offset, size = {
-            AreaKind.DLM_LOCKS: (self.dlm_offset, DLM_AREA_BYTES),
+            AreaKind.DLM_LOCKS: (self.dlm_offset, self.dlm_bytes),
             AreaKind.VIRTUAL_DISKS: (self.vdisk_offset, VDISK_AREA_BYTES),
             AreaKind.SERVICE_REGISTRY: (self.service_offset, SERVICE_AREA_BYTES),
         }[kind]

@@ -18,6 +18,8 @@ write, delivery, ack and fence, and after every simulator event.
 | fence-on-disk-loss      | a running node past its fence deadline has fenced (its timer), |
 |                         | a paused one has been reset by its watchdog by deadline+margin |
 | liveness                | after faults stop, all nodes Joined in one view (world.py)     |
+| dlm-*                   | with the DLM on: dlm-exclusive, dlm-token-order,               |
+|                         | dlm-no-grant-to-outsider, dlm-liveness (dlm_sim.py)            |
 """
 from __future__ import annotations
 
@@ -63,6 +65,7 @@ class Checker:
         self.status: dict[tuple[int, int], str] = {}  # running | fencing | down
         self.deliveries = 0
         self.checks = 0
+        self.dlm: Any = None  # DLM hook: the DlmSim, when the DLM runs
 
     def fail(self, name: str, msg: str) -> None:
         raise Violation(name, msg)
@@ -105,6 +108,8 @@ class Checker:
                               f"term {lease.committed_term} decided for n{known[0]} and for n{value[0]}")
         elif isinstance(rec, ViewRecord):
             self._on_view(rec)
+            if self.dlm is not None:  # DLM hook: the newest landed view decides who counts
+                self.dlm.on_land_view(rec)
 
     def _on_view(self, view: ViewRecord) -> None:
         key = (view.term, view.epoch)
@@ -179,7 +184,8 @@ class Checker:
             if not n.up or core is None or core.fenced is not None or core.stopped is not None:
                 continue
             late = n.local(self.w.t) - core.fence_deadline_ms()
-            allowed = margin if n.paused_until > self.w.t else 1.0
+            # >=: a node whose pause ends now (heal) resumes in an event at this instant
+            allowed = margin if n.paused_until >= self.w.t else 1.0
             if late > allowed:
                 self.fail("fence-on-disk-loss", f"n{n.node_id} is {late:.0f} ms past its fence deadline "
                           "and has not fenced")
@@ -187,3 +193,5 @@ class Checker:
                   if n.up and n.core is not None and n.core.is_acting_master(n.local(self.w.t))]
         if len(acting) > 1:
             self.fail("one-master", "acting masters at once: " + ", ".join(f"n{a}" for a in acting))
+        if self.dlm is not None:  # DLM hook
+            self.dlm.after_event()

@@ -58,10 +58,24 @@ def _leave_bottom_up() -> Callable[[], None]:
     return undo
 
 
+def _dlm_ignore_choosing() -> Callable[[], None]:
+    """The DLM's bakery does not wait for other nodes' CHOOSING entries (run
+    with the DLM on: ``clusterfw sim --dlm``)."""
+    from ..core import dlm
+    original = dlm.DlmCore._blockers
+
+    def blockers(self, req, entries):  # type: ignore[no-untyped-def]
+        return tuple(b for b in original(self, req, entries) if b.why != "choosing")
+
+    dlm.DlmCore._blockers = blockers  # type: ignore[method-assign]
+    return lambda: setattr(dlm.DlmCore, "_blockers", original)
+
+
 MUTATIONS: dict[str, Callable[[], Callable[[], None]]] = {
     "skip-ack-wait": _skip_ack_wait,
     "dead-too-soon": _dead_too_soon,
     "leave-bottom-up": _leave_bottom_up,
+    "dlm-ignore-choosing": _dlm_ignore_choosing,
 }
 
 

@@ -21,6 +21,11 @@ requires every node to be Joined in one agreed view within a stated bound.
 The ``Checker`` (checker.py) is called on every landing write, delivery and
 fence and after every event; the first violated invariant stops the run.
 Everything random comes from ``random.Random(seed)``: a seed replays exactly.
+
+With ``SimConfig(dlm=True)`` (or ``dlm`` among the faults) every node also
+runs the DLM and lock clients (``dlm_sim.py``); its call sites here are
+marked ``# DLM hook``, and it draws from its own random stream, so runs
+without it are unchanged.
 """
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ import heapq
 import random
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..core import timing as timing_mod
 from ..core.model import NodeState, Registration, SlotRecord
@@ -38,8 +43,13 @@ from ..core.node import (Fenced, MasterChanged, NodeCore, Notify, OpResult, Read
 from .checker import Checker, Violation
 from .store import SimStore
 
+if TYPE_CHECKING:
+    from .dlm_sim import DlmSim
+
 FAULTS = ("crash", "pause", "cut", "outage", "torn", "lost", "slowio", "eio", "drift", "hang",
           "slowsub", "leave")
+
+FEATURES = ("dlm",)  # not faults: switched on by name (``clusterfw sim --dlm``), never by "all"
 
 LEVELS = ((0, "mm"), (10, "dlm"), (20, "vdm"), (30, "sfs"), (40, "evm"))
 
@@ -58,6 +68,7 @@ class SimConfig:
     registrations: tuple[Registration, ...] | None = None  # default: random barriers per seed
     restart_delay_ms: tuple[float, float] = (300, 2500)
     max_events: int = 3_000_000
+    dlm: bool = False  # run the DLM and lock clients on every node (dlm_sim.py)
 
 
 @dataclass
@@ -130,6 +141,11 @@ class World:
         self.stats = {"crashes": 0, "pauses": 0, "cuts": 0, "outages": 0, "leaves": 0, "fences": 0,
                       "torn_writes": 0, "lost_writes": 0, "hangs": 0, "forced_out": 0, "masters": 0,
                       "ios": 0}
+        self.dlm: DlmSim | None = None  # DLM hook: the DLM and its lock clients, only when asked for
+        if cfg.dlm or "dlm" in cfg.faults:
+            from .dlm_sim import DlmSim
+            self.dlm = DlmSim(self)
+            self.checker.dlm = self.dlm
 
     # ------------------------------------------------------------ utilities
     def _random_registrations(self) -> tuple[Registration, ...]:
@@ -218,9 +234,13 @@ class World:
         """
         tm = self.timing
         steps = sum(sum(r.barriers) for r in self.registrations)
-        return (self.cfg.restart_delay_ms[1] + tm.fence_after_ms + 2 * tm.dead_after_ms
-                + tm.transition_timeout_ms + 20 * tm.fast_poll_ms
-                + steps * 6 * tm.fast_poll_ms * max(1, self.cfg.nodes // 8) + 2000)
+        bound = (self.cfg.restart_delay_ms[1] + tm.fence_after_ms + 2 * tm.dead_after_ms
+                 + tm.transition_timeout_ms + 20 * tm.fast_poll_ms
+                 + steps * 6 * tm.fast_poll_ms * max(1, self.cfg.nodes // 8) + 2000)
+        if self.dlm is not None:  # DLM hook: every lock request answered and released too
+            from .dlm_sim import LIVENESS_MARGIN_MS
+            bound += self.dlm.liveness_extra_ms + LIVENESS_MARGIN_MS
+        return bound
 
     def _dispatch(self, kind: str, node_id: int, gen: int, payload: Any) -> None:
         node = self.nodes.get(node_id)
@@ -248,6 +268,9 @@ class World:
                 node.deferred.append(("completion", payload))
             else:
                 self._op_done(node, payload)
+        elif kind.startswith("dlm-"):  # DLM hook: its I/O, timers and clients
+            assert self.dlm is not None
+            self.dlm.dispatch(node, kind, payload)
         elif node.paused_until > self.t:
             node.deferred.append((kind, payload))
         elif kind == "completion":
@@ -306,9 +329,13 @@ class World:
             self.log(f"n{node.node_id} subsystem {victim.name} will hang")
         self.log(f"n{node.node_id} daemon starts, incarnation {incarnation:x}")
         self.checker.on_start(node)
+        if self.dlm is not None:  # DLM hook
+            self.dlm.on_start(node)
         self._kick(node)
 
     def _daemon_exit(self, node: SimNode, restart: bool) -> None:
+        if self.dlm is not None:  # DLM hook
+            self.dlm.on_exit(node)
         node.up = False
         node.core = None
         node.gen += 1
@@ -336,6 +363,8 @@ class World:
                 self.log(f"n{node.node_id} in-flight write torn after {k}/{sectors} sectors")
             else:
                 self._land(node, offset, data, rec)
+        if self.dlm is not None:  # DLM hook: its write in flight lands or is lost
+            self.dlm.on_crash(node)
         node.crashed = True
         node.fenced_done = True  # the whole host died: its services with it
         self.checker.on_crash(node)
@@ -467,7 +496,9 @@ class World:
                 sub.pending = ev.batch_id
                 self.log(f"n{node.node_id} {sub.name} notified batch {ev.batch_id}: "
                          + ", ".join(f"n{e.node_id} {e.kind.notification}#{e.barrier}" for e in ev.entries))
-                if not sub.hung:
+                if self.dlm is not None and ev.level == self.dlm.level:  # DLM hook: the DLM acks (unless hung)
+                    self.dlm.on_notify(node, ev)
+                elif not sub.hung:
                     self.at(self.t + self.rng.uniform(*sub.delay_ms), "ack", node.node_id, node.gen,
                             (ev.level, ev.batch_id))
             elif isinstance(ev, Fenced):
@@ -476,6 +507,8 @@ class World:
                     self.stats["forced_out"] += 1
                 self.log(f"n{node.node_id} FENCE: {ev.reason}")
                 self.checker.on_fence_start(node, ev)
+                if self.dlm is not None:  # DLM hook
+                    self.dlm.on_fence(node, ev.reason)
                 self.at(self.t + self.rng.uniform(0, self.cfg.profile.fence_margin_ms * 0.9), "fence_done",
                         node.node_id, node.gen)
             elif isinstance(ev, MasterChanged):
@@ -485,6 +518,8 @@ class World:
             elif isinstance(ev, ViewAdopted):
                 for line in ev.log:
                     self.log(f"n{node.node_id} [master] {line}")
+                if self.dlm is not None:  # DLM hook: the view decides whose lock entries count
+                    self.dlm.on_view(node)
             elif isinstance(ev, Rejected):
                 raise Violation("unexpected-rejection", f"n{node.node_id}: {ev.reason}")
             elif isinstance(ev, Stopped):
@@ -584,6 +619,8 @@ class World:
     def _heal(self) -> None:
         self.healed = True
         self.log("HEAL: faults stop; liveness phase")
+        if self.dlm is not None:  # DLM hook
+            self.dlm.on_heal()
         self.outage_until = self.slow_io_until = self.eio_until = 0.0
         for node in self.nodes.values():
             node.cut = None
@@ -596,13 +633,13 @@ class World:
                             self.at(self.t, "ack", node.node_id, node.gen, (s.level, s.pending))
             if node.paused_until > self.t:
                 node.paused_until = self.t
-                self.at(self.t, "resume", node.node_id, node.gen)
+                self._resume(node)  # in this step: the checker runs right after it
             if not node.up and not node.restart_pending:
                 node.restart_pending = True
                 self.at(self.t + self.rng.uniform(*self.cfg.restart_delay_ms), "start", node.node_id)
 
     # ------------------------------------------------------------ liveness
-    def convergence_problem(self) -> str | None:
+    def convergence_problem(self, dlm: bool = True) -> str | None:
         views = set()
         masters = 0
         for node in self.nodes.values():
@@ -622,6 +659,8 @@ class World:
             return f"nodes hold different views {sorted(views)}"
         if masters != 1:
             return f"{masters} acting masters"
+        if dlm and self.dlm is not None:  # DLM hook: requests answered, locks released
+            return self.dlm.quiescence_problem()
         return None
 
 
