@@ -29,25 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from clusterfw.lab.lab import Lab  # noqa: E402
 
-
-def status(lab: Lab, node: str) -> dict | None:
-    cp = lab.exec(node, ["clusterfw", "status", "--json"], timeout=10)
-    try:
-        return json.loads(cp.stdout) if cp.returncode == 0 else None
-    except json.JSONDecodeError:
-        return None
-
-
-def wait_healthy(lab: Lab, names: list[str], timeout: float = 90) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for via in names:
-            st = status(lab, via)
-            if st and st.get("master") and all(n["state"] == "joined" for n in st["nodes"]) \
-                    and {n["name"] for n in st["nodes"]} >= set(names):
-                return st
-        time.sleep(0.3)
-    raise SystemExit(f"cluster not healthy within {timeout}s")
+from labutil import status, wait_healthy  # noqa: E402,F401
 
 
 def forced_out_at(lab: Lab, watchers: list[str], victim: str, since: float, timeout: float = 30) -> float:

@@ -117,6 +117,13 @@ class Connection:
                 return None
             self._buf += data
 
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def has_buffered(self) -> bool:
+        """A whole message was received already (select() will not tell)."""
+        return b"\n" in self._buf
+
     def close(self) -> None:
         self._sock.close()
 

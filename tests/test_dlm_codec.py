@@ -42,11 +42,13 @@ from clusterfw.ondisk.layout import (
 
 UUID = bytes(range(16))
 OTHER_UUID = bytes(range(16, 32))
-ENTRY = LockEntry(3, 0x1122334455667788, 9, 17, "vol-a", EntryState.HELD, LockMode.EXCLUSIVE, 42, 7)
+ENTRY = LockEntry(3, 0x1122334455667788, 9, 17, "vol-a", EntryState.HELD, LockMode.EXCLUSIVE, 42, 7,
+                  owner=4242, stamp_ms=1_700_000_000_123)
 GOLDEN_ENTRY = bytes.fromhex(
-    "43464c4b01000000000102030405060708090a0b0c0d0e0f030000001e000000"
-    "887766554433221109000000000000000000000000000000000000001ab1bd7d"
-    "11000000030200002a00000000000000070000000000000005766f6c2d61")
+    "43464c4b01000000000102030405060708090a0b0c0d0e0f030000002a000000"
+    "8877665544332211090000000000000000000000000000000000000022b56a1e"
+    "11000000030200002a0000000000000007000000000000007b68e5cf8b010000"
+    "9210000005766f6c2d61")
 
 layouts = st.builds(Layout, st.sampled_from((512, 4096)), st.integers(1, NODES_MAX))
 names = st.text(min_size=1, max_size=NAME_MAX_BYTES).filter(lambda s: len(s.encode("utf-8")) <= NAME_MAX_BYTES)
@@ -61,7 +63,8 @@ def entries(draw, node_id=None, stripe=None):
         incarnation=draw(st.integers(0, codec.U64_MAX)), seq=draw(st.integers(0, codec.U64_MAX)),
         stripe=stripe if stripe is not None else draw(st.integers(0, 1 << 20)),
         name=name, state=state, mode=draw(st.sampled_from(list(LockMode))),
-        ticket=draw(st.integers(0, codec.U64_MAX)), token=draw(st.integers(0, codec.U64_MAX)))
+        ticket=draw(st.integers(0, codec.U64_MAX)), token=draw(st.integers(0, codec.U64_MAX)),
+        owner=draw(st.integers(0, codec.U32_MAX)), stamp_ms=draw(st.integers(0, codec.U64_MAX)))
 
 
 # ------------------------------------------------------------------ layout
@@ -122,14 +125,14 @@ def test_golden_bytes_and_field_offsets():
     assert data == GOLDEN_ENTRY
     assert data[:4] == b"CFLK" and struct.unpack_from("<H", data, 24)[0] == 3
     assert struct.unpack_from("<QQ", data, 32) == (ENTRY.incarnation, 9)
-    assert struct.unpack_from("<IBBHQQB", data, 64) == (17, 3, 2, 0, 42, 7, 5)
-    assert data[89:] == b"vol-a"
+    assert struct.unpack_from("<IBBHQQQIB", data, 64) == (17, 3, 2, 0, 42, 7, 1_700_000_000_123, 4242, 5)
+    assert data[101:] == b"vol-a"
     assert struct.unpack_from("<I", data, 60)[0] == crc32c.crc32c(data[:60] + data[64:])
 
 
 def test_worst_case_fits_the_smallest_sector():
     worst = LockEntry(NODES_MAX, codec.U64_MAX, codec.U64_MAX, dlm_codec.STRIPE_MAX, "x" * NAME_MAX_BYTES,
-                      EntryState.WAITING, LockMode.SHARED, codec.U64_MAX, codec.U64_MAX)
+                      EntryState.WAITING, LockMode.SHARED, codec.U64_MAX, codec.U64_MAX, codec.U32_MAX, codec.U64_MAX)
     assert len(dlm_codec.encode_lock_entry(worst, UUID)) == dlm_codec.LOCK_ENTRY_WORST_BYTES <= 512
 
 

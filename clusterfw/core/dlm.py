@@ -135,6 +135,13 @@ class LockEntry:
     mode: LockMode = LockMode.EXCLUSIVE
     ticket: int = 0
     token: int = 0
+    owner: int = 0
+    """Informational: the process id of the local client that asked (0:
+    none).  Shown by ``clusterfw locks``; the protocol never reads it."""
+    stamp_ms: int = 0
+    """Informational: the writer's wall clock (Unix ms) when it wrote the
+    sector, set by the driver, not the core.  ``clusterfw locks`` shows it as
+    "since"; the protocol never reads it (clocks are not synchronised)."""
 
 
 # ------------------------------------------------------------ name -> stripe
@@ -352,6 +359,7 @@ class Holding:
     token: int
     since_ms: float  # granted at (held) or requested at (otherwise)
     waiters: tuple[tuple[int, int, LockMode], ...]  # (node id, ticket, mode), as of the last stripe read
+    blockers: tuple[Blocker, ...] = ()  # whom a waiting request waits for, as of the last stripe read
 
 
 @dataclass(eq=False)  # identity: a request is itself, whatever its fields say
@@ -374,6 +382,7 @@ class _Request:
     abandon: str | None = None  # deny/revoke decided while an op was in flight
     attempts_left: int | None = None  # FREE writes left (own leave); None: unbounded
     waiters: tuple[tuple[int, int, LockMode], ...] = ()
+    owner: int = 0  # informational: the client's process id
 
 
 @dataclass
@@ -450,8 +459,9 @@ class DlmCore:
         return None
 
     def request(self, req_id: int, name: str, mode: LockMode, now_ms: float, timeout_ms: float | None = None,
-                try_only: bool = False) -> None:
-        """Ask for lock ``name``.  Answered by ``Granted`` or ``Denied``."""
+                try_only: bool = False, owner: int = 0) -> None:
+        """Ask for lock ``name``.  Answered by ``Granted`` or ``Denied``.
+        ``owner`` (a process id) is only written along, for ``clusterfw locks``."""
         check_name(name)
         mode = LockMode(mode)
         if isinstance(req_id, bool) or not isinstance(req_id, int) or req_id < 0:
@@ -468,8 +478,10 @@ class DlmCore:
             self._events.append(Denied(req_id, f"too many outstanding requests (REQUESTS_MAX={REQUESTS_MAX})"))
             return
         stripe = stripe_of(name, self.stripes_max)
+        if isinstance(owner, bool) or not isinstance(owner, int) or not 0 <= owner <= 0xFFFFFFFF:
+            raise DlmMisuse(f"owner {owner!r}: must be a process id (0..2**32-1)")
         req = _Request(req_id, name, mode, stripe, try_only,
-                       None if timeout_ms is None else now_ms + timeout_ms, now_ms, next_ms=now_ms)
+                       None if timeout_ms is None else now_ms + timeout_ms, now_ms, next_ms=now_ms, owner=owner)
         self._requests[req_id] = req
         queue = self._stripes.setdefault(stripe, deque())
         queue.append(req)
@@ -639,7 +651,8 @@ class DlmCore:
                 state = {Phase.HELD: "held", Phase.QUEUED: "queued", Phase.RELEASING: "releasing",
                          Phase.WITHDRAWING: "withdrawing"}.get(req.phase, "waiting")
                 since = req.granted_ms if req.phase is Phase.HELD else req.requested_ms
-                out.append(Holding(req.req_id, req.name, req.mode, state, req.ticket, req.token, since, req.waiters))
+                out.append(Holding(req.req_id, req.name, req.mode, state, req.ticket, req.token, since, req.waiters,
+                                   req.blockers if state == "waiting" else ()))
         return sorted(out, key=lambda h: h.req_id)
 
     # ------------------------------------------------------------ internals
@@ -680,7 +693,7 @@ class DlmCore:
         token = max(sector.token, req.token) if state is EntryState.HELD else sector.token
         sector.seq += 1
         entry = LockEntry(self.node_id, self.incarnation, sector.seq, req.stripe, req.name, state, req.mode,
-                          min(ticket, U64_MAX), min(token, U64_MAX))
+                          min(ticket, U64_MAX), min(token, U64_MAX), owner=req.owner)
         # Whatever we attempt may land: from now on the sector may hold it.
         sector.ticket, sector.token = entry.ticket, entry.token
         sector.name, sector.mode = entry.name, entry.mode

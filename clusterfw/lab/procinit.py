@@ -152,6 +152,11 @@ def build_root(args) -> str:
             os.fchmod(f.fileno(), 0o755)
     os.makedirs(f"{root}/tmp")
     mount("tmpfs", f"{root}/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    # A source checkout under a directory made private here (e.g. a clone in
+    # /tmp) stays visible at its own path, read-only: the node runs that code.
+    if args.cli_path and args.cli_path.split("/")[1:2] and args.cli_path.split("/")[1] in ("tmp", "run") \
+            and os.path.isdir(args.cli_path):
+        bind(args.cli_path, f"{root}{args.cli_path}", readonly=True)
 
     os.makedirs(f"{root}/lab")
     bind(args.shared, f"{root}/lab/shared")

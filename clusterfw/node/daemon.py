@@ -56,7 +56,8 @@ import fasteners
 
 from clusterfw.core import timing as timing_mod
 from clusterfw.core.coordinator import level_state
-from clusterfw.core.model import NodeConfig, NodeState, Registration, SlotRecord
+from clusterfw.core.dlm import DLM_LEVEL, LockMode
+from clusterfw.core.model import NodeConfig, NodeState, Registration, SlotRecord, ViewRecord
 from clusterfw.core.node import (
     Event,
     Fenced,
@@ -71,12 +72,14 @@ from clusterfw.core.node import (
     WriteSlot,
 )
 from clusterfw.ondisk import admin
+from clusterfw.ondisk.blockdev import BlockDevice
 from clusterfw.ondisk.clusterdisk import ClusterDisk
 from clusterfw.ondisk.errors import BlockError, BlockSizeMismatch, DeviceError, DeviceTooSmall, NotWritten
 from clusterfw.subsystems.base import Entry, Notification
 from clusterfw.subsystems.placeholders import default_subsystems
 
 from . import api, diskio, protocol
+from .dlm_service import DlmService, describe_area, read_area
 from .fencing import EXIT_FENCED, FENCE_ACTIONS, Fencer, Watchdog
 from .hub import Hub, RegistrationError
 from .journal import Journal
@@ -184,6 +187,7 @@ class Daemon:
         self.server = api.ApiServer(opts.socket_path, self, self._log)
         self.watchdog: Watchdog | None = None
         self.fencer: Fencer | None = None
+        self.dlm: DlmService | None = None
 
     # ------------------------------------------------------------------ logging
     def _log(self, priority: str, text: str) -> None:
@@ -295,9 +299,16 @@ class Daemon:
                 raise StartupError(f"--watchdog {self.opts.watchdog}: no such device, or not writable")
             self.fencer = Fencer(node=self.opts.node, action=self.opts.fence_action, hooks=self.opts.fence_hooks,
                                  runtime_dir=self.opts.runtime_dir, log=self._log)
+            prev = self.previous_slot.incarnation if self.previous_slot else 0
+            while self.incarnation in (0, prev):
+                self.incarnation = secrets.randbits(63)
             if self.opts.placeholders:
                 for sub in default_subsystems():
-                    self.hub.add_local(sub)
+                    if sub.level == DLM_LEVEL:
+                        self.dlm = self._make_dlm()
+                        self.hub.add_local(self.dlm)
+                    else:
+                        self.hub.add_local(sub)
             self.server.start()
         except StartupError as exc:
             self.log.error(str(exc), NODE=self.opts.node)
@@ -308,9 +319,6 @@ class Daemon:
         except OSError as exc:
             self.log.error(f"start-up failed: {exc}")
             return EXIT_FAILED
-        prev = self.previous_slot.incarnation if self.previous_slot else 0
-        while self.incarnation in (0, prev):
-            self.incarnation = secrets.randbits(63)
         self._install_signals()
         assert self.disk is not None
         self.log.notice(
@@ -323,6 +331,20 @@ class Daemon:
         if waiting:
             self.log.notice(f"waiting for subsystems to register before the join: {', '.join(waiting)}")
         return self._main_loop()
+
+    def _make_dlm(self) -> DlmService:
+        assert self.disk is not None
+        return DlmService(path=self.opts.disk, layout=self.disk.layout, cluster_uuid=self.disk.cluster_uuid,
+                          node_id=self.node_id, incarnation=self.incarnation, timing=self.timing,
+                          guard=self._write_guard, push=self.server.push, view_of=self._current_view,
+                          node_name=self._node_name, log=self._log, deadline_of=lambda: self._write_deadline_ms)
+
+    def _current_view(self) -> ViewRecord | None:
+        with self._lock:
+            return self.core.view if self.core is not None else None
+
+    def _node_name(self, node_id: int) -> str:
+        return self.names.get(node_id, f"node{node_id}")
 
     def _missing_subsystems(self) -> list[str]:
         have = self.hub.registered_names()
@@ -442,6 +464,8 @@ class Daemon:
         final = {"op": "stopped", "reason": reason, "exit": code}
         if self._fence_reason is not None:
             final = {"op": "fenced", "reason": self._fence_reason, "exit": code}
+        if self.dlm is not None:
+            self.dlm.stop(self._fence_reason and f"fenced: {self._fence_reason}" or f"the daemon exits: {reason}")
         self.server.broadcast(final, "watcher")
         self.server.close(LEAVE_FLUSH_S)
         self.hub.stop()
@@ -600,6 +624,10 @@ class Daemon:
                 self._update_status()
                 self._progress()
             elif isinstance(ev, ViewAdopted):
+                if self.dlm is not None:
+                    view = self._current_view()
+                    if view is not None:
+                        self.dlm.on_view(view)
                 for line in ev.log:
                     self.log.info(f"[master] {line}", EPOCH=ev.epoch, TERM=ev.term)
                 self.log.debug(f"view epoch {ev.epoch} of term {ev.term}", EPOCH=ev.epoch, TERM=ev.term)
@@ -677,6 +705,8 @@ class Daemon:
             self.watchdog.fence()
         self._kick.set()
         self.log.critical(f"FENCED: {reason}", NODE=self.opts.node, TRANSITION="fenced")
+        if self.dlm is not None:
+            self.dlm.stop(f"fenced: {reason}")  # lock holders are told 'revoked' and must stop
         self.notifier.status(f"fenced: {reason}")
         action = self.opts.fence_action
         if action != "none":
@@ -717,6 +747,8 @@ class Daemon:
                     # a new registration is always taken before the join request (it is
                     # refused after it); only a re-attached one finds the join requested
                     "join": "requested" if reattached else "waiting"}
+        if request.op in ("lock", "unlock", "locks"):
+            return self._handle_lock(peer, request)
         if request.op == "ack":
             error = self.hub.external_ack(peer.conn_id, request.batch)
             if error is not None:
@@ -727,6 +759,44 @@ class Daemon:
     def disconnected(self, peer: api.Peer) -> None:
         if peer.role == "subsystem":
             self.hub.detach(peer.conn_id)
+        if self.dlm is not None:
+            self.dlm.disconnected(peer.conn_id)
+
+    def _handle_lock(self, peer: api.Peer, request: protocol.Request) -> dict[str, Any]:
+        if request.op == "locks":
+            return {"ok": True, "op": "locks", **self.locks()}
+        if self.dlm is None:
+            return protocol.error("this daemon runs without the DLM (--no-placeholder-subsystems): start it "
+                                  "without that option to use cluster locks", request.op)
+        if request.op == "lock":
+            mode = LockMode.SHARED if request.mode == "shared" else LockMode.EXCLUSIVE
+            error = self.dlm.lock(peer.conn_id, peer.pid, request.batch, request.name, mode,
+                                  None if request.try_only else request.timeout_ms, request.try_only)
+            if error is not None:
+                return protocol.error(error, "lock")
+            return {"ok": True, "op": "lock-queued", "id": request.batch, "name": request.name,
+                    "node": self.opts.node}
+        error = self.dlm.unlock(peer.conn_id, request.batch)
+        if error is not None:
+            return protocol.error(error, "unlock")
+        return {"ok": True, "op": "unlocking", "id": request.batch}
+
+    def locks(self) -> dict[str, Any]:
+        """The lock table of the whole cluster, read from the disk now, and
+        this node's requests with their local clients."""
+        assert self.disk is not None
+        out: dict[str, Any] = {"cluster": self.cluster, "node": self.opts.node, "read_unix_ms": int(time.time() * 1000)}
+        try:
+            with BlockDevice(self.opts.disk, readonly=True, io_timeout_ms=max(self.timing.io_timeout_ms, 1000)) as dev:
+                area = read_area(dev, self.disk.layout, self.disk.cluster_uuid)
+            out["locks"] = describe_area(area, self._current_view(), self._node_name)
+            out["error"] = None
+        except (OSError, DeviceError) as exc:
+            out["locks"] = []
+            out["error"] = f"cannot read the lock area of {self.opts.disk}: {exc}"
+        out["local"] = self.dlm.local_requests() if self.dlm is not None else []
+        out["dlm"] = "running" if self.dlm is not None else "not running (--no-placeholder-subsystems)"
+        return out
 
     def _send_notification(self, conn_id: int, notification: Notification) -> bool:
         return self.server.push(conn_id, notification.to_json())

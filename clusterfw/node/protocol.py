@@ -17,6 +17,9 @@ Requests (see docs/daemon.md for the full reference)::
     {"v":1,"op":"leave"}
     {"v":1,"op":"register","level":25,"name":"app","barriers":[1,1,1]}
     {"v":1,"op":"ack","batch":7}
+    {"v":1,"op":"lock","id":1,"name":"db","mode":"exclusive","timeout_ms":5000}
+    {"v":1,"op":"unlock","id":1}
+    {"v":1,"op":"locks"}
 
 Invariant: ``parse_request`` either returns a checked ``Request`` or raises
 ``ProtocolError`` with a message that names the bad field and what is
@@ -38,8 +41,11 @@ connection closed: there is no way to find the start of the next one."""
 DEFAULT_RUNTIME_DIR = "/run/clusterfw"
 DEFAULT_SOCKET = DEFAULT_RUNTIME_DIR + "/clusterfw.sock"
 LEVEL_MAX = 0x7FFF  # levels are i16-compatible on disk
-OPS = ("status", "leave", "register", "ack")
-PRIVILEGED_OPS = frozenset({"leave", "register", "ack"})
+OPS = ("status", "leave", "register", "ack", "lock", "unlock", "locks")
+PRIVILEGED_OPS = frozenset({"leave", "register", "ack", "lock", "unlock"})
+LOCK_MODES = ("exclusive", "shared")
+LOCK_NAME_BYTES_MAX = 48
+LOCK_TIMEOUT_MS_MAX = 365 * 24 * 3600 * 1000
 
 
 class ProtocolError(Exception):
@@ -52,7 +58,10 @@ class Request:
     level: int = -1
     name: str = ""
     barriers: tuple[int, int, int] = (1, 1, 1)
-    batch: int = 0
+    batch: int = 0  # "ack": the batch; "lock"/"unlock": the client's request id
+    mode: str = "exclusive"
+    timeout_ms: int | None = None  # "lock": None waits for ever
+    try_only: bool = False  # "lock": answer at once (timeout 0)
 
 
 def encode(message: dict[str, Any]) -> bytes:
@@ -111,8 +120,10 @@ def parse_request(line: bytes) -> Request:
     op = message.get("op")
     if not isinstance(op, str) or op not in OPS:
         raise ProtocolError(f"unknown op {_short(repr(op))}: use one of {', '.join(OPS)}")
-    if op in ("status", "leave"):
+    if op in ("status", "leave", "locks"):
         return Request(op)
+    if op in ("lock", "unlock"):
+        return _lock_request(op, message)
     if op == "ack":
         return Request(op, batch=_int_field(message, "batch", 1, 2**63 - 1))
     level = _int_field(message, "level", 0, LEVEL_MAX)
@@ -132,6 +143,23 @@ def parse_request(line: bytes) -> Request:
                                 f"got {_short(repr(count))}")
         checked.append(count)
     return Request(op, level=level, name=name, barriers=(checked[0], checked[1], checked[2]))
+
+
+def _lock_request(op: str, message: dict[str, Any]) -> Request:
+    client_id = _int_field(message, "id", 0, 2**31 - 1)
+    if op == "unlock":
+        return Request(op, batch=client_id)
+    name = message.get("name")
+    if not isinstance(name, str) or not name or len(name.encode("utf-8", "surrogatepass")) > LOCK_NAME_BYTES_MAX \
+            or any(0xD800 <= ord(c) <= 0xDFFF for c in name):
+        raise ProtocolError(f"'name' must be 1..{LOCK_NAME_BYTES_MAX} bytes of UTF-8, got {_short(repr(name))}")
+    mode = message.get("mode", "exclusive")
+    if mode not in LOCK_MODES:
+        raise ProtocolError(f"'mode' must be one of {', '.join(LOCK_MODES)}, got {_short(repr(mode))}")
+    timeout_ms: int | None = None
+    if message.get("timeout_ms") is not None:
+        timeout_ms = _int_field(message, "timeout_ms", 0, LOCK_TIMEOUT_MS_MAX)
+    return Request(op, name=name, batch=client_id, mode=mode, timeout_ms=timeout_ms, try_only=timeout_ms == 0)
 
 
 def error(message: str, op: str | None = None) -> dict[str, Any]:

@@ -14,9 +14,13 @@ followed by this payload::
       6    2 reserved      zero
       8    8 ticket        u64, the bakery ticket (kept while FREE)
      16    8 token         u64, the fencing token (kept while FREE)
-     24  1+n name          u8 length + UTF-8, 0..48 bytes (>= 1 unless FREE)
+     24    8 stamp_ms      u64, the writer's wall clock (Unix ms) at the write;
+                           informational ("since" in `clusterfw locks`)
+     32    4 owner         u32, the local client's process id (0: none);
+                           informational
+     36  1+n name          u8 length + UTF-8, 0..48 bytes (>= 1 unless FREE)
 
-At most 64 + 24 + 1 + 48 = 137 bytes: one entry is one sector on any device,
+At most 64 + 36 + 1 + 48 = 149 bytes: one entry is one sector on any device,
 so a write of it is atomic.  Sector (stripe, node) is at
 ``Layout.dlm_entry_offset(stripe, node)``; a stripe's sectors are adjacent
 and one read of ``Layout.dlm_stripe_bytes`` returns them all.
@@ -46,8 +50,9 @@ from .layout import Layout
 LOCK_ENTRY_MAX_BYTES = 512  # fits the smallest sector
 LOCK_ENTRY = codec.RecordKind("lock-entry", b"CFLK", LOCK_ENTRY_MAX_BYTES)
 assert all(LOCK_ENTRY.magic != k.magic for k in codec.RECORD_KINDS)
-# stripe u32, state u8, mode u8, reserved u16, ticket u64, token u64; then name.
-LOCK_ENTRY_FIXED = struct.Struct("<IBBHQQ")
+# stripe u32, state u8, mode u8, reserved u16, ticket u64, token u64,
+# stamp_ms u64, owner u32; then name.
+LOCK_ENTRY_FIXED = struct.Struct("<IBBHQQQI")
 LOCK_ENTRY_WORST_BYTES = codec.HEADER_BYTES + LOCK_ENTRY_FIXED.size + 1 + NAME_MAX_BYTES
 assert LOCK_ENTRY_WORST_BYTES <= LOCK_ENTRY_MAX_BYTES, LOCK_ENTRY_WORST_BYTES
 STRIPE_MAX = codec.U32_MAX
@@ -67,6 +72,8 @@ def check_lock_entry(entry: Any) -> None:
         raise ValueError(f"LockEntry.mode={entry.mode!r}: must be a LockMode")
     codec._check_int(entry.ticket, 0, codec.U64_MAX, "LockEntry.ticket")
     codec._check_int(entry.token, 0, codec.U64_MAX, "LockEntry.token")
+    codec._check_int(entry.stamp_ms, 0, codec.U64_MAX, "LockEntry.stamp_ms")
+    codec._check_int(entry.owner, 0, codec.U32_MAX, "LockEntry.owner")
     minimum = 0 if entry.state is EntryState.FREE else 1
     codec._encode_text(entry.name, "LockEntry.name", NAME_MAX_BYTES, minimum)
 
@@ -74,7 +81,8 @@ def check_lock_entry(entry: Any) -> None:
 def encode_lock_entry(entry: LockEntry, cluster_uuid: bytes) -> bytes:
     check_lock_entry(entry)
     cluster_uuid = codec._check_uuid(cluster_uuid)
-    payload = LOCK_ENTRY_FIXED.pack(entry.stripe, int(entry.state), int(entry.mode), 0, entry.ticket, entry.token)
+    payload = LOCK_ENTRY_FIXED.pack(entry.stripe, int(entry.state), int(entry.mode), 0, entry.ticket, entry.token,
+                                    entry.stamp_ms, entry.owner)
     payload += codec._encode_text(entry.name, "LockEntry.name", NAME_MAX_BYTES, 0)
     return codec._seal(LOCK_ENTRY, cluster_uuid, entry.node_id, entry.incarnation, entry.seq, payload)
 
@@ -87,14 +95,15 @@ def decode_lock_entry(buf: bytes | bytearray | memoryview, *, cluster_uuid: byte
 
     def build() -> LockEntry:
         reader = codec._Reader(payload, LOCK_ENTRY.name)
-        record_stripe, state, mode, reserved, ticket, token = reader.take(LOCK_ENTRY_FIXED, "fixed fields")
+        record_stripe, state, mode, reserved, ticket, token, stamp_ms, owner = reader.take(LOCK_ENTRY_FIXED,
+                                                                                          "fixed fields")
         name = reader.text("name")
         reader.finish()
         if reserved:
             raise ValueError(f"reserved bytes are {reserved:#06x}, must be zero")
         entry = LockEntry(node_id=header.node_id, incarnation=header.incarnation, seq=header.seq,
                           stripe=record_stripe, name=name, state=EntryState(state), mode=LockMode(mode),
-                          ticket=ticket, token=token)
+                          ticket=ticket, token=token, stamp_ms=stamp_ms, owner=owner)
         if stripe is not None and record_stripe != stripe:
             raise ValueError(f"entry of stripe {record_stripe} in the position of stripe {stripe} (misplaced)")
         return entry

@@ -207,3 +207,75 @@ def test_daemon_alone_restarted_by_systemd(cluster: Lab) -> None:
                    next(n["incarnation"] for n in s["nodes"] if n["name"] == victim) != inc and s, 60, 0.3)
     assert st2, f"the daemon was not restarted and rejoined: {states(status(cluster, other(victim)))}"
     assert unit_prop(cluster, victim, "MainPID") not in ("0", pid)
+
+
+# ---------------------------------------------------------------- the DLM
+LOCKER = r'''#!/bin/sh
+# locker.sh NODE PROC CYCLES: CYCLES read-increment-write cycles on the shared
+# counter, each under the cluster lock "counter".  The counter is an
+# append-only file; its last line holds the value.  A cycle appends
+# "VALUE TOKEN NODE PROC": one line per completed cycle, so a lost update
+# shows up as a repeated value.
+node=$1; proc=$2; cycles=$3; i=0
+while [ "$i" -lt "$cycles" ]; do
+  clusterfw lock counter -- sh -c 'n=$(tail -n 1 /lab/shared/counter | cut -d" " -f1); echo "$((n+1)) $CLUSTERFW_LOCK_TOKEN '"$node $proc"'" >> /lab/shared/counter' || exit 1
+  i=$((i+1))
+done
+echo "$cycles" > "/lab/shared/done-$node-$proc"
+'''
+
+
+def test_dlm_counter_under_lock_loses_no_update_through_a_crash(cluster: Lab) -> None:
+    """3 nodes x 4 processes x CYCLES cycles under `clusterfw lock`; a node
+    is crashed in the middle.  Every completed cycle is one line of the
+    counter; values run 1..N without a repeat or a gap; fencing tokens grow."""
+    import threading
+    cycles, procs = 200, 4
+    st = wait_healthy(cluster)
+    victim = next(n for n in NODES if n != st["master"])
+    shared = cluster.dir / "shared"
+    (shared / "locker.sh").write_text(LOCKER)
+    counter = shared / "counter"
+    counter.write_text("0 0 init 0\n")
+    for old in shared.glob("done-*"):
+        old.unlink()
+    results: dict[tuple[str, int], int] = {}
+
+    def work(node: str, proc: int) -> None:
+        try:
+            cp = cluster.exec(node, ["sh", "/lab/shared/locker.sh", node, str(proc), str(cycles)], timeout=900)
+            results[(node, proc)] = cp.returncode
+        except (LabError, subprocess.TimeoutExpired):
+            results[(node, proc)] = -1
+
+    threads = [threading.Thread(target=work, args=(n, p)) for n in NODES for p in range(procs)]
+    start = time.monotonic()
+    for t in threads:
+        t.start()
+    total = len(NODES) * procs * cycles
+    assert wait_for(lambda: len(counter.read_text().splitlines()) > total // 3, 600, 0.2), "no progress"
+    crashed_at = len(counter.read_text().splitlines()) - 1
+    cluster.crash(victim)
+    for t in threads:
+        t.join(900)
+    took = time.monotonic() - start
+    rows = [line.split() for line in counter.read_text().splitlines()[1:]]
+    print(f"\n[measure] {len(rows)} locked cycles in {took:.1f} s ({len(rows) / took:.1f}/s), "
+          f"{victim} crashed after {crashed_at}")
+    values = [int(r[0]) for r in rows]
+    assert values == list(range(1, len(rows) + 1)), "a lost or repeated update"
+    tokens = [int(r[1]) for r in rows]
+    assert all(a < b for a, b in zip(tokens, tokens[1:])), "fencing tokens must strictly increase"
+    survivors = [n for n in NODES if n != victim]
+    for node in survivors:
+        for p in range(procs):
+            assert results[(node, p)] == 0, f"{node} worker {p} failed"
+            assert (shared / f"done-{node}-{p}").read_text().strip() == str(cycles)
+    by_survivors = sum(1 for r in rows if r[2] in survivors)
+    assert by_survivors == len(survivors) * procs * cycles
+    assert sum(1 for r in rows if r[2] == victim) >= 1
+    # the table shows nothing held any more (the victim's entries are stale)
+    locks = json.loads(cluster.exec(survivors[0], ["clusterfw", "locks", "--json"], timeout=30).stdout)
+    assert [r for r in locks["locks"] if r["name"] == "counter"] == []
+    cluster.restart(victim)
+    wait_healthy(cluster, 60, via=survivors[0])

@@ -1,0 +1,441 @@
+"""``clusterfw lock`` (a cluster-wide flock(1)) and ``clusterfw locks``.
+
+How this works
+--------------
+``lock`` connects to the node daemon's socket, asks for the lock and waits
+for the grant.  Then it runs CMD with the lock's fencing token in its
+environment and the daemon connection inherited, like flock(1) hands its
+file descriptor to the command: the lock lives as long as that connection,
+so it stays held while CMD (or anything CMD left running with the
+descriptor) lives, even if this process is killed; it is released when the
+last holder of the connection exits.  When CMD exits, ``lock`` releases the
+lock, waits (bounded) until the release is on the disk, and exits with
+CMD's status.
+
+If the node loses the lock while CMD runs -- the daemon reports
+``revoked`` (the node is fenced or leaving), the daemon connection breaks,
+or the daemon does not renew the lock's validity in time (the grant and a
+``valid`` message every heartbeat interval say for how long the node's
+fence deadline vouches for it: a paused or hung daemon stops renewing)
+-- the lock can no longer be vouched for: CMD and its children are killed
+(SIGKILL, at once: another node may be granted the lock once this node is
+forced out) and ``lock`` exits 75.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from clusterfw.cli import CliError
+from clusterfw.client import Client, ClientError, Connection, DaemonUnavailable, RequestFailed
+from clusterfw.node import protocol
+
+# Exit codes of `clusterfw lock` (besides CMD's own status).
+EXIT_CONFLICT = 1  # default of --conflict-exit-code: busy (--timeout 0) or timed out
+EXIT_USAGE = 64  # EX_USAGE, as flock(1)
+EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: no daemon, node not joined, request refused
+EXIT_LOST = 75  # EX_TEMPFAIL: the lock was revoked / the daemon went away while CMD ran
+EXIT_NOPERM = 77  # EX_NOPERM
+EXIT_CANNOT_EXEC = 126
+EXIT_NOT_FOUND = 127
+RELEASE_WAIT_S = 5.0
+LOCK_EXIT_HELP = f"""exit codes:
+  CMD's exit status, or 128+N if CMD died of signal N
+  {EXIT_CONFLICT}    the lock was not acquired: it is busy (--timeout 0) or the timeout
+       expired (choose another code with --conflict-exit-code)
+  {EXIT_USAGE}   bad usage (no CMD, bad lock name)
+  {EXIT_UNAVAILABLE}   no daemon on this host, this node is not joined at the DLM level,
+       or the request was refused (the message says why)
+  {EXIT_LOST}   the lock was lost while CMD ran (node fenced or leaving, daemon gone):
+       CMD and its children were killed
+  {EXIT_NOPERM}   permission denied: locks need root or the 'clusterfw' group
+  {EXIT_CANNOT_EXEC}  CMD cannot be executed;  {EXIT_NOT_FOUND}  CMD not found
+
+CMD's environment: CLUSTERFW_LOCK_NAME, CLUSTERFW_LOCK_MODE, CLUSTERFW_LOCK_TOKEN
+(the fencing token: strictly increasing per lock; whatever CMD writes should
+carry it and refuse an older one), CLUSTERFW_LOCK_NODE."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "lock", help="run a command under a cluster-wide lock (a cluster flock(1))",
+        usage="clusterfw lock NAME [--shared] [--timeout S] [--conflict-exit-code N] [-v] [--socket PATH] "
+              "-- CMD [ARG...]",
+        description="Take the cluster-wide lock NAME on this node, run CMD while it is held, release it.",
+        epilog=LOCK_EXIT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _lock_options(p)
+    p.add_argument("rest", nargs=argparse.REMAINDER, metavar="NAME [OPTIONS] -- CMD [ARG...]",
+                   help="the lock's name (1..48 bytes of UTF-8), then the command after '--'")
+    p.set_defaults(func=cmd_lock)
+
+    q = subparsers.add_parser(
+        "locks", help="who holds which cluster lock, since when, with which token; who waits",
+        description="Read the lock area of the shared disk through this node's daemon and show every "
+                    "lock held or asked for, on every node.",
+        epilog="exit codes: 0 ok, 1 the daemon (or the disk) could not be asked")
+    q.add_argument("--json", action="store_true", help="one JSON object")
+    q.add_argument("--all", action="store_true",
+                   help="also show entries that no longer count (left behind by a node that was forced out "
+                        "or restarted: the protocol ignores them)")
+    q.add_argument("--socket", default=protocol.DEFAULT_SOCKET, help="the daemon's socket")
+    q.set_defaults(func=cmd_locks)
+
+
+# ------------------------------------------------------------------- lock
+def _lock_options(p: argparse.ArgumentParser, defaults: argparse.Namespace | None = None) -> None:
+    d = (lambda key, value: getattr(defaults, key) if defaults is not None else value)
+    p.add_argument("--shared", action="store_true", default=d("shared", False),
+                   help="take it shared (readers); default exclusive")
+    p.add_argument("--timeout", type=float, default=d("timeout", None), metavar="S",
+                   help="give up after S seconds (0: try once, do not wait); default: wait for ever")
+    p.add_argument("--conflict-exit-code", type=int, default=d("conflict_exit_code", EXIT_CONFLICT), metavar="N",
+                   help=f"exit code when the lock is busy or the timeout expires (default {EXIT_CONFLICT})")
+    p.add_argument("--verbose", "-v", action="store_true", default=d("verbose", False),
+                   help="report waiting, grant and release on stderr")
+    p.add_argument("--socket", default=d("socket", protocol.DEFAULT_SOCKET), help="the daemon's socket")
+
+
+class _UsageError(Exception):
+    pass
+
+
+_FLAGS = ("--shared", "--verbose", "-v")
+_VALUED = ("--timeout", "--conflict-exit-code", "--socket")
+
+
+def _split_lock(args: argparse.Namespace) -> argparse.Namespace:
+    """NAME [OPTIONS] -- CMD...: argparse cannot mix options after a
+    positional with a trailing command, so split at the first '--'."""
+    rest = list(args.rest)
+    if "--" in rest:
+        i = rest.index("--")
+        head, command = rest[:i], rest[i + 1:]
+    else:  # NAME, then our options, then the first word that is not one starts CMD
+        i = 1
+        while i < len(rest):
+            word = rest[i]
+            if word in _FLAGS or word.split("=", 1)[0] in _VALUED and "=" in word:
+                i += 1
+            elif word in _VALUED:
+                i += 2
+            else:
+                break
+        head, command = rest[:i], rest[i:]
+    p = argparse.ArgumentParser(prog="clusterfw lock", add_help=False)
+    p.add_argument("name")
+    _lock_options(p, args)
+
+    def fail(message: str) -> None:
+        raise _UsageError(message)
+
+    p.error = fail  # type: ignore[method-assign]
+    ns, extra = p.parse_known_args(head)
+    if extra:
+        raise _UsageError(f"unexpected {' '.join(extra)} before '--'")
+    ns.command = command
+    return ns
+
+
+def _say(text: str) -> None:
+    print(f"clusterfw lock: {text}", file=sys.stderr, flush=True)
+
+
+def cmd_lock(args: argparse.Namespace) -> int:
+    try:
+        args = _split_lock(args)
+    except _UsageError as exc:
+        _say(f"{exc}; usage: clusterfw lock NAME [--shared] [--timeout S] -- CMD [ARG...]")
+        return EXIT_USAGE
+    command = args.command
+    if not command:
+        _say("give the command to run under the lock: clusterfw lock NAME -- CMD [ARG...]")
+        return EXIT_USAGE
+    size = len(args.name.encode("utf-8", "surrogatepass"))
+    if not 1 <= size <= protocol.LOCK_NAME_BYTES_MAX:
+        _say(f"lock name {args.name!r}: {size} bytes of UTF-8, must be 1..{protocol.LOCK_NAME_BYTES_MAX}")
+        return EXIT_USAGE
+    if args.timeout is not None and not 0 <= args.timeout <= protocol.LOCK_TIMEOUT_MS_MAX / 1000:
+        _say(f"--timeout {args.timeout}: must be 0 or more seconds")
+        return EXIT_USAGE
+    try:
+        conn = Connection(args.socket)
+    except DaemonUnavailable as exc:
+        _say(f"{exc}: is the daemon running on this node ('systemctl status clusterfw')?")
+        return EXIT_UNAVAILABLE
+    except ClientError as exc:
+        _say(str(exc))
+        return EXIT_UNAVAILABLE
+    with conn:
+        return _locked_run(conn, args, command)
+
+
+def _locked_run(conn: Connection, args: argparse.Namespace, command: list[str]) -> int:
+    mode = "shared" if args.shared else "exclusive"
+    request: dict[str, Any] = {"op": "lock", "id": 1, "name": args.name, "mode": mode}
+    if args.timeout is not None:
+        request["timeout_ms"] = int(round(args.timeout * 1000))
+    started = time.monotonic()
+    try:
+        conn.send(request)
+        reply = conn.receive()
+    except ClientError as exc:
+        _say(str(exc))
+        return EXIT_UNAVAILABLE
+    if reply is None:
+        _say("the daemon closed the connection without answering")
+        return EXIT_UNAVAILABLE
+    if not reply.get("ok"):
+        error = str(reply.get("error"))
+        _say(f"lock '{args.name}' refused: {error}")
+        return EXIT_NOPERM if error.startswith("permission denied") else EXIT_UNAVAILABLE
+    node = str(reply.get("node", ""))
+    if args.verbose:
+        _say(f"waiting for '{args.name}' ({mode}) on node {node}")
+    conn.settimeout(None)
+    while True:
+        try:
+            message = conn.receive()
+        except ClientError as exc:
+            _say(f"{exc} while waiting for '{args.name}'")
+            return EXIT_UNAVAILABLE
+        if message is None:
+            _say(f"the daemon went away while we waited for '{args.name}'")
+            return EXIT_UNAVAILABLE
+        op = message.get("op")
+        if op == "granted":
+            break
+        if op == "recovered":
+            _say(f"'{args.name}': the lock of {message.get('from')} (forced out of the cluster) was recovered")
+        elif op == "denied":
+            reason = str(message.get("reason"))
+            if reason.startswith(("busy", "timeout")):
+                if args.verbose or args.timeout != 0:
+                    _say(f"'{args.name}' not acquired: {reason}")
+                return args.conflict_exit_code
+            _say(f"'{args.name}' not acquired: {reason}")
+            return EXIT_UNAVAILABLE
+    token = int(message["token"])
+    if args.verbose:
+        _say(f"'{args.name}' granted ({mode}, token {token}) after {time.monotonic() - started:.3f} s")
+    env = dict(os.environ, CLUSTERFW_LOCK_NAME=args.name, CLUSTERFW_LOCK_MODE=mode,
+               CLUSTERFW_LOCK_TOKEN=str(token), CLUSTERFW_LOCK_NODE=node)
+    sock_fd = conn.fileno()
+    try:
+        child = subprocess.Popen(command, env=env, pass_fds=(sock_fd,))
+    except FileNotFoundError:
+        _say(f"{command[0]}: command not found")
+        return EXIT_NOT_FOUND
+    except PermissionError:
+        _say(f"{command[0]}: permission denied (not executable?)")
+        return EXIT_CANNOT_EXEC
+    except OSError as exc:
+        _say(f"{command[0]}: cannot run it: {exc}")
+        return EXIT_CANNOT_EXEC
+    status, lost = _supervise(conn, child, args.name, float(message.get("valid_ms", 0)))
+    if lost is not None:
+        _say(f"'{args.name}' LOST while the command ran ({lost}): killed it (pid {child.pid})")
+        return EXIT_LOST
+    _release(conn, args)
+    return status
+
+
+def _supervise(conn: Connection, child: subprocess.Popen, name: str,
+               valid_ms: float) -> tuple[int, str | None]:
+    """Wait for CMD; returns (its status, None) or (-, why the lock was lost).
+    The lock is lost when the daemon says so, goes away, or does not renew
+    the lock's validity in time."""
+    forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+
+    def forward(signum: int, _frame: object) -> None:
+        try:
+            os.kill(child.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    previous = {sig: signal.signal(sig, forward) for sig in forwarded}
+    pidfd = os.pidfd_open(child.pid)
+    selector = selectors.DefaultSelector()
+    valid_until = [time.monotonic() + valid_ms / 1000.0]
+
+    def lose(why: str) -> tuple[int, str | None]:
+        _kill_tree(child)
+        child.wait()
+        return 0, why
+
+    try:
+        selector.register(pidfd, selectors.EVENT_READ, "child")
+        selector.register(conn.fileno(), selectors.EVENT_READ, "daemon")
+        while conn.has_buffered():
+            lost = _read_daemon(conn, valid_until)
+            if lost is not None:
+                return lose(lost)
+        while True:
+            left = valid_until[0] - time.monotonic()
+            if left <= 0:
+                if child.poll() is not None:
+                    return _status(child.returncode), None
+                return lose("the daemon did not renew the lock in time: node paused, hung or fenced")
+            for key, _mask in selector.select(left):
+                if key.data == "child":
+                    return _status(child.wait()), None
+                lost = _read_daemon(conn, valid_until)
+                if lost is not None:
+                    return lose(lost)
+    finally:
+        selector.close()
+        os.close(pidfd)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _read_daemon(conn: Connection, valid_until: list[float]) -> str | None:
+    """Consume what the daemon sent while CMD runs; the reason if the lock
+    is lost."""
+    received = time.monotonic()
+    conn.settimeout(0.5)
+    try:
+        message = conn.receive()
+    except ClientError as exc:
+        return f"daemon connection failed: {exc}"
+    finally:
+        conn.settimeout(None)
+    if message is None:
+        return "the daemon went away"
+    if message.get("op") == "revoked":
+        return f"revoked: {message.get('reason')}"
+    if message.get("op") == "valid":
+        valid_until[0] = received + float(message.get("for_ms", 0)) / 1000.0
+    return None
+
+
+def _kill_tree(child: subprocess.Popen) -> None:
+    import psutil
+
+    try:
+        victims = psutil.Process(child.pid).children(recursive=True)
+    except psutil.Error:
+        victims = []
+    for proc in [*victims]:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    try:
+        child.kill()
+    except ProcessLookupError:
+        pass
+
+
+def _status(code: int) -> int:
+    return 128 - code if code < 0 else code
+
+
+def _release(conn: Connection, args: argparse.Namespace) -> None:
+    """Ask for the release and wait (bounded) until it is on the disk."""
+    deadline = time.monotonic() + RELEASE_WAIT_S
+    try:
+        conn.send({"op": "unlock", "id": 1})
+        while time.monotonic() < deadline:
+            conn.settimeout(max(0.01, deadline - time.monotonic()))
+            message = conn.receive()
+            if message is None:
+                return
+            if message.get("op") in ("released", "revoked", "denied"):
+                if args.verbose:
+                    _say(f"'{args.name}' {message['op']}")
+                return
+            if "ok" in message and not message["ok"]:
+                return  # already ended (e.g. revoked just now)
+    except ClientError:
+        return  # closing the connection releases it anyway
+
+
+# ------------------------------------------------------------------ locks
+def cmd_locks(args: argparse.Namespace) -> int:
+    try:
+        reply = Client(args.socket, timeout_s=15).request("locks")
+    except DaemonUnavailable as exc:
+        lab = _locks_from_lab(args)
+        if lab is None:
+            raise CliError(f"{exc}: is the daemon running ('systemctl status clusterfw')?") from None
+        reply = lab
+    except RequestFailed as exc:
+        raise CliError(str(exc)) from None
+    except ClientError as exc:
+        raise CliError(str(exc)) from None
+    reply.pop("ok", None)
+    reply.pop("v", None)
+    if args.json:
+        if not args.all:
+            hidden = [r for r in reply.get("locks", []) if not r.get("counts")]
+            reply["locks"] = [r for r in reply.get("locks", []) if r.get("counts")]
+            reply["stale_hidden"] = len(hidden)
+        json.dump(reply, sys.stdout)
+        print()
+    else:
+        print(format_locks(reply, show_all=args.all))
+    return 1 if reply.get("error") else 0
+
+
+def _locks_from_lab(args: argparse.Namespace) -> dict[str, Any] | None:
+    """On a host running `clusterfw lab` without a daemon of its own: ask a
+    running lab node's daemon."""
+    from clusterfw.lab.lab import DEFAULT_DIR, Lab, LabError
+
+    lab = Lab(os.environ.get("CLUSTERFW_LAB_DIR") or DEFAULT_DIR)
+    if lab.state is None or os.geteuid() != 0:
+        return None
+    try:
+        for node in [n for n in lab.status()["nodes"] if n["state"] == "up"]:
+            cp = lab.exec(node["name"], ["clusterfw", "locks", "--json", "--all"], timeout=20)
+            if cp.returncode == 0:
+                out = json.loads(cp.stdout)
+                out.pop("stale_hidden", None)
+                if not args.json:
+                    print(f"no daemon on this host: asked lab node {node['name']}")
+                return out
+    except (LabError, OSError, ValueError):
+        return None
+    return None
+
+
+def _ago(unix_ms: int | None, now_ms: int) -> str:
+    if not unix_ms:
+        return "-"
+    stamp = time.strftime("%H:%M:%S", time.localtime(unix_ms / 1000))
+    return f"{stamp} ({max(0, now_ms - unix_ms) / 1000:.1f} s ago)"
+
+
+def format_locks(reply: dict[str, Any], show_all: bool = False) -> str:
+    now = int(reply.get("read_unix_ms") or time.time() * 1000)
+    rows = [r for r in reply.get("locks", []) if show_all or r.get("counts")]
+    stale = sum(1 for r in reply.get("locks", []) if not r.get("counts"))
+    lines = [f"cluster {reply.get('cluster')}: lock table read by node {reply.get('node')} "
+             f"at {time.strftime('%H:%M:%S', time.localtime(now / 1000))}"]
+    if reply.get("error"):
+        lines.append(f"ERROR: {reply['error']}")
+    if not rows:
+        lines.append("no lock is held or asked for")
+    else:
+        table = [["LOCK", "MODE", "STATE", "NODE", "PID", "TOKEN", "TICKET", "SINCE"]]
+        for r in rows:
+            state = r["state"] if r.get("counts") else f"{r['state']} (stale: ignored)"
+            table.append([r["name"], r["mode"], state, r["node"], str(r.get("pid") or "-"),
+                          "-" if r.get("token") is None else str(r["token"]), str(r["ticket"]),
+                          _ago(r.get("since_unix_ms"), now)])
+        widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+        lines += ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in table]
+    if stale and not show_all:
+        lines.append(f"({stale} stale entr{'y' if stale == 1 else 'ies'} of departed nodes hidden: --all)")
+    waiting = [r for r in reply.get("local", []) if r.get("waiting_for")]
+    for r in waiting:
+        whom = ", ".join(f"{w['node']} ({w['why']})" for w in r["waiting_for"])
+        lines.append(f"pid {r.get('pid')} on {reply.get('node')} waits for '{r['name']}' behind: {whom}")
+    return "\n".join(lines)

@@ -1,0 +1,411 @@
+"""The DLM inside the node daemon: the in-process subsystem at level 10 that
+drives ``core.dlm.DlmCore`` against the real disk and serves lock requests
+of local clients (``clusterfw lock``) over the daemon's socket.
+
+How this works
+--------------
+* **Its own I/O pipeline.**  One thread ("dlm") and one device handle of its
+  own (a ``GuardedBlockDevice`` with the daemon's write guard): a lock
+  request never waits behind a heartbeat and a slow lock stripe never delays
+  one.  The thread loops ``poll`` -> perform the ops in order -> ``complete``
+  and sleeps until ``wakeup_ms`` or a kick.  Before every write it asks the
+  guard again (the device asks it once more right before the system call),
+  so nothing is written once the node may not write (fence deadline, fenced,
+  exiting); such a write is reported to the core as failed.
+* **Membership.**  The daemon hands over every adopted view (``on_view``)
+  and the hub delivers the level-10 notifications (``deliver``).  The core
+  answers a notification with ``Ack`` once its work is done (the join's read
+  of the lock area, the leave's releases); the thread passes that to the
+  hub.  Core events are only ever taken on the DLM thread, so nothing the
+  hub calls here (under its lock) calls back into the hub.
+* **Clients.**  A request names a client-chosen id, unique per connection;
+  the service maps it to a core request id and remembers (connection, id,
+  pid).  Events go back as pushes on that connection: ``granted`` (with the
+  fencing token), ``denied``, ``released``, ``revoked``, ``recovered``.  When
+  a connection closes, every request it made is released or cancelled --
+  a lock dies with its holder, like flock(2).
+* **Validity.**  A grant and then, every heartbeat interval, a ``valid``
+  push tell the holder for how long the lock is vouched for: until the
+  node's fence deadline (its last completed heartbeat write + fence_after).
+  Other nodes recover the lock only after the dead timeout, which is later
+  by the watchdog margin; ``clusterfw lock`` kills its command when the
+  validity runs out unrenewed -- a paused, hung or fenced daemon stops its
+  lock holders in time even where no watchdog resets the host.
+* **Stamps.**  Each write carries the wall clock (``stamp_ms``) and the
+  client's pid (``owner``): informational fields that make ``clusterfw
+  locks`` able to say who holds what since when on *every* node.
+
+Invariants: no core event is dispatched while the service lock is held;
+a client sees exactly one final event (granted-then-released/revoked, or
+denied) per request; at most ``CLIENT_REQUESTS_MAX`` requests per
+connection.
+"""
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from clusterfw.core import dlm as dlm_core
+from clusterfw.core.coordinator import level_state
+from clusterfw.core.dlm import (
+    DLM_LEVEL,
+    Ack,
+    Denied,
+    DlmCore,
+    DlmMisuse,
+    DlmResult,
+    EntryState,
+    Granted,
+    LockEntry,
+    LockMode,
+    ReadArea,
+    ReadStripe,
+    Recovered,
+    Released,
+    Revoked,
+    WriteEntry,
+)
+from clusterfw.core.model import BatchEntry, Kind, Registration, ViewRecord
+from clusterfw.core.timing import Timing
+from clusterfw.ondisk import dlm_codec
+from clusterfw.ondisk.blockdev import BlockDevice
+from clusterfw.ondisk.errors import DeviceError
+from clusterfw.ondisk.layout import Layout
+from clusterfw.subsystems.base import LocalSubsystem, Notification
+
+from . import diskio
+
+CLIENT_REQUESTS_MAX = 64
+"""Outstanding lock requests per socket connection."""
+AREA_READ_BYTES_MAX = 1 << 20
+"""The own-join read of the lock area goes in reads of whole stripes of at
+most this many bytes."""
+WAIT_MAX_S = 1.0
+_KINDS = {kind.notification: kind for kind in Kind}
+
+
+@dataclass
+class _ClientRequest:
+    conn_id: int
+    client_id: int
+    pid: int
+    name: str
+    mode: LockMode
+    requested_unix_ms: int
+    granted_unix_ms: int = 0
+    token: int = 0
+
+
+class DlmService(LocalSubsystem):
+    """The real DLM at level 10 (replaces the placeholder of the same name)."""
+
+    level = DLM_LEVEL
+    name = "dlm"
+    barriers = (1, 1, 1)
+
+    def __init__(self, *, path: str, layout: Layout, cluster_uuid: bytes, node_id: int, incarnation: int,
+                 timing: Timing, guard: Callable[[], str | None], push: Callable[[int, dict[str, Any]], bool],
+                 view_of: Callable[[], ViewRecord | None], node_name: Callable[[int], str],
+                 log: Callable[[str, str], None], deadline_of: Callable[[], float] | None = None) -> None:
+        self.path = path
+        self.layout = layout
+        self.cluster_uuid = cluster_uuid
+        self.node_id = node_id
+        self.incarnation = incarnation
+        self.timing = timing
+        self._guard = guard
+        self._push = push
+        self._view_of = view_of
+        self._node_name = node_name
+        self._logf = log
+        self._deadline_of = deadline_of or (lambda: float("inf"))
+        self._next_keepalive = 0.0
+        self._lock = threading.Lock()
+        self.core = DlmCore(node_id=node_id, incarnation=incarnation, stripes_max=layout.dlm_stripes_max,
+                            nodes_max=layout.nodes_max, now_ms=diskio.clock_ms(),
+                            can_write=lambda _now: guard() is None,
+                            poll_min_ms=float(timing.fast_poll_ms), poll_max_ms=float(timing.heartbeat_interval_ms))
+        self._requests: dict[int, _ClientRequest] = {}  # core request id -> client
+        self._by_client: dict[tuple[int, int], int] = {}  # (conn id, client id) -> core request id
+        self._next_req = 1
+        self._kick = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._dev: BlockDevice | None = None
+        self._ack: Callable[[int], None] | None = None
+        self.stats = {"reads": 0, "writes": 0, "failed": 0, "grants": 0}
+
+    # ------------------------------------------------------ LocalSubsystem
+    def registration(self) -> Registration:
+        return Registration(self.level, self.name, self.barriers)
+
+    def start(self, ack: Callable[[int], None], log: Callable[[str], None]) -> None:
+        self._ack = ack
+        self._dev = diskio.GuardedBlockDevice(self.path, guard=self._guard, io_timeout_ms=self.timing.io_timeout_ms)
+        self._thread = threading.Thread(target=self._run, name="dlm", daemon=True)
+        self._thread.start()
+
+    def deliver(self, notification: Notification) -> None:
+        """A level-10 notification (called by the hub, under its lock)."""
+        entries = [BatchEntry(e.node_id, _KINDS[e.kind], e.barrier) for e in notification.entries]
+        view = self._view_of()
+        now = diskio.clock_ms()
+        with self._lock:
+            if view is not None:
+                self.core.on_view(view, now)
+            self.core.notify(notification.batch, entries, now)
+        self._kick.set()
+
+    def stop(self, reason: str = "the daemon is exiting") -> None:
+        """End every request (holders are told ``revoked``) and the thread."""
+        with self._lock:
+            self.core.stop(reason)
+            events = self.core.take_events()
+        self._dispatch(events)
+        self._stopping.set()
+        self._kick.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(self.timing.io_timeout_ms / 1000.0 * 4 + 1.0)
+        if self._dev is not None and (thread is None or not thread.is_alive()):
+            self._dev.close()
+
+    # ------------------------------------------------------------- daemon
+    def on_view(self, view: ViewRecord) -> None:
+        with self._lock:
+            self.core.on_view(view, diskio.clock_ms())
+        self._kick.set()
+
+    # ------------------------------------------------------------- clients
+    def lock(self, conn_id: int, pid: int, client_id: int, name: str, mode: LockMode, timeout_ms: float | None,
+             try_only: bool) -> str | None:
+        """Queue a request; None, or why it cannot even be queued (the
+        answer comes later as a push: granted or denied)."""
+        try:
+            dlm_core.check_name(name)
+        except DlmMisuse as exc:
+            return f"{exc}; use 1..{dlm_core.NAME_MAX_BYTES} bytes of UTF-8"
+        now = diskio.clock_ms()
+        with self._lock:
+            why = self.core.may_request()
+            if why is not None:
+                return f"{why}: wait until 'clusterfw status' shows this node joined"
+            if (conn_id, client_id) in self._by_client:
+                return f"request id {client_id} is already in use on this connection: pick another"
+            mine = sum(1 for r in self._requests.values() if r.conn_id == conn_id)
+            if mine >= CLIENT_REQUESTS_MAX:
+                return f"this connection has {mine} outstanding lock requests (at most {CLIENT_REQUESTS_MAX})"
+            req_id = self._next_req
+            self._next_req += 1
+            self._requests[req_id] = _ClientRequest(conn_id, client_id, pid, name, mode, _unix_ms())
+            self._by_client[(conn_id, client_id)] = req_id
+            self.core.request(req_id, name, mode, now, timeout_ms=timeout_ms, try_only=try_only,
+                              owner=pid if 0 <= pid <= 0xFFFFFFFF else 0)
+        self._kick.set()
+        return None
+
+    def unlock(self, conn_id: int, client_id: int) -> str | None:
+        with self._lock:
+            req_id = self._by_client.get((conn_id, client_id))
+            if req_id is None:
+                return f"no lock request {client_id} on this connection (already released or denied?)"
+            if not self.core.release(req_id, diskio.clock_ms()):
+                return f"lock request {client_id} has already ended"
+        self._kick.set()
+        return None
+
+    def disconnected(self, conn_id: int) -> None:
+        """The client's connection closed: its locks go (like flock)."""
+        released = []
+        with self._lock:
+            now = diskio.clock_ms()
+            for req_id, req in list(self._requests.items()):
+                if req.conn_id == conn_id and self.core.release(req_id, now):
+                    released.append(req)
+        for req in released:
+            what = "held" if req.granted_unix_ms else "requested"
+            self._logf("info", f"dlm: client pid {req.pid} went away: lock '{req.name}' ({what}) released")
+        if released:
+            self._kick.set()
+
+    def local_requests(self) -> list[dict[str, Any]]:
+        """This node's requests as the core sees them, with their clients."""
+        with self._lock:
+            holdings = self.core.holdings()
+            clients = dict(self._requests)
+        out = []
+        for h in holdings:
+            client = clients.get(h.req_id)
+            out.append({
+                "name": h.name, "mode": h.mode.name.lower(), "state": h.state, "ticket": h.ticket,
+                "token": h.token if h.state == "held" else None,
+                "pid": client.pid if client else None,
+                "since_unix_ms": (client.granted_unix_ms or client.requested_unix_ms) if client else None,
+                "waiting_for": [{"node": self._node_name(b.node_id), "why": b.why} for b in h.blockers],
+            })
+        return out
+
+    def busy(self) -> bool:
+        with self._lock:
+            return self.core.busy()
+
+    # -------------------------------------------------------- the I/O loop
+    def _run(self) -> None:
+        core = self.core
+        while not self._stopping.is_set():
+            self._kick.clear()
+            now = diskio.clock_ms()
+            with self._lock:
+                ops = core.poll(now)
+                events = core.take_events()
+                wake = core.wakeup_ms()
+            self._dispatch(events)
+            self._keepalive(now)
+            if not ops:
+                wake = min(wake, self._next_keepalive)
+                self._kick.wait(min(max(0.0, (wake - now) / 1000.0), WAIT_MAX_S))
+                continue
+            results = []
+            for op in ops:
+                if self._stopping.is_set():
+                    break  # the core treats the rest as failed
+                results.append(self._perform(op))
+            with self._lock:
+                if core.stopped is None:
+                    core.complete(diskio.clock_ms(), results)
+                events = core.take_events()
+            self._dispatch(events)
+
+    def valid_for_ms(self, now: float) -> int:
+        """How long this node's locks are vouched for from ``now``: until
+        the fence deadline (a node that has not completed a heartbeat write
+        by then stops all cluster-managed work); 0 if it may not write."""
+        if self._guard() is not None:
+            return 0
+        return int(max(0.0, min(self._deadline_of() - now, 3_600_000.0)))
+
+    def _keepalive(self, now: float) -> None:
+        """Every heartbeat interval, tell each holder how long its lock is
+        still vouched for; ``clusterfw lock`` kills its command when that
+        runs out without a renewal (a paused or fenced daemon stops them)."""
+        if now < self._next_keepalive:
+            return
+        self._next_keepalive = now + self.timing.heartbeat_interval_ms
+        holders = [r for r in list(self._requests.values()) if r.granted_unix_ms]
+        if not holders:
+            return
+        valid = self.valid_for_ms(now)
+        for req in holders:
+            self._push(req.conn_id, {"op": "valid", "id": req.client_id, "for_ms": valid})
+
+    def _perform(self, op: Any) -> DlmResult:
+        start = diskio.clock_ms()
+        dev = self._dev
+        assert dev is not None
+        try:
+            if isinstance(op, WriteEntry):
+                refused = self._guard()
+                if refused is not None:
+                    self.stats["failed"] += 1
+                    return DlmResult(op, False, start, diskio.clock_ms(), None, f"not written: {refused}")
+                entry = dataclasses.replace(op.entry, stamp_ms=_unix_ms())
+                offset, data = dlm_codec.entry_bytes(entry, self.cluster_uuid, self.layout)
+                dev.write(offset, data)
+                self.stats["writes"] += 1
+                return DlmResult(op, True, start, diskio.clock_ms())
+            if isinstance(op, ReadStripe):
+                raw = dev.read(self.layout.dlm_stripe_offset(op.stripe), self.layout.dlm_stripe_bytes)
+                self.stats["reads"] += 1
+                value = dlm_codec.decode_stripe(raw, op.stripe, cluster_uuid=self.cluster_uuid, layout=self.layout)
+                return DlmResult(op, True, start, diskio.clock_ms(), value)
+            if isinstance(op, ReadArea):
+                value = read_area(dev, self.layout, self.cluster_uuid)
+                self.stats["reads"] += 1
+                return DlmResult(op, True, start, diskio.clock_ms(), value)
+        except DeviceError as exc:
+            self.stats["failed"] += 1
+            return DlmResult(op, False, start, diskio.clock_ms(), None, str(exc))
+        raise AssertionError(f"unknown DLM op {op!r}")
+
+    # -------------------------------------------------------------- events
+    def _dispatch(self, events: list[Any]) -> None:
+        for ev in events:
+            if isinstance(ev, Ack):
+                if self._ack is not None:
+                    self._ack(ev.batch_id)
+                continue
+            req = self._requests.get(ev.req_id)
+            if req is None:
+                continue  # an internal withdrawal, or a request of a closed connection
+            if isinstance(ev, Granted):
+                req.granted_unix_ms, req.token = _unix_ms(), ev.token
+                self.stats["grants"] += 1
+                self._push(req.conn_id, {"op": "granted", "id": req.client_id, "name": ev.name,
+                                         "mode": ev.mode.name.lower(), "token": ev.token,
+                                         "valid_ms": self.valid_for_ms(diskio.clock_ms())})
+            elif isinstance(ev, Recovered):
+                who = self._node_name(ev.from_node)
+                self._logf("notice", f"dlm: lock '{ev.name}' of {who} recovered (forced out); waiter pid "
+                                     f"{req.pid} goes on")
+                self._push(req.conn_id, {"op": "recovered", "id": req.client_id, "name": ev.name, "from": who})
+            else:
+                final: dict[str, Any]
+                if isinstance(ev, Denied):
+                    final = {"op": "denied", "id": req.client_id, "name": req.name, "reason": ev.reason}
+                elif isinstance(ev, Released):
+                    final = {"op": "released", "id": req.client_id, "name": req.name}
+                elif isinstance(ev, Revoked):
+                    self._logf("warning", f"dlm: lock '{ev.name}' of pid {req.pid} revoked: {ev.reason}")
+                    final = {"op": "revoked", "id": req.client_id, "name": req.name, "reason": ev.reason}
+                else:
+                    continue
+                with self._lock:
+                    self._requests.pop(ev.req_id, None)
+                    self._by_client.pop((req.conn_id, req.client_id), None)
+                self._push(req.conn_id, final)
+
+
+def _unix_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def read_area(dev: BlockDevice, layout: Layout, cluster_uuid: bytes) -> dict[int, dict[int, Any]]:
+    """Every stripe of the lock area, in reads of whole stripes."""
+    per_read = max(1, AREA_READ_BYTES_MAX // layout.dlm_stripe_bytes)
+    out: dict[int, dict[int, Any]] = {}
+    stripe = 0
+    while stripe < layout.dlm_stripes_max:
+        count = min(per_read, layout.dlm_stripes_max - stripe)
+        raw = dev.read(layout.dlm_stripe_offset(stripe), count * layout.dlm_stripe_bytes)
+        out.update(dlm_codec.decode_area(raw, cluster_uuid=cluster_uuid, layout=layout, first_stripe=stripe))
+        stripe += count
+    return out
+
+
+def describe_area(area: dict[int, dict[int, Any]], view: ViewRecord | None,
+                  node_name: Callable[[int], str]) -> list[dict[str, Any]]:
+    """The lock table as ``clusterfw locks`` shows it: every sector that asks
+    for or holds a lock, whether it counts under the view (a dead or
+    departed incarnation's leftover does not), sorted by name and ticket."""
+    members = {m.node_id: m for m in view.members} if view is not None else {}
+    rows = []
+    for stripe, sectors in area.items():
+        for node_id, entry in sectors.items():
+            if not isinstance(entry, LockEntry) or entry.state is EntryState.FREE:
+                continue
+            m = members.get(node_id)
+            counted = (m is not None and m.incarnation == entry.incarnation
+                       and level_state(m, DLM_LEVEL) != "inactive")
+            rows.append({
+                "name": entry.name, "mode": entry.mode.name.lower(), "state": entry.state.name.lower(),
+                "node": node_name(node_id), "node_id": node_id, "pid": entry.owner or None,
+                "ticket": entry.ticket, "token": entry.token if entry.state is EntryState.HELD else None,
+                "since_unix_ms": entry.stamp_ms or None, "stripe": stripe,
+                "counts": counted, "incarnation": f"{entry.incarnation:x}",
+            })
+    order = {"held": 0, "waiting": 1, "choosing": 2}
+    rows.sort(key=lambda r: (r["name"], order.get(r["state"], 3), r["ticket"], r["node_id"]))
+    return rows
