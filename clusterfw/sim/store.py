@@ -27,6 +27,7 @@ class SimStore:
         # Decoding is pure, and most reads see blocks decoded before: cache
         # by content (bounded) so large simulated clusters stay fast.
         self._decoded: dict[tuple[int, bytes], SlotRecord | Unreadable] = {}
+        self._views: dict[tuple[int, bytes], ViewRecord | None] = {}
 
     # -- writes -------------------------------------------------------------
     def slot_write(self, rec: SlotRecord) -> tuple[int, bytes]:
@@ -73,10 +74,17 @@ class SimStore:
 
     def _read_view_copy(self, node_id: int, copy: int) -> ViewRecord | None:
         block = self.disk.read(self.layout.view_offset(node_id, copy), self.layout.view_copy_bytes)
+        key = (node_id, block)
+        if key in self._views:
+            return self._views[key]
         try:
-            return codec.decode_view(block, cluster_uuid=self.cluster_uuid, node_id=node_id)
+            view: ViewRecord | None = codec.decode_view(block, cluster_uuid=self.cluster_uuid, node_id=node_id)
         except errors.BlockError:
-            return None
+            view = None
+        if len(self._views) > 4 * self.nodes_max + 64:
+            self._views.clear()
+        self._views[key] = view
+        return view
 
     def read_view(self, node_id: int) -> ViewRecord | None:
         views = [v for v in (self._read_view_copy(node_id, c) for c in (0, 1)) if v is not None]
