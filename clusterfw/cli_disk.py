@@ -216,7 +216,24 @@ def collect_dump(disk: ClusterDisk) -> dict[str, Any]:
         "nodes": disk.read_node_table(),
         "slots": disk.read_slots(),
         "views": [disk.read_view_copies(node_id) for node_id in range(1, layout.nodes_max + 1)],
+        "locks": _lock_entries(disk.read_lock_area()),
     }
+
+
+def _lock_entries(area: dict[int, dict[int, Any]]) -> list[tuple[int, int, Any]]:
+    """(stripe, node id, entry) of every lock sector that holds or asks for a
+    lock, or is damaged (never-written and FREE sectors are left out)."""
+    from clusterfw.core.dlm import EntryState, LockEntry
+    from clusterfw.core.node import Unreadable
+
+    out = []
+    for stripe, sectors in sorted(area.items()):
+        for node_id, entry in sorted(sectors.items()):
+            if isinstance(entry, LockEntry) and entry.state is not EntryState.FREE:
+                out.append((stripe, node_id, entry))
+            elif isinstance(entry, Unreadable) and not entry.never_written:
+                out.append((stripe, node_id, entry))
+    return out
 
 
 def dump_json(dump: dict[str, Any]) -> dict[str, Any]:
@@ -227,6 +244,9 @@ def dump_json(dump: dict[str, Any]) -> dict[str, Any]:
         "layout": dump["layout"].describe(),
         "areas": {name: jsonable(header) for name, header in dump["areas"].items()},
         "nodes": [], "slots": [], "views": [],
+        "locks": [{"stripe": stripe, "node_id": node_id,
+                   **({"record": jsonable(e)} if hasattr(e, "ticket") else {"error": e.reason})}
+                  for stripe, node_id, e in dump["locks"]],
     }
     for node_id, entry in enumerate(dump["nodes"], start=1):
         out["nodes"].append({"id": node_id, **({"record": jsonable(entry)} if isinstance(entry, NodeConfig)
@@ -324,6 +344,17 @@ def dump_text(dump: dict[str, Any]) -> str:
             else:
                 out.append(f"  {label:>7}  {_error_text(copy)}")
     out.append("  (* = the copy a reader uses)")
+    out += ["", "locks (sectors that hold or ask for a lock; 'clusterfw locks' says which still count)"]
+    if not dump["locks"]:
+        out.append("  none")
+    for stripe, node_id, e in dump["locks"]:
+        if not hasattr(e, "ticket"):
+            out.append(f"  stripe {stripe} node {node_id}: damaged ({e.reason})")
+            continue
+        when = (datetime.datetime.fromtimestamp(e.stamp_ms / 1000, datetime.timezone.utc).strftime("%H:%M:%S UTC")
+                if e.stamp_ms else "-")
+        out.append(f"  stripe {stripe} node {node_id}: {e.state.name.lower()} '{e.name}' {e.mode.name.lower()} "
+                   f"ticket={e.ticket} token={e.token} inc={e.incarnation:x} pid={e.owner or '-'} at {when}")
     return "\n".join(out)
 
 

@@ -185,6 +185,14 @@ def test_locks_shows_holder_since_token_and_waiter(dlm_cluster):
         assert text.returncode == 0
         assert "report" in text.stdout and "held" in text.stdout and "waiting" in text.stdout
         assert "waits for 'report' behind: n1 (held)" in text.stdout
+        # the raw sectors, read from the disk by the admin tool
+        dump = cli("disk", "dump", c.device)
+        assert dump.returncode == 0, dump.stderr
+        assert f"held 'report' exclusive ticket={held['ticket']} token={held['token']}" in dump.stdout
+        assert "waiting 'report'" in dump.stdout
+        raw = json.loads(cli("disk", "dump", c.device, "--json").stdout)["locks"]
+        assert any(r["record"]["name"] == "report" and r["record"]["state"] == "held"
+                   and r["record"]["owner"] == held["pid"] for r in raw)
     finally:
         holder.send_signal(signal.SIGTERM)
         holder.wait(15)

@@ -72,6 +72,7 @@ from clusterfw.core.model import BatchEntry, Kind, Registration, ViewRecord
 from clusterfw.core.timing import Timing
 from clusterfw.ondisk import dlm_codec
 from clusterfw.ondisk.blockdev import BlockDevice
+from clusterfw.ondisk.clusterdisk import ClusterDisk
 from clusterfw.ondisk.errors import DeviceError
 from clusterfw.ondisk.layout import Layout
 from clusterfw.subsystems.base import LocalSubsystem, Notification
@@ -265,7 +266,8 @@ class DlmService(LocalSubsystem):
             self._dispatch(events)
             self._keepalive(now)
             if not ops:
-                wake = min(wake, self._next_keepalive)
+                if any(r.granted_unix_ms for r in list(self._requests.values())):
+                    wake = min(wake, self._next_keepalive)
                 self._kick.wait(min(max(0.0, (wake - now) / 1000.0), WAIT_MAX_S))
                 continue
             results = []
@@ -374,15 +376,7 @@ def _unix_ms() -> int:
 
 def read_area(dev: BlockDevice, layout: Layout, cluster_uuid: bytes) -> dict[int, dict[int, Any]]:
     """Every stripe of the lock area, in reads of whole stripes."""
-    per_read = max(1, AREA_READ_BYTES_MAX // layout.dlm_stripe_bytes)
-    out: dict[int, dict[int, Any]] = {}
-    stripe = 0
-    while stripe < layout.dlm_stripes_max:
-        count = min(per_read, layout.dlm_stripes_max - stripe)
-        raw = dev.read(layout.dlm_stripe_offset(stripe), count * layout.dlm_stripe_bytes)
-        out.update(dlm_codec.decode_area(raw, cluster_uuid=cluster_uuid, layout=layout, first_stripe=stripe))
-        stripe += count
-    return out
+    return ClusterDisk(dev, layout, cluster_uuid).read_lock_area(AREA_READ_BYTES_MAX)
 
 
 def describe_area(area: dict[int, dict[int, Any]], view: ViewRecord | None,

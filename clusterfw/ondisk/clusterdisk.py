@@ -301,6 +301,24 @@ class ClusterDisk(Placement):
         offset, length = self.node_table_extent()
         return self.node_table_from_bytes(self.dev.read(offset, length))
 
+    def read_lock_area(self, read_bytes_max: int = 1 << 20) -> dict[int, dict[int, object]]:
+        """Every stripe of the DLM lock area, decoded: stripe -> (node id ->
+        ``LockEntry`` | ``Unreadable``), in reads of whole stripes of at most
+        ``read_bytes_max`` bytes."""
+        from . import dlm_codec
+
+        layout = self.layout
+        per_read = max(1, read_bytes_max // layout.dlm_stripe_bytes)
+        out: dict[int, dict[int, object]] = {}
+        stripe = 0
+        while stripe < layout.dlm_stripes_max:
+            count = min(per_read, layout.dlm_stripes_max - stripe)
+            raw = self.dev.read(layout.dlm_stripe_offset(stripe), count * layout.dlm_stripe_bytes)
+            out.update(dlm_codec.decode_area(raw, cluster_uuid=self.cluster_uuid, layout=layout,
+                                             first_stripe=stripe))
+            stripe += count
+        return out
+
     def write_node_config(self, cfg: NodeConfig) -> None:
         """Write ``cfg``'s node-table record (read-modify-write of its block:
         admin tools only, never concurrently)."""
