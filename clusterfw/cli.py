@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "clusterfw.cli_lab",
     "clusterfw.cli_node",
     "clusterfw.cli_lock",
+    "clusterfw.cli_events",
 )
 
 # Commands run often from scripts (a lock per loop iteration) build only

@@ -435,10 +435,14 @@ class Lab:
     def _daemon_conf(self, rec: dict) -> str:
         """What clusterfw.service reads (EnvironmentFile=): the node's disk
         view and its name.  Lab nodes fence by exiting; systemd restarts them
-        as a new incarnation (docs/daemon.md)."""
+        as a new incarnation (docs/daemon.md).  With the event manager's unit
+        among the nodes' units (it starts with clusterfw.service) the daemon
+        waits for it to register before the join (docs/events.md)."""
+        units = self.state.get("units")
+        events = bool(units) and (Path(units) / "clusterfw-events.service").exists()
         return ("# written by `clusterfw lab up` for clusterfw.service; see docs/daemon.md\n"
                 f"CLUSTERFW_DISK={DISK_IN_NODE}\nCLUSTERFW_NODE={rec['name']}\n"
-                "CLUSTERFW_OPTIONS=\n")
+                + ('CLUSTERFW_OPTIONS="--wait-for-subsystem events"\n' if events else "CLUSTERFW_OPTIONS=\n"))
 
     def _prepare_cluster_disk(self) -> None:
         """A new (or foreign) shared disk becomes a clusterfw disk for cluster

@@ -25,7 +25,8 @@ change) and unpacked into ``DIR/app/<digest>/``; nodes get it bind-mounted read-
 ``sys.path``.  Unit files from the repository's ``systemd/`` directory (only if
 it has ``clusterfw.service``) are copied to ``DIR/units/`` and bind-mounted at
 ``/usr/local/lib/systemd/system`` (a unit search path), with
-``multi-user.target.wants`` links only when autostart is asked for.  So code
+``multi-user.target.wants`` links only when autostart is asked for (and
+``clusterfw.service.wants`` links, for the units it wants, always).  So code
 changes show up on the next ``up``/``restart`` without touching the base.
 """
 from __future__ import annotations
@@ -453,14 +454,20 @@ def build_units(lab_dir: Path, autostart: bool) -> Path | None:
     if src is None or not (src / "clusterfw.service").exists():
         return None
     dest.mkdir(parents=True)
-    wants = dest / "multi-user.target.wants"
     for f in sorted(src.iterdir()):
         if not f.is_file() or f.suffix not in (".service", ".socket", ".target", ".timer",
                                                ".path"):
             continue
         shutil.copy2(f, dest / f.name)
         text = f.read_text(errors="replace")
-        if autostart and re.search(r"^\s*WantedBy\s*=.*\bmulti-user\.target\b", text, re.M):
-            wants.mkdir(exist_ok=True)
-            (wants / f.name).symlink_to(f"../{f.name}")
+        # What `systemctl enable` would link: WantedBy=multi-user.target only
+        # with autostart; WantedBy= another unit (clusterfw-events.service is
+        # wanted by clusterfw.service) always, so it starts whenever that does.
+        for line in re.findall(r"^\s*WantedBy\s*=(.*)$", text, re.M):
+            for target in line.split():
+                if target == "multi-user.target" and not autostart:
+                    continue
+                wants = dest / f"{target}.wants"
+                wants.mkdir(exist_ok=True)
+                (wants / f.name).symlink_to(f"../{f.name}")
     return dest

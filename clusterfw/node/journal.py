@@ -50,8 +50,10 @@ def _stderr_is_journal() -> bool:
 
 
 class Journal:
-    def __init__(self, node: str, *, debug: bool = False, use_journal: bool | None = None) -> None:
+    def __init__(self, node: str, *, debug: bool = False, use_journal: bool | None = None,
+                 identifier: str = "clusterfw") -> None:
         self.node = node
+        self.identifier = identifier  # SYSLOG_IDENTIFIER, and the name on stderr lines
         self.debug_enabled = debug
         self._lock = threading.Lock()
         self._send = None
@@ -73,7 +75,7 @@ class Journal:
         with self._lock:
             if self._send is not None:
                 try:
-                    self._send(message, PRIORITY=str(PRIORITIES[priority]), SYSLOG_IDENTIFIER="clusterfw",
+                    self._send(message, PRIORITY=str(PRIORITIES[priority]), SYSLOG_IDENTIFIER=self.identifier,
                                NODE=self.node, **{k: str(v) for k, v in fields.items()})
                     return
                 except Exception:  # noqa: BLE001 - fall back to stderr
@@ -82,14 +84,14 @@ class Journal:
                 return
             extra = " ".join(f"{k}={v}" for k, v in fields.items())
             stamp = time.strftime("%H:%M:%S") + f".{int(time.time() * 1000) % 1000:03d}"
-            line = f"{stamp} clusterfw[{self.node}] {priority}: {message}" + (f" ({extra})" if extra else "")
+            line = f"{stamp} {self.identifier}[{self.node}] {priority}: {message}" + (f" ({extra})" if extra else "")
             try:
                 print(line, file=sys.stderr, flush=True)
             except (OSError, ValueError):
                 pass
 
     def _native(self, priority: str, message: str, fields: dict[str, Any]) -> bool:
-        entries = {"MESSAGE": message, "PRIORITY": str(PRIORITIES[priority]), "SYSLOG_IDENTIFIER": "clusterfw",
+        entries = {"MESSAGE": message, "PRIORITY": str(PRIORITIES[priority]), "SYSLOG_IDENTIFIER": self.identifier,
                    "NODE": self.node, **{k: str(v) for k, v in fields.items()}}
         data = bytearray()
         for key, value in entries.items():

@@ -7,8 +7,12 @@ Each test starts from (and leaves) a healthy cluster of three joined nodes.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +20,7 @@ from clusterfw.lab.lab import Lab, LabError
 
 pytestmark = pytest.mark.lab
 NODES = ("n1", "n2", "n3")
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -279,3 +284,120 @@ def test_dlm_counter_under_lock_loses_no_update_through_a_crash(cluster: Lab) ->
     assert [r for r in locks["locks"] if r["name"] == "counter"] == []
     cluster.restart(victim)
     wait_healthy(cluster, 60, via=survivors[0])
+
+
+# ------------------------------------------------------ the event manager
+# Every node also runs clusterfw-events.service (level 40; the lab's
+# clusterfw.conf makes the daemon wait for "events"): a member's crash is
+# recorded as its forced leave, `systemctl stop clusterfw` stays a graceful
+# leave, and the event manager comes back with a restarted daemon.
+
+def run(lab: Lab, node: str, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    return lab.exec(node, list(argv), timeout=timeout)
+
+
+def unit_of(lab: Lab, node: str, unit: str, prop: str) -> str:
+    return run(lab, node, "systemctl", "show", "-p", prop, "--value", unit).stdout.strip()
+
+
+def events(lab: Lab, node: str) -> list[dict[str, Any]]:
+    cp = run(lab, node, "clusterfw", "events", "--json")
+    assert cp.returncode == 0, cp.stderr
+    return [json.loads(line) for line in cp.stdout.splitlines()]
+
+
+def test_every_node_runs_the_event_manager_at_level_40(cluster: Lab) -> None:
+    wait_healthy(cluster)
+    for node in NODES:
+        assert unit_of(cluster, node, "clusterfw-events", "ActiveState") == "active"
+        st = wait_for(lambda node=node: healthy(cluster, node), 10)
+        sub = next(s for s in st["subsystems"] if s["level"] == 40)
+        assert (sub["name"], sub["kind"], sub["attached"]) == ("events", "external", True)
+        assert all(n["levels"].get("events") == "joined" for n in st["nodes"])
+        assert "registered at level 40" in unit_of(cluster, node, "clusterfw-events", "StatusText")
+    # Each node records what its level 40 is notified of from its own join on (a node
+    # that joined earlier shows only in the context): its own join, and together every join.
+    logs = {node: events(cluster, node) for node in NODES}
+    for node, recs in logs.items():
+        assert (node, "join") in [(r["node"], r["event"]) for r in recs], (node, recs)
+        assert all(r["observer"] == node and r["level"] == 40 for r in recs)
+    assert {r["node"] for recs in logs.values() for r in recs if r["event"] == "join"} == set(NODES)
+    table = run(cluster, "n1", "clusterfw", "events")
+    assert table.returncode == 0 and table.stdout.startswith("TIME") and " join " in table.stdout
+
+
+def test_a_member_crash_is_recorded_as_its_forced_leave(cluster: Lab) -> None:
+    st = wait_healthy(cluster)
+    victim = next(n for n in NODES if n != st["master"] and n != "n1")
+    before = len(events(cluster, "n1"))
+    t0 = time.monotonic()
+    cluster.crash(victim)
+    forced = wait_for(lambda: [r for r in events(cluster, "n1")[before:]
+                               if r["node"] == victim and r["event"] == "forced-leave"], 20, 0.3)
+    assert forced, f"no forced leave of {victim} recorded: {events(cluster, 'n1')[before:]}"
+    print(f"\n[measure] crash of {victim} -> its forced leave in n1's event log: {time.monotonic() - t0:.2f} s")
+    rec = forced[0]
+    assert rec["observer"] == "n1" and rec["level"] == 40
+    assert {"node": "n1", "id": 1, "state": "joined"} in rec["context"]
+    # the same through the CLI on the lab host, as a user would ask
+    cp = subprocess.run([sys.executable, "-m", "clusterfw.cli", "lab", "exec", "--dir", str(cluster.dir), "n1",
+                         "--", "clusterfw", "events", "--json"], capture_output=True, text=True, timeout=60,
+                        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert cp.returncode == 0, cp.stderr
+    shown = [json.loads(line) for line in cp.stdout.splitlines()]
+    assert any(r["node"] == victim and r["event"] == "forced-leave" for r in shown)
+    cluster.restart(victim)
+    wait_healthy(cluster, 60)
+    assert wait_for(lambda: [r for r in events(cluster, "n1")[before:]
+                             if r["node"] == victim and r["event"] == "join"], 10)
+
+
+def test_stopping_clusterfw_is_still_a_graceful_leave(cluster: Lab) -> None:
+    st = wait_healthy(cluster)
+    node = next(n for n in NODES if n != st["master"] and n != "n1")
+    before = len(events(cluster, "n1"))
+    assert run(cluster, node, "systemctl", "stop", "clusterfw", timeout=120).returncode == 0
+    st2 = wait_for(lambda: (s := status(cluster, "n1")) and states(s)[node] == "inactive" and s, 30)
+    assert st2, states(status(cluster, "n1"))
+    assert next(n for n in st2["nodes"] if n["name"] == node)["forced"] is False
+    assert unit_of(cluster, node, "clusterfw", "ExecMainStatus") == "0"
+    assert unit_of(cluster, node, "clusterfw-events", "ActiveState") == "inactive"
+    assert unit_of(cluster, node, "clusterfw-events", "ExecMainStatus") == "0"
+    new = events(cluster, "n1")[before:]
+    assert [(r["node"], r["event"]) for r in new] == [(node, "leave")]
+    mine = events(cluster, node)
+    assert (mine[-1]["node"], mine[-1]["event"]) == (node, "leave")  # its own leave, recorded on the way out
+    # starting the daemon starts the event manager (clusterfw.service.wants)
+    assert run(cluster, node, "systemctl", "start", "clusterfw", timeout=120).returncode == 0
+    wait_healthy(cluster, 30)
+    assert unit_of(cluster, node, "clusterfw-events", "ActiveState") == "active"
+
+
+def test_a_killed_daemon_comes_back_with_its_event_manager(cluster: Lab) -> None:
+    st = wait_healthy(cluster)
+    node = next(n for n in NODES if n != st["master"] and n != "n1")
+    inc = next(n["incarnation"] for n in st["nodes"] if n["name"] == node)
+    em_pid = unit_of(cluster, node, "clusterfw-events", "MainPID")
+    assert run(cluster, node, "systemctl", "kill", "--signal=SIGKILL", "clusterfw").returncode == 0
+    st2 = wait_for(lambda: (s := healthy(cluster)) and
+                   next(n["incarnation"] for n in s["nodes"] if n["name"] == node) != inc and s, 60, 0.3)
+    assert st2, f"{node} did not rejoin: {states(status(cluster, 'n1'))}"
+    assert unit_of(cluster, node, "clusterfw-events", "ActiveState") == "active"
+    assert unit_of(cluster, node, "clusterfw-events", "MainPID") != em_pid  # restarted with the daemon
+    own = events(cluster, node)
+    assert (own[-1]["node"], own[-1]["event"]) == (node, "join")
+
+
+def test_a_killed_event_manager_is_restarted_and_reattaches(cluster: Lab) -> None:
+    st = wait_healthy(cluster)
+    node = next(n for n in NODES if n != st["master"] and n != "n1")
+    pid = unit_of(cluster, node, "clusterfw-events", "MainPID")
+    daemon_pid = unit_of(cluster, node, "clusterfw", "MainPID")
+    assert run(cluster, node, "systemctl", "kill", "--signal=SIGKILL", "clusterfw-events").returncode == 0
+    assert wait_for(lambda: unit_of(cluster, node, "clusterfw-events", "MainPID") not in ("0", pid)
+                    and unit_of(cluster, node, "clusterfw-events", "ActiveState") == "active", 20)
+    journal = run(cluster, node, "journalctl", "-u", "clusterfw-events", "--no-pager", "-o", "cat").stdout
+    assert "re-attached" in journal
+    # the node stayed joined, with the same daemon, and its level 40 still acks: a crash elsewhere
+    assert unit_of(cluster, node, "clusterfw", "MainPID") == daemon_pid
+    wait_healthy(cluster, 10)

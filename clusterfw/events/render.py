@@ -1,0 +1,58 @@
+"""How ``clusterfw events`` shows records: a table or JSON lines.
+
+How this works
+--------------
+``format_table`` lays out a header and one row per record::
+
+    TIME                     NODE  EVENT         EPOCH  BATCH  SEEN ON
+    2025-01-01 12:00:01.234  n2    join          3      2      n1
+    2025-01-01 12:00:07.901  n2    forced-leave  5      4      n1
+
+(the time in this host's local time zone; SEEN ON is the node whose event
+manager recorded it).  ``format_row`` formats one record with fixed column
+widths, for ``--follow``, where later rows are not known when the first is
+printed.  ``json_line`` is the record itself, one compact object a line.
+"""
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+HEADER = ("TIME", "NODE", "EVENT", "EPOCH", "BATCH", "SEEN ON")
+FOLLOW_WIDTHS = (23, 8, 12, 6, 6, 0)
+
+
+def local_time(ts: float) -> str:
+    ms = int(round(ts * 1000))
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms // 1000)) + f".{ms % 1000:03d}"
+
+
+def cells(record: dict[str, Any]) -> tuple[str, ...]:
+    event = str(record.get("event", "?"))
+    if record.get("barrier"):
+        event += f"#{record['barrier']}"
+    return (local_time(float(record.get("ts", 0))), str(record.get("node", "?")), event,
+            str(record.get("epoch", "?")), str(record.get("batch", "?")), str(record.get("observer", "?")))
+
+
+def _join(row: tuple[str, ...], widths: tuple[int, ...]) -> str:
+    return "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip()
+
+
+def format_table(records: list[dict[str, Any]]) -> str:
+    rows = [HEADER, *(cells(r) for r in records)]
+    widths = tuple(max(len(row[i]) for row in rows) for i in range(len(HEADER)))
+    return "\n".join(_join(row, widths) for row in rows)
+
+
+def format_header() -> str:
+    return _join(HEADER, FOLLOW_WIDTHS)
+
+
+def format_row(record: dict[str, Any]) -> str:
+    return _join(cells(record), FOLLOW_WIDTHS)
+
+
+def json_line(record: dict[str, Any]) -> str:
+    return json.dumps(record, separators=(",", ":"), ensure_ascii=False)
