@@ -641,7 +641,7 @@ class Lab:
                 try:
                     if Path(f"/proc/{pid}/comm").read_text().strip() != "systemd":
                         continue
-                except FileNotFoundError:
+                except OSError:  # gone meanwhile (ENOENT, or ESRCH mid-read): a short-lived helper
                     continue
             else:
                 ready = self._node_dir(name) / "ready"
