@@ -387,23 +387,16 @@ def cmd_locks(args: argparse.Namespace) -> int:
 def _locks_from_lab(args: argparse.Namespace) -> dict[str, Any] | None:
     """On a host running `clusterfw lab` without a daemon of its own: ask a
     running lab node's daemon."""
-    from clusterfw.lab.lab import DEFAULT_DIR, Lab, LabError
+    from clusterfw.cli_node import ask_lab_node
 
-    lab = Lab(os.environ.get("CLUSTERFW_LAB_DIR") or DEFAULT_DIR)
-    if lab.state is None or os.geteuid() != 0:
+    found = ask_lab_node(["clusterfw", "locks", "--json", "--all"], timeout=20)
+    if found is None:
         return None
-    try:
-        for node in [n for n in lab.status()["nodes"] if n["state"] == "up"]:
-            cp = lab.exec(node["name"], ["clusterfw", "locks", "--json", "--all"], timeout=20)
-            if cp.returncode == 0:
-                out = json.loads(cp.stdout)
-                out.pop("stale_hidden", None)
-                if not args.json:
-                    print(f"no daemon on this host: asked lab node {node['name']}")
-                return out
-    except (LabError, OSError, ValueError):
-        return None
-    return None
+    node, out = found
+    out.pop("stale_hidden", None)
+    if not args.json:
+        print(f"no daemon on this host: asked lab node {node}")
+    return out
 
 
 def _ago(unix_ms: int | None, now_ms: int) -> str:

@@ -215,15 +215,21 @@ def cmd_status(args: argparse.Namespace) -> int:
 def _status_from_lab() -> tuple[str, dict[str, Any]] | None:
     """On a host running `clusterfw lab` (and no daemon of its own): the
     status as a running lab node's daemon sees it, or None without a lab."""
+    return ask_lab_node(["clusterfw", "status", "--json"], timeout=15)
+
+
+def ask_lab_node(argv: list[str], timeout: float) -> tuple[str, dict[str, Any]] | None:
+    """Run ``argv`` (a clusterfw command printing JSON) in the first running
+    node of the default lab that answers: (node, the parsed JSON), or None
+    without a lab (or not as root)."""
     from clusterfw.lab.lab import DEFAULT_DIR, Lab, LabError
 
     lab = Lab(os.environ.get("CLUSTERFW_LAB_DIR") or DEFAULT_DIR)
     if lab.state is None or os.geteuid() != 0:
         return None
     try:
-        nodes = [n for n in lab.status()["nodes"] if n["state"] == "up"]
-        for node in nodes:
-            cp = lab.exec(node["name"], ["clusterfw", "status", "--json"], timeout=15)
+        for node in [n for n in lab.status()["nodes"] if n["state"] == "up"]:
+            cp = lab.exec(node["name"], argv, timeout=timeout)
             if cp.returncode == 0:
                 return node["name"], json.loads(cp.stdout)
     except (LabError, OSError, ValueError):

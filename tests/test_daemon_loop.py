@@ -182,24 +182,32 @@ def loop_device(backing: Path) -> Iterator[str]:
         subprocess.run(["losetup", "-d", device], capture_output=True, timeout=30)
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory) -> Iterator[Cluster]:
-    work = tmp_path_factory.mktemp("daemons")
+@contextlib.contextmanager
+def formatted_cluster(tmp_path_factory, prefix: str, name: str) -> Iterator[Cluster]:
+    """A loop device formatted for cluster ``name`` (lab timing) with the
+    nodes n1..n3 added; every daemon started on it is killed at the end."""
+    work = tmp_path_factory.mktemp(prefix)
     backing = work / "disk.img"
     with open(backing, "wb") as f:
         f.truncate(DISK_BYTES)
     with loop_device(backing) as device:
         c = Cluster(device, work)
         try:
-            init = cli("disk", "init", device, "--cluster", "lab", "--max-nodes", "8",
+            init = cli("disk", "init", device, "--cluster", name, "--max-nodes", "8",
                        "--heartbeat-ms", "100", "--io-timeout-ms", "200")
             assert init.returncode == 0, init.stderr
-            for name in NODES:
-                added = cli("node", "add", device, "--name", name)
+            for node in NODES:
+                added = cli("node", "add", device, "--name", node)
                 assert added.returncode == 0, added.stderr
             yield c
         finally:
             c.stop_all()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory) -> Iterator[Cluster]:
+    with formatted_cluster(tmp_path_factory, "daemons", "lab") as c:
+        yield c
 
 
 # --------------------------------------------------------------------------

@@ -14,12 +14,11 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from test_daemon_loop import NODES, REPO, Cluster, _env, cli, loop_device, wait_for
+from test_daemon_loop import NODES, REPO, Cluster, _env, cli, formatted_cluster, wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -28,22 +27,9 @@ pytestmark = pytest.mark.lab
 def dlm_cluster(tmp_path_factory) -> Iterator[Cluster]:
     if os.geteuid() != 0:
         pytest.skip("needs root and loop devices")
-    work = tmp_path_factory.mktemp("dlm")
-    backing = work / "disk.img"
-    with open(backing, "wb") as f:
-        f.truncate(16 << 20)
-    with loop_device(str(backing)) as device:
-        c = Cluster(device, work)
-        try:
-            init = cli("disk", "init", device, "--cluster", "locks", "--max-nodes", "8",
-                       "--heartbeat-ms", "100", "--io-timeout-ms", "200")
-            assert init.returncode == 0, init.stderr
-            for name in NODES:
-                assert cli("node", "add", device, "--name", name).returncode == 0
-            c.ensure_all_joined(timeout_s=30)
-            yield c
-        finally:
-            c.stop_all()
+    with formatted_cluster(tmp_path_factory, "dlm", "locks") as c:
+        c.ensure_all_joined(timeout_s=30)
+        yield c
 
 
 def lock_cmd(c: Cluster, node: str, name: str, *cmd: str, opts: tuple[str, ...] = ()) -> list[str]:

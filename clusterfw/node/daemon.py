@@ -79,7 +79,7 @@ from clusterfw.subsystems.base import Entry, Notification
 from clusterfw.subsystems.placeholders import default_subsystems
 
 from . import api, diskio, protocol
-from .dlm_service import DlmService, describe_area, read_area
+from .dlm_service import AREA_READ_BYTES_MAX, DlmService, describe_area
 from .fencing import EXIT_FENCED, FENCE_ACTIONS, Fencer, Watchdog
 from .hub import Hub, RegistrationError
 from .journal import Journal
@@ -788,7 +788,7 @@ class Daemon:
         out: dict[str, Any] = {"cluster": self.cluster, "node": self.opts.node, "read_unix_ms": int(time.time() * 1000)}
         try:
             with BlockDevice(self.opts.disk, readonly=True, io_timeout_ms=max(self.timing.io_timeout_ms, 1000)) as dev:
-                area = read_area(dev, self.disk.layout, self.disk.cluster_uuid)
+                area = ClusterDisk(dev, self.disk.layout, self.disk.cluster_uuid).read_lock_area(AREA_READ_BYTES_MAX)
             out["locks"] = describe_area(area, self._current_view(), self._node_name)
             out["error"] = None
         except (OSError, DeviceError) as exc:

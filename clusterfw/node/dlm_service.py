@@ -324,7 +324,7 @@ class DlmService(LocalSubsystem):
                 value = dlm_codec.decode_stripe(raw, op.stripe, cluster_uuid=self.cluster_uuid, layout=self.layout)
                 return DlmResult(op, True, start, diskio.clock_ms(), value)
             if isinstance(op, ReadArea):
-                value = read_area(dev, self.layout, self.cluster_uuid)
+                value = ClusterDisk(dev, self.layout, self.cluster_uuid).read_lock_area(AREA_READ_BYTES_MAX)
                 self.stats["reads"] += 1
                 return DlmResult(op, True, start, diskio.clock_ms(), value)
         except DeviceError as exc:
@@ -372,11 +372,6 @@ class DlmService(LocalSubsystem):
 
 def _unix_ms() -> int:
     return int(time.time() * 1000)
-
-
-def read_area(dev: BlockDevice, layout: Layout, cluster_uuid: bytes) -> dict[int, dict[int, Any]]:
-    """Every stripe of the lock area, in reads of whole stripes."""
-    return ClusterDisk(dev, layout, cluster_uuid).read_lock_area(AREA_READ_BYTES_MAX)
 
 
 def describe_area(area: dict[int, dict[int, Any]], view: ViewRecord | None,
