@@ -202,6 +202,7 @@ def _locked_run(conn: Connection, args: argparse.Namespace, command: list[str]) 
     while True:
         try:
             message = conn.receive()
+            received = time.monotonic()
         except ClientError as exc:
             _say(f"{exc} while waiting for '{args.name}'")
             return EXIT_UNAVAILABLE
@@ -238,7 +239,7 @@ def _locked_run(conn: Connection, args: argparse.Namespace, command: list[str]) 
     except OSError as exc:
         _say(f"{command[0]}: cannot run it: {exc}")
         return EXIT_CANNOT_EXEC
-    status, lost = _supervise(conn, child, args.name, float(message.get("valid_ms", 0)))
+    status, lost = _supervise(conn, child, _valid_until(message, "valid_ms", received))
     if lost is not None:
         _say(f"'{args.name}' LOST while the command ran ({lost}): killed it (pid {child.pid})")
         return EXIT_LOST
@@ -246,11 +247,27 @@ def _locked_run(conn: Connection, args: argparse.Namespace, command: list[str]) 
     return status
 
 
-def _supervise(conn: Connection, child: subprocess.Popen, name: str,
-               valid_ms: float) -> tuple[int, str | None]:
+def _valid_until(message: dict[str, Any], key: str, received: float) -> float:
+    """When (on this process's monotonic clock) the validity in a grant or
+    ``valid`` message ends.  The daemon states the end on the host's
+    CLOCK_BOOTTIME, so a message read late (this process was not scheduled)
+    still ends exactly when the daemon meant; ``received + for`` bounds it
+    in case the two clocks are not comparable (a time namespace)."""
+    by_receipt = received + float(message.get(key, 0)) / 1000.0
+    until_boot = message.get("until_boot_ms")
+    if until_boot is None:
+        return by_receipt
+    now_mono = time.monotonic()
+    by_clock = now_mono + (float(until_boot) - time.clock_gettime(time.CLOCK_BOOTTIME) * 1000.0) / 1000.0
+    return min(by_receipt, by_clock)
+
+
+def _supervise(conn: Connection, child: subprocess.Popen, valid_until: float) -> tuple[int, str | None]:
     """Wait for CMD; returns (its status, None) or (-, why the lock was lost).
     The lock is lost when the daemon says so, goes away, or does not renew
-    the lock's validity in time."""
+    the lock's validity in time.  Validity is judged only after everything
+    the daemon already sent has been read: a renewal that arrived in time
+    counts even if this process was not scheduled to read it at once."""
     forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
     def forward(signum: int, _frame: object) -> None:
@@ -262,32 +279,42 @@ def _supervise(conn: Connection, child: subprocess.Popen, name: str,
     previous = {sig: signal.signal(sig, forward) for sig in forwarded}
     pidfd = os.pidfd_open(child.pid)
     selector = selectors.DefaultSelector()
-    valid_until = [time.monotonic() + valid_ms / 1000.0]
+    until = [valid_until]
 
     def lose(why: str) -> tuple[int, str | None]:
         _kill_tree(child)
         child.wait()
         return 0, why
 
+    def drain() -> str | None:
+        """Read what is buffered; the reason if the lock is lost."""
+        while conn.has_buffered():
+            lost = _read_daemon(conn, until)
+            if lost is not None:
+                return lost
+        return None
+
     try:
         selector.register(pidfd, selectors.EVENT_READ, "child")
         selector.register(conn.fileno(), selectors.EVENT_READ, "daemon")
-        while conn.has_buffered():
-            lost = _read_daemon(conn, valid_until)
-            if lost is not None:
-                return lose(lost)
+        lost = drain()
+        if lost is not None:
+            return lose(lost)
         while True:
-            left = valid_until[0] - time.monotonic()
-            if left <= 0:
+            left = until[0] - time.monotonic()
+            ready = selector.select(max(left, 0.0))
+            for key, _mask in ready:
+                if key.data == "child":
+                    return _status(child.wait()), None
+            if ready:  # the daemon sent something (a renewal, a revocation, EOF)
+                lost = _read_daemon(conn, until) or drain()
+                if lost is not None:
+                    return lose(lost)
+                continue
+            if until[0] - time.monotonic() <= 0:
                 if child.poll() is not None:
                     return _status(child.returncode), None
                 return lose("the daemon did not renew the lock in time: node paused, hung or fenced")
-            for key, _mask in selector.select(left):
-                if key.data == "child":
-                    return _status(child.wait()), None
-                lost = _read_daemon(conn, valid_until)
-                if lost is not None:
-                    return lose(lost)
     finally:
         selector.close()
         os.close(pidfd)
@@ -296,12 +323,12 @@ def _supervise(conn: Connection, child: subprocess.Popen, name: str,
 
 
 def _read_daemon(conn: Connection, valid_until: list[float]) -> str | None:
-    """Consume what the daemon sent while CMD runs; the reason if the lock
-    is lost."""
-    received = time.monotonic()
+    """Consume one message the daemon sent while CMD runs; the reason if
+    the lock is lost."""
     conn.settimeout(0.5)
     try:
         message = conn.receive()
+        received = time.monotonic()
     except ClientError as exc:
         return f"daemon connection failed: {exc}"
     finally:
@@ -311,7 +338,7 @@ def _read_daemon(conn: Connection, valid_until: list[float]) -> str | None:
     if message.get("op") == "revoked":
         return f"revoked: {message.get('reason')}"
     if message.get("op") == "valid":
-        valid_until[0] = received + float(message.get("for_ms", 0)) / 1000.0
+        valid_until[0] = _valid_until(message, "for_ms", received)
     return None
 
 

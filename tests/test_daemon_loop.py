@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
+from lunfs import lun_dir
 
 from clusterfw.client import Client, ClientError, Connection, Subsystem
 from clusterfw.core.model import SlotRecord
@@ -154,11 +156,23 @@ class Cluster:
         raise AssertionError("no running node knows a master")
 
     def ensure_all_joined(self, timeout_s: float = 15) -> None:
-        for name in NODES:
-            if not self.running(name):
-                self.start(name)
-        for name in NODES:
-            wait_for(f"{name} to see all nodes joined", lambda name=name: self.joined_view(name), timeout_s)
+        """Bring every node back (start what exited, even while we wait: a
+        node a test left stopped or forced out may exit only now) until each
+        sees all nodes joined."""
+        def healed() -> bool:
+            for name in NODES:
+                if not self.running(name):
+                    self.start(name)
+                elif _stopped(self.procs[name].pid):
+                    os.kill(self.procs[name].pid, signal.SIGCONT)
+            return all(self.joined_view(name) for name in NODES)
+
+        try:
+            wait_for("all nodes to see all nodes joined", healed, timeout_s, 0.1)
+        except AssertionError as exc:
+            logs = "\n".join(f"--- {n}:\n{self.log(n)[-1500:]}" for n in NODES if n in self.logs)
+            raise AssertionError(f"{exc}; views: {[self.status(n) and _states(self.status(n)) for n in NODES]}"
+                                 f"\n{logs}") from None
 
     def read_slot(self, name: str) -> SlotRecord:
         with BlockDevice(self.device, readonly=True) as dev:
@@ -167,6 +181,18 @@ class Cluster:
             rec = disk.read_slot(node_id)
         assert isinstance(rec, SlotRecord), rec
         return rec
+
+
+def _stopped(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "T"
+    except OSError:
+        return False
+
+
+def _states(status: dict[str, Any]) -> dict[str, str]:
+    return {n["name"]: n["state"] for n in status["nodes"]}
 
 
 @contextlib.contextmanager
@@ -183,10 +209,11 @@ def loop_device(backing: Path) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def formatted_cluster(tmp_path_factory, prefix: str, name: str) -> Iterator[Cluster]:
+def formatted_cluster(root: Path, prefix: str, name: str) -> Iterator[Cluster]:
     """A loop device formatted for cluster ``name`` (lab timing) with the
-    nodes n1..n3 added; every daemon started on it is killed at the end."""
-    work = tmp_path_factory.mktemp(prefix)
+    nodes n1..n3 added; every daemon started on it is killed at the end.
+    The image lives under root (lun_root: a tmpfs, see conftest.py)."""
+    work = lun_dir(root, prefix)
     backing = work / "disk.img"
     with open(backing, "wb") as f:
         f.truncate(DISK_BYTES)
@@ -205,8 +232,8 @@ def formatted_cluster(tmp_path_factory, prefix: str, name: str) -> Iterator[Clus
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory) -> Iterator[Cluster]:
-    with formatted_cluster(tmp_path_factory, "daemons", "lab") as c:
+def cluster(lun_root) -> Iterator[Cluster]:
+    with formatted_cluster(lun_root, "daemons", "lab") as c:
         yield c
 
 
@@ -335,6 +362,10 @@ def test_a_paused_daemon_fences_itself_when_it_wakes_and_writes_nothing_after(cl
     assert cluster.wait_exit(victim, 5) == 75, cluster.log(victim)
     log = cluster.log(victim)
     assert "FENCED" in log and "no heartbeat write completed" in log
+    # the log says why: the whole process stood still (the fence was noticed
+    # long after its deadline), not a slow disk
+    late = re.search(r"noticed (\d+) ms after the deadline", log)
+    assert late and int(late.group(1)) >= 1000, log
     assert cluster.read_slot(victim).seq == seq_paused, "the fenced daemon wrote its slot after waking"
     watchdog = cluster.watchdogs[victim].read_bytes()
     assert len(watchdog) == size_paused and not watchdog.endswith(b"V"), "watchdog fed or disarmed after fencing"

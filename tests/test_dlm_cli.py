@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket as socketlib
+import subprocess
+import time
 
 import pytest
 
 from clusterfw import cli_lock
+from clusterfw.client import Connection
 from clusterfw.core.dlm import EntryState, LockEntry, LockMode
 from clusterfw.core.model import MemberEntry, NodeState, ViewRecord
 from clusterfw.node import protocol
@@ -106,3 +110,71 @@ def _view(incarnations: dict[int, int]) -> ViewRecord:
     members = tuple(MemberEntry(node_id=n, incarnation=inc, state=NodeState.JOINED)
                     for n, inc in sorted(incarnations.items()))
     return ViewRecord(node_id=1, incarnation=1, seq=3, term=1, epoch=3, members=members)
+
+
+# ------------------------------------------------- validity while CMD runs
+@pytest.fixture
+def daemon_pair(tmp_path):
+    """A Connection to a stand-in daemon socket and the daemon's end."""
+    path = str(tmp_path / "d.sock")
+    server = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM)
+    server.bind(path)
+    server.listen(1)
+    conn = Connection(path)
+    peer, _ = server.accept()
+    yield conn, peer
+    peer.close()
+    conn.close()
+    server.close()
+
+
+def boot_ms() -> float:
+    return time.clock_gettime(time.CLOCK_BOOTTIME) * 1000.0
+
+
+def send(peer, **message) -> None:
+    peer.sendall(protocol.encode(message))
+
+
+def test_a_renewal_sent_in_time_counts_even_when_read_late(daemon_pair):
+    """The grant's validity has already run out by the time the wrapper
+    looks (it was not scheduled), but the daemon's renewal is waiting in the
+    socket: it is read before the verdict, and CMD runs to its end."""
+    conn, peer = daemon_pair
+    send(peer, op="valid", id=1, for_ms=2000, until_boot_ms=boot_ms() + 2000)
+    time.sleep(0.05)
+    child = subprocess.Popen(["sleep", "0.3"])
+    status, lost = cli_lock._supervise(conn, child, time.monotonic() - 1.0)
+    assert (status, lost) == (0, None)
+
+
+def test_a_renewal_ends_when_the_daemon_says_not_when_it_is_read(daemon_pair):
+    """A renewal read late must not stretch the validity: its end is the
+    daemon's absolute deadline, not receipt + for_ms."""
+    conn, peer = daemon_pair
+    send(peer, op="valid", id=1, for_ms=5000, until_boot_ms=boot_ms() - 10)
+    child = subprocess.Popen(["sleep", "30"])
+    started = time.monotonic()
+    status, lost = cli_lock._supervise(conn, child, time.monotonic() + 0.2)
+    assert lost and "did not renew" in lost
+    assert time.monotonic() - started < 2.0
+    assert child.returncode is not None  # CMD was killed
+
+
+def test_no_renewal_loses_the_lock_and_kills_cmd(daemon_pair):
+    conn, _peer = daemon_pair
+    child = subprocess.Popen(["sleep", "30"])
+    started = time.monotonic()
+    _status, lost = cli_lock._supervise(conn, child, time.monotonic() + 0.3)
+    took = time.monotonic() - started
+    assert lost and "did not renew" in lost
+    assert 0.25 < took < 2.0
+    assert child.returncode == -9
+
+
+def test_revoked_loses_the_lock_at_once(daemon_pair):
+    conn, peer = daemon_pair
+    child = subprocess.Popen(["sleep", "30"])
+    send(peer, op="revoked", id=1, reason="node fenced")
+    _status, lost = cli_lock._supervise(conn, child, time.monotonic() + 30)
+    assert lost == "revoked: node fenced"

@@ -24,10 +24,10 @@ pytestmark = pytest.mark.lab
 
 
 @pytest.fixture(scope="module")
-def dlm_cluster(tmp_path_factory) -> Iterator[Cluster]:
+def dlm_cluster(lun_root) -> Iterator[Cluster]:
     if os.geteuid() != 0:
         pytest.skip("needs root and loop devices")
-    with formatted_cluster(tmp_path_factory, "dlm", "locks") as c:
+    with formatted_cluster(lun_root, "dlm", "locks") as c:
         c.ensure_all_joined(timeout_s=30)
         yield c
 
@@ -229,14 +229,15 @@ def test_paused_daemon_stops_its_lock_holder_before_others_get_the_lock(dlm_clus
     victim = next(n for n in NODES if n != c.master())
     other = next(n for n in NODES if n != victim)
     marker = tmp_path / "alive"
-    holder = start_lock(c, victim, "pause-lock", "sh", "-c", f"while true; do date +%s.%N > {marker}; sleep 0.02; done")
+    holder = start_lock(c, victim, "pause-lock", "sh", "-c", f"while true; do date +%s.%N >> {marker}; sleep 0.02; done")
     wait_held(c, "pause-lock", victim, observer=other)
     c.signal(victim, signal.SIGSTOP)
     try:
         assert holder.wait(5) == 75
         _out, err = holder.communicate()
         assert "renew" in err
-        killed_at = float(marker.read_text())
+        # the last complete line: the holder may be killed in the middle of one
+        killed_at = float([line for line in marker.read_text().split("\n")[:-1] if line][-1])
         got = run_lock(c, other, "pause-lock", "sh", "-c", "date +%s.%N", opts=("--timeout", "20"))
         assert got.returncode == 0, got.stderr
         assert float(got.stdout) > killed_at  # the old holder had stopped before the new one started

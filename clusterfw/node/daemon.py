@@ -147,6 +147,11 @@ def choose_profile(name: str, io_timeout_ms: int) -> timing_mod.Profile:
     return PROFILES[name]
 
 
+_OP_NAMES = {"WriteSlot": "writing its heartbeat slot", "ReadSlots": "reading all slots",
+             "ReadView": "reading the master's view", "ReadAllViews": "reading all views",
+             "WriteView": "writing the view"}
+
+
 class Daemon:
     def __init__(self, opts: DaemonOptions, journal: Journal | None = None) -> None:
         if opts.fence_action not in FENCE_ACTIONS:
@@ -183,6 +188,11 @@ class Daemon:
         self._started_ms = diskio.clock_ms()
         self._joined_once = False
         self._status_line = ""
+        # What the io thread is doing and since when (clock_ms): read by the
+        # fence path to say *why* no heartbeat write completed in time.
+        self._io_phase: tuple[str, float] = ("starting", self._started_ms)
+        self._last_write: tuple[float, float] | None = None  # (issued, completed) of the last slot write
+        self._fence_detail = ""
         self.hub = Hub(ack_core=self._ack_core, send=self._send_notification, log=self._log)
         self.server = api.ApiServer(opts.socket_path, self, self._log)
         self.watchdog: Watchdog | None = None
@@ -494,27 +504,37 @@ class Daemon:
         while not self._done.is_set() and self._fence_reason is None:
             self._kick.clear()
             now = diskio.clock_ms()
+            self._io_phase = ("polling the core", now)
             with self._lock:
                 ops = core.poll(now)
                 events = core.take_events()
                 wake = core.wakeup_ms()
                 self._write_deadline_ms = core.fence_deadline_ms()
+            self._io_phase = ("handling events", diskio.clock_ms())
             self._dispatch(events)
             if not ops:
                 if core.stopped is not None or core.fenced is not None:
                     return
+                self._io_phase = ("waiting for the next cycle", diskio.clock_ms())
                 self._kick.wait(min(max(0.0, (wake - now) / 1000.0), WAIT_MAX_S))
                 continue
             results = []
             for op in ops:
                 if self._fence_reason is not None or self._done.is_set():
                     return
-                if isinstance(op, WriteSlot) and self._slot_taken(diskio.read_own_slot(disk, self.node_id)):
-                    return
-                results.append(diskio.perform(disk, op))
+                if isinstance(op, WriteSlot):
+                    self._io_phase = ("reading its own slot before the heartbeat write", diskio.clock_ms())
+                    if self._slot_taken(diskio.read_own_slot(disk, self.node_id)):
+                        return
+                self._io_phase = (f"I/O {_OP_NAMES.get(type(op).__name__, type(op).__name__)}", diskio.clock_ms())
+                result = diskio.perform(disk, op)
+                if isinstance(op, WriteSlot) and result.ok:
+                    self._last_write = (result.start_ms, result.end_ms)
+                results.append(result)
             if any(isinstance(r.op, ReadSlots) and r.ok and self._slot_taken(r.value) for r in results):
                 return
             now = diskio.clock_ms()
+            self._io_phase = ("completing the cycle", now)
             with self._lock:
                 core.complete(now, results)
                 events = core.take_events()
@@ -596,12 +616,28 @@ class Daemon:
                 deadline = core.fence_deadline_ms()
             now = diskio.clock_ms()
             if now >= deadline:
+                self._fence_detail = self._io_diagnosis(now, deadline)
                 with self._lock:
                     core.tick(now)
                     events = core.take_events()
                 self._dispatch(events)
                 continue
             self._done.wait(min((deadline - now) / 1000.0 + 0.001, WAIT_MAX_S / 2))
+
+    def _io_diagnosis(self, now: float, deadline: float) -> str:
+        """Why the deadline passed, in words an admin can act on: what the io
+        thread was doing and for how long, how the last heartbeat write went,
+        and how late this timer itself ran (a late timer means the whole
+        process was not scheduled: CPU starvation or a pause, not the disk)."""
+        phase, since = self._io_phase
+        parts = [f"io thread {phase} for {now - since:.0f} ms"]
+        if self._last_write is not None:
+            issued, done = self._last_write
+            parts.append(f"last heartbeat write issued {now - issued:.0f} ms ago, took {done - issued:.0f} ms")
+        else:
+            parts.append("no heartbeat write completed since start")
+        parts.append(f"noticed {now - deadline:.0f} ms after the deadline")
+        return "; ".join(parts)
 
     # ----------------------------------------------------------------- events
     def _dispatch(self, events: list[Event]) -> None:
@@ -704,7 +740,11 @@ class Daemon:
         if self.watchdog is not None:
             self.watchdog.fence()
         self._kick.set()
-        self.log.critical(f"FENCED: {reason}", NODE=self.opts.node, TRANSITION="fenced")
+        detail = self._fence_detail
+        if not detail and reason.startswith("no heartbeat write") and self.core is not None:
+            detail = self._io_diagnosis(diskio.clock_ms(), self.core.fence_deadline_ms())
+        detail = f" ({detail})" if detail else ""
+        self.log.critical(f"FENCED: {reason}{detail}", NODE=self.opts.node, TRANSITION="fenced")
         if self.dlm is not None:
             self.dlm.stop(f"fenced: {reason}")  # lock holders are told 'revoked' and must stop
         self.notifier.status(f"fenced: {reason}")

@@ -301,7 +301,8 @@ class DlmService(LocalSubsystem):
             return
         valid = self.valid_for_ms(now)
         for req in holders:
-            self._push(req.conn_id, {"op": "valid", "id": req.client_id, "for_ms": valid})
+            self._push(req.conn_id, {"op": "valid", "id": req.client_id, "for_ms": valid,
+                                     "until_boot_ms": now + valid})
 
     def _perform(self, op: Any) -> DlmResult:
         start = diskio.clock_ms()
@@ -345,9 +346,11 @@ class DlmService(LocalSubsystem):
             if isinstance(ev, Granted):
                 req.granted_unix_ms, req.token = _unix_ms(), ev.token
                 self.stats["grants"] += 1
+                now = diskio.clock_ms()
+                valid = self.valid_for_ms(now)
                 self._push(req.conn_id, {"op": "granted", "id": req.client_id, "name": ev.name,
                                          "mode": ev.mode.name.lower(), "token": ev.token,
-                                         "valid_ms": self.valid_for_ms(diskio.clock_ms())})
+                                         "valid_ms": valid, "until_boot_ms": now + valid})
             elif isinstance(ev, Recovered):
                 who = self._node_name(ev.from_node)
                 self._logf("notice", f"dlm: lock '{ev.name}' of {who} recovered (forced out); waiter pid "

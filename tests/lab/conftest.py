@@ -14,6 +14,7 @@ import os
 import shutil
 
 import pytest
+from lunfs import lun_dir
 
 from clusterfw.lab import Lab
 from clusterfw.lab.hostsys import missing_prerequisites
@@ -55,9 +56,9 @@ def bring_down(lab: Lab) -> None:
 
 
 @pytest.fixture(scope="session")
-def nspawn_lab(tmp_path_factory, lab_need):
+def nspawn_lab(lun_root, lab_need):
     lab_need("nspawn")
-    lab = Lab(tmp_path_factory.mktemp("nspawn-lab"))
+    lab = Lab(lun_dir(lun_root, "nspawn-lab"))
     try:
         # Infrastructure only: raw blocks on an unformatted disk, no daemon.
         lab.up(3, "nspawn", disk_size=64 << 20, autostart=False, prepare_disk=False)
@@ -67,9 +68,9 @@ def nspawn_lab(tmp_path_factory, lab_need):
 
 
 @pytest.fixture(scope="module")
-def process_lab(tmp_path_factory, lab_need):
+def process_lab(lun_root, lab_need):
     lab_need("process")
-    lab = Lab(tmp_path_factory.mktemp("process-lab"))
+    lab = Lab(lun_dir(lun_root, "process-lab"))
     (lab.dir / "shared").mkdir(parents=True, exist_ok=True)
     (lab.dir / "shared" / "heartbeat.py").write_text(HEARTBEAT)
     try:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lunfs import lun_dir
 
 from clusterfw.lab.lab import Lab, LabError
 
@@ -24,9 +25,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory, lab_need):
+def cluster(lun_root, lab_need):
     lab_need("nspawn")
-    lab = Lab(tmp_path_factory.mktemp("cluster-lab"))
+    lab = Lab(lun_dir(lun_root, "cluster-lab"))  # on a tmpfs: see tests/lunfs.py
     try:
         lab.up(3, "nspawn", disk_size=64 << 20)
         wait_healthy(lab, timeout=60)
@@ -34,6 +35,39 @@ def cluster(tmp_path_factory, lab_need):
     finally:
         lab.down(timeout=10, purge=True)
         assert not lab.leftovers(), lab.leftovers()
+
+
+@pytest.fixture(autouse=True)
+def healed(request):
+    """Each test starts from a healthy cluster even when the one before it
+    failed half-way (a node left crashed, paused, cut off or stopped): a
+    failure is reported once, by the test that failed, not by every test
+    after it."""
+    if "cluster" not in request.fixturenames:
+        yield
+        return
+    lab = request.getfixturevalue("cluster")
+    heal(lab)
+    yield
+
+
+def heal(lab: Lab) -> None:
+    for node in NODES:
+        if any(healthy(lab, via) for via in NODES):
+            return
+        rec = lab.status()["nodes"]
+        info = next(n for n in rec if n["name"] == node)
+        if info["disk"].get("mode") != "pass":
+            lab.restore_disk(node)
+        if info["state"] == "paused":
+            lab.resume(node)
+        elif info["state"] != "up":
+            lab.restart(node)
+            continue
+        for unit in ("clusterfw", "clusterfw-events"):
+            lab.exec(node, ["systemctl", "start", unit], timeout=60)
+    ok = wait_for(lambda: any(healthy(lab, via) for via in NODES), 90, 0.5)
+    assert ok, f"the lab could not be healed: {[states(status(lab, n)) for n in NODES]}"
 
 
 def status(lab: Lab, node: str) -> dict | None:
@@ -223,7 +257,12 @@ LOCKER = r'''#!/bin/sh
 # shows up as a repeated value.
 node=$1; proc=$2; cycles=$3; i=0
 while [ "$i" -lt "$cycles" ]; do
-  clusterfw lock counter -- sh -c 'n=$(tail -n 1 /lab/shared/counter | cut -d" " -f1); echo "$((n+1)) $CLUSTERFW_LOCK_TOKEN '"$node $proc"'" >> /lab/shared/counter' || exit 1
+  clusterfw lock counter -- sh -c 'n=$(tail -n 1 /lab/shared/counter | cut -d" " -f1); echo "$((n+1)) $CLUSTERFW_LOCK_TOKEN '"$node $proc"'" >> /lab/shared/counter' 2>"/lab/shared/err-$node-$proc"
+  rc=$?
+  if [ "$rc" -ne 0 ]; then
+    echo "cycle $i: clusterfw lock exited $rc at $(date +%T.%N): $(cat "/lab/shared/err-$node-$proc")" >&2
+    exit "$rc"
+  fi
   i=$((i+1))
 done
 echo "$cycles" > "/lab/shared/done-$node-$proc"
@@ -245,13 +284,16 @@ def test_dlm_counter_under_lock_loses_no_update_through_a_crash(cluster: Lab) ->
     for old in shared.glob("done-*"):
         old.unlink()
     results: dict[tuple[str, int], int] = {}
+    errors: dict[tuple[str, int], str] = {}
 
     def work(node: str, proc: int) -> None:
         try:
             cp = cluster.exec(node, ["sh", "/lab/shared/locker.sh", node, str(proc), str(cycles)], timeout=900)
             results[(node, proc)] = cp.returncode
-        except (LabError, subprocess.TimeoutExpired):
+            errors[(node, proc)] = cp.stderr.strip()
+        except (LabError, subprocess.TimeoutExpired) as exc:
             results[(node, proc)] = -1
+            errors[(node, proc)] = str(exc)
 
     threads = [threading.Thread(target=work, args=(n, p)) for n in NODES for p in range(procs)]
     start = time.monotonic()
@@ -260,21 +302,32 @@ def test_dlm_counter_under_lock_loses_no_update_through_a_crash(cluster: Lab) ->
     total = len(NODES) * procs * cycles
     assert wait_for(lambda: len(counter.read_text().splitlines()) > total // 3, 600, 0.2), "no progress"
     crashed_at = len(counter.read_text().splitlines()) - 1
+    crash_clock = time.strftime("%T")
     cluster.crash(victim)
-    for t in threads:
-        t.join(900)
+    try:
+        for t in threads:
+            t.join(900)
+    finally:
+        cluster.restart(victim)
     took = time.monotonic() - start
     rows = [line.split() for line in counter.read_text().splitlines()[1:]]
     print(f"\n[measure] {len(rows)} locked cycles in {took:.1f} s ({len(rows) / took:.1f}/s), "
-          f"{victim} crashed after {crashed_at}")
+          f"{victim} crashed after {crashed_at} at {crash_clock}")
     values = [int(r[0]) for r in rows]
     assert values == list(range(1, len(rows) + 1)), "a lost or repeated update"
     tokens = [int(r[1]) for r in rows]
     assert all(a < b for a, b in zip(tokens, tokens[1:])), "fencing tokens must strictly increase"
     survivors = [n for n in NODES if n != victim]
+    failed = {f"{n}/{p}": (results[(n, p)], errors[(n, p)]) for n in survivors for p in range(procs)
+              if results[(n, p)] != 0}
+    if failed:
+        for node in survivors:
+            log = cluster.exec(node, ["journalctl", "-u", "clusterfw", "--no-pager", "-o", "short-precise",
+                                      "-n", "80"], timeout=30).stdout
+            print(f"--- journal of {node}:\n{log}")
+    assert not failed, f"survivor workers failed: {failed}"
     for node in survivors:
         for p in range(procs):
-            assert results[(node, p)] == 0, f"{node} worker {p} failed"
             assert (shared / f"done-{node}-{p}").read_text().strip() == str(cycles)
     by_survivors = sum(1 for r in rows if r[2] in survivors)
     assert by_survivors == len(survivors) * procs * cycles
@@ -282,7 +335,6 @@ def test_dlm_counter_under_lock_loses_no_update_through_a_crash(cluster: Lab) ->
     # the table shows nothing held any more (the victim's entries are stale)
     locks = json.loads(cluster.exec(survivors[0], ["clusterfw", "locks", "--json"], timeout=30).stdout)
     assert [r for r in locks["locks"] if r["name"] == "counter"] == []
-    cluster.restart(victim)
     wait_healthy(cluster, 60, via=survivors[0])
 
 
