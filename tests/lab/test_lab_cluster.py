@@ -228,6 +228,9 @@ def test_cut_disk_fences_that_node_and_the_others_carry_on(cluster: Lab) -> None
         fenced = wait_for(lambda: "fence" in journal(cluster, victim).lower()
                           and unit_prop(cluster, victim, "ActiveState") != "active", 10)
         assert fenced, "the node kept running without its disk"
+        fence = [line for line in journal(cluster, victim).splitlines() if line.startswith("FENCED")][-1]
+        # the journal says why: the disk, not a stalled process
+        assert "no heartbeat write completed" in fence and "last heartbeat write issued" in fence, fence
         st2 = wait_for(lambda: (s := status(cluster, other(victim))) and states(s).get(victim) == "inactive"
                        and s, 15)
         assert st2 and all(states(st2)[n] == "joined" for n in NODES if n != victim)
