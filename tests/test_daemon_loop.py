@@ -30,6 +30,7 @@ from lunfs import lun_dir
 
 from clusterfw.client import Client, ClientError, Connection, Subsystem
 from clusterfw.core.model import SlotRecord
+from clusterfw.lab.hostsys import proc_state
 from clusterfw.ondisk.blockdev import BlockDevice
 from clusterfw.ondisk.clusterdisk import ClusterDisk
 
@@ -163,7 +164,7 @@ class Cluster:
             for name in NODES:
                 if not self.running(name):
                     self.start(name)
-                elif _stopped(self.procs[name].pid):
+                elif proc_state(self.procs[name].pid) == "T":
                     os.kill(self.procs[name].pid, signal.SIGCONT)
             return all(self.joined_view(name) for name in NODES)
 
@@ -181,14 +182,6 @@ class Cluster:
             rec = disk.read_slot(node_id)
         assert isinstance(rec, SlotRecord), rec
         return rec
-
-
-def _stopped(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "T"
-    except OSError:
-        return False
 
 
 def _states(status: dict[str, Any]) -> dict[str, str]:

@@ -38,6 +38,8 @@ from .liveness import Liveness
 from .model import (BatchEntry, Lease, NodeState, Registration, Request, SlotRecord, Timing,
                     ViewRecord, ACKS_MAX, REGISTRATIONS_MAX)
 
+HEARTBEAT_MISSED = "no heartbeat write completed"
+"""How the reason of a fence for a missed fence deadline begins."""
 
 # --------------------------------------------------------------------- ops
 @dataclass(frozen=True)
@@ -239,7 +241,7 @@ class NodeCore:
     def tick(self, now_ms: float) -> None:
         """Timer: fence if the deadline has passed."""
         if self.fenced is None and self.stopped is None and now_ms >= self.fence_deadline_ms():
-            self._fence(f"no heartbeat write completed for {self.timing.fence_after_ms - self.timing.io_timeout_ms} ms"
+            self._fence(f"{HEARTBEAT_MISSED} for {self.timing.fence_after_ms - self.timing.io_timeout_ms} ms"
                         " (disk lost or node stalled)")
 
     def poll(self, now_ms: float) -> list[Op]:

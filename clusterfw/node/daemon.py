@@ -59,17 +59,21 @@ from clusterfw.core.coordinator import level_state
 from clusterfw.core.dlm import DLM_LEVEL, LockMode
 from clusterfw.core.model import NodeConfig, NodeState, Registration, SlotRecord, ViewRecord
 from clusterfw.core.node import (
+    HEARTBEAT_MISSED,
     Event,
     Fenced,
     MasterChanged,
     NodeCore,
     Notify,
+    ReadAllViews,
     ReadSlots,
+    ReadView,
     Rejected,
     StateChanged,
     Stopped,
     ViewAdopted,
     WriteSlot,
+    WriteView,
 )
 from clusterfw.ondisk import admin
 from clusterfw.ondisk.blockdev import BlockDevice
@@ -147,9 +151,9 @@ def choose_profile(name: str, io_timeout_ms: int) -> timing_mod.Profile:
     return PROFILES[name]
 
 
-_OP_NAMES = {"WriteSlot": "writing its heartbeat slot", "ReadSlots": "reading all slots",
-             "ReadView": "reading the master's view", "ReadAllViews": "reading all views",
-             "WriteView": "writing the view"}
+_OP_NAMES = {WriteSlot: "writing its heartbeat slot", ReadSlots: "reading all slots",
+             ReadView: "reading the master's view", ReadAllViews: "reading all views",
+             WriteView: "writing the view"}
 
 
 class Daemon:
@@ -192,7 +196,6 @@ class Daemon:
         # fence path to say *why* no heartbeat write completed in time.
         self._io_phase: tuple[str, float] = ("starting", self._started_ms)
         self._last_write: tuple[float, float] | None = None  # (issued, completed) of the last slot write
-        self._fence_detail = ""
         self.hub = Hub(ack_core=self._ack_core, send=self._send_notification, log=self._log)
         self.server = api.ApiServer(opts.socket_path, self, self._log)
         self.watchdog: Watchdog | None = None
@@ -526,7 +529,7 @@ class Daemon:
                     self._io_phase = ("reading its own slot before the heartbeat write", diskio.clock_ms())
                     if self._slot_taken(diskio.read_own_slot(disk, self.node_id)):
                         return
-                self._io_phase = (f"I/O {_OP_NAMES.get(type(op).__name__, type(op).__name__)}", diskio.clock_ms())
+                self._io_phase = (f"I/O {_OP_NAMES[type(op)]}", diskio.clock_ms())
                 result = diskio.perform(disk, op)
                 if isinstance(op, WriteSlot) and result.ok:
                     self._last_write = (result.start_ms, result.end_ms)
@@ -616,7 +619,6 @@ class Daemon:
                 deadline = core.fence_deadline_ms()
             now = diskio.clock_ms()
             if now >= deadline:
-                self._fence_detail = self._io_diagnosis(now, deadline)
                 with self._lock:
                     core.tick(now)
                     events = core.take_events()
@@ -627,8 +629,8 @@ class Daemon:
     def _io_diagnosis(self, now: float, deadline: float) -> str:
         """Why the deadline passed, in words an admin can act on: what the io
         thread was doing and for how long, how the last heartbeat write went,
-        and how late this timer itself ran (a late timer means the whole
-        process was not scheduled: CPU starvation or a pause, not the disk)."""
+        and how late the deadline was noticed (late means the whole process
+        was not scheduled: CPU starvation or a pause, not the disk)."""
         phase, since = self._io_phase
         parts = [f"io thread {phase} for {now - since:.0f} ms"]
         if self._last_write is not None:
@@ -740,10 +742,9 @@ class Daemon:
         if self.watchdog is not None:
             self.watchdog.fence()
         self._kick.set()
-        detail = self._fence_detail
-        if not detail and reason.startswith("no heartbeat write") and self.core is not None:
-            detail = self._io_diagnosis(diskio.clock_ms(), self.core.fence_deadline_ms())
-        detail = f" ({detail})" if detail else ""
+        detail = ""
+        if reason.startswith(HEARTBEAT_MISSED) and self.core is not None:
+            detail = f" ({self._io_diagnosis(diskio.clock_ms(), self.core.fence_deadline_ms())})"
         self.log.critical(f"FENCED: {reason}{detail}", NODE=self.opts.node, TRANSITION="fenced")
         if self.dlm is not None:
             self.dlm.stop(f"fenced: {reason}")  # lock holders are told 'revoked' and must stop
