@@ -770,7 +770,7 @@ class Lab:
         self._nspawn_leftovers(rec)
         rec["init"] = None
         rec["launcher"] = None
-        rec["pause"] = None
+        self._cancel_pause(rec)  # a background resume of a crashed node must not outlive it
         self._save()
         return survivors
 
@@ -1130,7 +1130,8 @@ class Lab:
             for n in os.listdir(root):
                 if n.startswith(f"clusterfw-lab-{self.hash}-"):
                     out.append(f"cgroup {root / n}")
-        needle = prefix.encode()
+        # a path inside DIR, or DIR itself as one argument (`lab resume --dir DIR`)
+        needles = (prefix.encode(), b"\0" + str(self.dir).encode() + b"\0")
         for pid in os.listdir("/proc"):
             if not pid.isdigit() or int(pid) == os.getpid():
                 continue
@@ -1138,7 +1139,7 @@ class Lab:
                 cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
             except OSError:
                 continue
-            if needle in cmd:
+            if any(n in cmd for n in needles):
                 shown = cmd.replace(b"\0", b" ").decode(errors="replace")[:100]
                 out.append(f"process {pid}: {shown}")
         return out

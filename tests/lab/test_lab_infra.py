@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from clusterfw.lab import Lab, LabError
-from clusterfw.lab.hostsys import cgroup_enter, cgroup_frozen, cgroup_pids, wait_for
+from clusterfw.lab.hostsys import ProcRef, cgroup_enter, cgroup_frozen, cgroup_pids, wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -218,7 +218,12 @@ class TestNspawn:
                                   preexec_fn=lambda: cgroup_enter(cg))
         assert wait_for(lambda: node_status(lab, "n3")["disk"]["stalled"] >= 1, 10)
         lab.pause("n3", 30, background=True)
+        helper = ProcRef.from_json(lab.state["nodes"]["n3"]["pause"]["helper"])
+        assert helper and helper.alive()
         lab.crash("n3")  # stalled I/O is failed, frozen tasks die
+        # the background resume ends with the node: it must not wake up later
+        # and take the lab lock (after `down`, that would recreate DIR)
+        assert helper.wait_gone(5), "the pause helper outlived the crash"
         reader.communicate(timeout=10)
         assert cgroup_pids(lab.state["nodes"]["n3"]["cgroup"]) == []
         lab.restore_disk("n3")
