@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from clusterfw.core import timing
-from clusterfw.core.liveness import Liveness
+from clusterfw.core.liveness import Liveness, Observed
 from clusterfw.core.model import SlotRecord
 
 LAB = timing.derive(timing.LAB)
@@ -164,10 +164,48 @@ def test_known_and_age() -> None:
 
 def test_observe_reports_changes() -> None:
     lv = Liveness(OWN_DA)
-    assert lv.observe(slot(2, 1, 1), 0, 1) is True  # first sight
-    assert lv.observe(slot(2, 1, 1), 5, 6) is False
-    assert lv.observe(slot(2, 1, 2), 10, 11) is True
-    assert lv.observe(slot(2, 2, 2), 20, 21) is True  # same seq, new incarnation
+    assert lv.observe(slot(2, 1, 1), 0, 1) is Observed.NEW  # first sight
+    assert lv.observe(slot(2, 1, 1), 5, 6) is Observed.SAME
+    assert lv.observe(slot(2, 1, 2), 10, 11) is Observed.CHANGED
+    assert lv.observe(slot(2, 2, 2), 20, 21) is Observed.NEW  # same seq, new incarnation
+
+
+def test_a_replayed_record_is_no_heartbeat() -> None:
+    """An older seq of the same incarnation, or a record of a replaced
+    incarnation, written back onto the disk (a stale cache, a restored image)
+    must not keep a dead node alive: it is REPLAYED and moves no clock."""
+    lv = Liveness(OWN_DA)
+    lv.note_area_read(0, 1)
+    lv.observe(slot(2, 1, 5), 0, 1)
+    assert lv.observe(slot(2, 1, 4), 10, 11) is Observed.REPLAYED
+    assert lv.observe(slot(2, 2, 1), 20, 21) is Observed.NEW
+    # the old incarnation's newest record comes back: still a replay
+    assert lv.observe(slot(2, 1, 9), 30, 31) is Observed.REPLAYED
+    assert lv.incarnation(2) == 2
+    # the replays did not restart the dead clock of incarnation 2
+    lv.note_area_read(21 + DA, 22 + DA)
+    lv.observe_unreadable(2, 21 + DA)
+    assert lv.is_dead(2, 2)
+
+
+def test_an_unreadable_slot_counts_as_unchanged() -> None:
+    """A slot that decoded once and is now damaged is "no new heartbeat":
+    the node is dead dead_after after its last good change, exactly as if the
+    record had stayed the same.  (Before: a damaged slot was skipped, so its
+    last read time never moved and the node never became dead.)"""
+    lv = Liveness(OWN_DA)
+    lv.note_area_read(0, 10)
+    lv.observe(slot(2, 1, 1), 0, 10)
+    for t in range(100, int(10 + DA), 100):
+        lv.note_area_read(t, t + 1)
+        lv.observe_unreadable(2, t)
+    assert not lv.is_dead(2)
+    lv.note_area_read(10 + DA, 11 + DA)
+    lv.observe_unreadable(2, 10 + DA)
+    assert lv.is_dead(2, 1)
+    # a repaired slot with a new seq is alive again
+    lv.observe(slot(2, 1, 2), 20 + DA, 21 + DA)
+    assert not lv.is_dead(2)
 
 
 # ---------------------------------------------------------------- property

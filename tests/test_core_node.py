@@ -272,7 +272,8 @@ def test_fence_clock_counts_from_the_issue_of_the_last_completed_write() -> None
     ops = h.core.poll(d.now)
     assert isinstance(ops[0], WriteSlot)
     # The write was issued at 100 and completed at 350: the clock restarts at 100.
-    results = [OpResult(ops[0], True, 100.0, 350.0)] + [
+    # (The write lands on the disk, so the same cycle's slot read shows it.)
+    results = [replace(d.disk.perform(1, ops[0], 350.0), start_ms=100.0, end_ms=350.0)] + [
         replace(d.disk.perform(1, op, 350.0), start_ms=100.0) for op in ops[1:]]
     h.core.complete(350.0, results)
     assert h.core.fence_deadline_ms() == 100 + FENCE_WAIT_MS

@@ -41,7 +41,7 @@ def _notified_levels(lines: list[str], node: str, subject: str, kind: str) -> li
     """Levels (names) at which ``node`` was notified of ``subject``'s ``kind``."""
     out = []
     for l in lines:
-        m = re.search(rf" {node} (\w+) notified batch \d+: .*\b{subject} {kind}#", l)
+        m = re.search(rf" {node} (\w+) notified batch [\d.]+: .*\b{subject} {kind}#", l)
         if m:
             out.append(m.group(1))
     return out

@@ -63,6 +63,23 @@ def level_state(m: MemberEntry, level: int) -> str:
     return "inactive"
 
 
+TERM_SHIFT = 32
+"""A batch id is ``(term << TERM_SHIFT) | n``: the term of the master that
+issued it and a counter within that term, in the one u64 the records carry.
+Acks are matched exactly, so an ack written for a batch of an older term can
+never count for a batch a newer master issued."""
+
+
+def batch_id_for(term: int, n: int) -> int:
+    return (term << TERM_SHIFT) | n
+
+
+def batch_label(batch_id: int) -> str:
+    """``term.n`` for people (plain ``n`` for ids without a term)."""
+    term, n = batch_id >> TERM_SHIFT, batch_id & ((1 << TERM_SHIFT) - 1)
+    return f"{term}.{n}" if term else str(n)
+
+
 def _bounded(reason: str) -> str:
     """A rejection reason cut to what a view can hold (REASON_MAX bytes of
     UTF-8): an over-long reason must never make the view unwritable."""
@@ -91,7 +108,8 @@ class Coordinator:
         self.timing = timing
         self.term = view.term
         self.epoch = view.epoch
-        self.next_batch_id = max(view.next_batch_id, min_batch_id)
+        # Ids of this term start above every id of an earlier term.
+        self.next_batch_id = max(view.next_batch_id, min_batch_id, batch_id_for(self.term, 1))
         self.members: dict[int, MemberEntry] = {m.node_id: m for m in view.members}
         self.batches: dict[int, Batch] = {b.level: b for b in view.batches}
         self.levels: dict[int, LevelSpec] = {s.level: s for s in view.levels}
@@ -148,10 +166,10 @@ class Coordinator:
 
     def _acked(self, node_id: int, level: int, batch_id: int) -> bool:
         if self._is_me(self.members[node_id]):
-            return self._own_acks.get(level, 0) >= batch_id
+            return self._own_acks.get(level, 0) == batch_id
         m = self.members[node_id]
         s = self._slot_of(m)
-        return s is not None and s.ack_for(level) >= batch_id
+        return s is not None and s.ack_for(level) == batch_id
 
     # -- levels ---------------------------------------------------------------
     def _refresh_levels(self) -> None:
@@ -195,7 +213,7 @@ class Coordinator:
             if all(self._acked(p, level, batch.batch_id) for p in self._required(batch)):
                 del self.batches[level]
                 self.issued_ms.pop(batch.batch_id, None)
-                self._change(f"batch {batch.batch_id} at level {level} acked by all", epoch=False)
+                self._change(f"batch {batch_label(batch.batch_id)} at level {level} acked by all", epoch=False)
                 for e in batch.entries:
                     m = self.members.get(e.node_id)
                     if m is None or m.kind is not e.kind or m.cursor != level or m.barrier != e.barrier:
@@ -284,7 +302,7 @@ class Coordinator:
             for p in self._required(batch):
                 if not self._acked(p, level, batch.batch_id):
                     self._force(self.members[p],
-                                f"did not ack batch {batch.batch_id} at level {level} "
+                                f"did not ack batch {batch_label(batch.batch_id)} at level {level} "
                                 f"within {self.timing.transition_timeout_ms} ms")
 
     def _ready_forced(self, liveness: Liveness) -> None:
@@ -426,7 +444,7 @@ class Coordinator:
                         continue
                     del self.batches[level]
                     self.issued_ms.pop(current.batch_id, None)
-                    self._out.log.append(f"batch {current.batch_id} at level {level} superseded (re-notification)")
+                    self._out.log.append(f"batch {batch_label(current.batch_id)} at level {level} superseded (re-notification)")
                 if not desired:
                     continue
                 participants = self._participants(level, desired)
@@ -443,7 +461,7 @@ class Coordinator:
                     m = self.members[e.node_id]
                     if m.kind is Kind.JOIN and level > m.top_level:
                         self.members[e.node_id] = replace(m, top_level=level)
-                self._change(f"batch {batch.batch_id} at level {level}: "
+                self._change(f"batch {batch_label(batch.batch_id)} at level {level}: "
                              + ", ".join(f"n{e.node_id} {e.kind.notification}#{e.barrier}" for e in desired)
                              + f" to {','.join('n%d' % p for p in participants)}", epoch=False)
             if not moved:

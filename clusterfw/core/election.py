@@ -22,8 +22,10 @@ Safety (one master per term) is Disk Paxos' with a single disk: if ``v`` is
 decided with ballot ``b`` by p, any proposer q with ballot ``b' > b`` either
 read p's phase-2 block (and so adopted ``v``) or wrote ``mbal = b'`` before p's
 phase-2 read, which then saw it and aborted -- contradiction.  A block that
-cannot be decoded (other than never-written) makes a phase abort: we never
-guess what an unreadable block holds.
+cannot be decoded (other than never-written) makes a phase abort while its
+owner is alive: we never guess what an unreadable block holds.  A dead
+owner's unreadable block is passed over, and the proposal skips one term per
+such block (see ``on_cycle``).
 
 A new term is started only when the master of the highest decided term is
 judged dead on the proposer's clock, restarted (another incarnation), or
@@ -101,10 +103,20 @@ class Election:
 
     def on_cycle(self, *, now_ms: float, wrote: Lease | None, leases: Mapping[int, Lease],
                  unreadable: frozenset[int], want_master: bool, rank: int,
-                 lower_proposing: bool, fast_poll_ms: int, rng: Callable[[], float]) -> None:
+                 lower_proposing: bool, fast_poll_ms: int, rng: Callable[[], float],
+                 ignored: int = 0) -> None:
         """Advance after this cycle's write (``wrote``: the lease it carried,
         None if the write failed) and read (``leases``: every decodable block
-        including ours, ``unreadable``: ids whose block failed to decode).
+        including ours, ``unreadable``: ids of live nodes whose block failed
+        to decode -- these abort a phase; ``ignored``: how many blocks of
+        *dead* nodes failed to decode).
+
+        A dead node's unreadable block cannot block elections forever: its
+        owner has fenced and will never finish a phase.  What it held is
+        unknown, though: it may have decided a term nobody else learned.
+        So a proposal that passes over ``ignored`` such blocks skips that
+        many terms -- each unreadable block can hide at most one decision
+        that no readable block knows -- and no term is ever decided twice.
         """
         leases = dict(leases)
         leases[self.node_id] = self.lease
@@ -118,11 +130,11 @@ class Election:
             return
         if not want_master or now_ms < self.not_before_ms or lower_proposing:
             return
-        self._start(leases, now_ms, rank, fast_poll_ms, rng)
+        self._start(leases, now_ms, rank, fast_poll_ms, rng, ignored)
 
     def _start(self, leases: Mapping[int, Lease], now_ms: float, rank: int, fast_poll_ms: int,
-               rng: Callable[[], float]) -> None:
-        term = self.lease.committed_term + 1
+               rng: Callable[[], float], ignored: int = 0) -> None:
+        term = self.lease.committed_term + 1 + ignored
         top = max((l.mbal for l in leases.values() if l.term == term), default=0)
         ballot = (top // BALLOT_STRIDE + 1) * BALLOT_STRIDE + self.node_id
         if self.lease.term == term:

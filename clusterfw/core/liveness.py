@@ -20,13 +20,40 @@ the observer's own ``dead_after_ms``, counted from the observer's first
 successful read of the slot area: it is dead once it has shown nothing valid
 for that long.
 
+A slot that decoded before and now does not (damaged sectors) counts as
+"unchanged" (``observe_unreadable``): a damaged record is no new heartbeat.
+This is safe because a node counts a heartbeat write as completed only when
+its own read of the slot area shows that record intact
+(``clusterfw.core.node``): a node whose slot stays unreadable misses its fence
+deadline and fences, so a damaged slot cannot make a running node look dead
+for longer than a dead timeout.  A one-off damage is repaired by the owner's
+next write, which is a change like any other.
+
+A *replayed* record -- an older sequence number of the current incarnation,
+or an incarnation that was already replaced -- is no heartbeat either
+(``Observed.REPLAYED``): the caller treats it like a damaged block.
+
 Invariant: ``changed_ms`` and ``last_read_start_ms`` never go backwards.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import enum
+from dataclasses import dataclass, field
 
 from .model import SlotRecord
+
+RETIRED_MAX = 8  # replaced incarnations remembered per node (to recognise replays)
+
+
+class Observed(enum.Enum):
+    NEW = "new"
+    """First record seen of this node, or a new incarnation."""
+    CHANGED = "changed"
+    """The heartbeat moved on."""
+    SAME = "same"
+    """The same record as before."""
+    REPLAYED = "replayed"
+    """An older record than one already seen: no evidence of anything."""
 
 
 @dataclass
@@ -37,6 +64,7 @@ class Observation:
     changed_ms: float  # completion time of the read that first showed (incarnation, seq)
     incarnation_since_ms: float  # completion time of the read that first showed this incarnation
     last_read_start_ms: float  # start time of the newest successful read of this slot
+    retired: list[int] = field(default_factory=list)  # replaced incarnations, newest last
 
 
 class Liveness:
@@ -54,26 +82,36 @@ class Liveness:
             self._first_area_read_end_ms = read_end_ms
         self._last_area_read_start_ms = read_start_ms
 
-    def observe(self, slot: SlotRecord, read_start_ms: float, read_end_ms: float) -> bool:
-        """Feed one successfully decoded slot; return True if it changed."""
+    def observe(self, slot: SlotRecord, read_start_ms: float, read_end_ms: float) -> Observed:
+        """Feed one successfully decoded slot."""
         o = self._obs.get(slot.node_id)
         if o is None:
             self._obs[slot.node_id] = Observation(
                 slot.incarnation, slot.seq, slot.timing.dead_after_ms,
                 changed_ms=read_end_ms, incarnation_since_ms=read_end_ms,
                 last_read_start_ms=read_start_ms)
-            return True
+            return Observed.NEW
+        if slot.incarnation in o.retired or (slot.incarnation == o.incarnation and slot.seq < o.seq):
+            return Observed.REPLAYED
         o.last_read_start_ms = max(o.last_read_start_ms, read_start_ms)
         o.dead_after_ms = slot.timing.dead_after_ms
         if slot.incarnation != o.incarnation:
+            o.retired = (o.retired + [o.incarnation])[-RETIRED_MAX:]
             o.incarnation, o.seq = slot.incarnation, slot.seq
             o.changed_ms = o.incarnation_since_ms = read_end_ms
-            return True
+            return Observed.NEW
         if slot.seq != o.seq:
             o.seq = slot.seq
             o.changed_ms = read_end_ms
-            return True
-        return False
+            return Observed.CHANGED
+        return Observed.SAME
+
+    def observe_unreadable(self, node_id: int, read_start_ms: float) -> None:
+        """A successful read of the slot area in which ``node_id``'s slot did
+        not decode (or was a replay): its heartbeat did not move."""
+        o = self._obs.get(node_id)
+        if o is not None:
+            o.last_read_start_ms = max(o.last_read_start_ms, read_start_ms)
 
     def known(self, node_id: int) -> bool:
         return node_id in self._obs

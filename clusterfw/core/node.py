@@ -34,7 +34,7 @@ from typing import Callable, Mapping, Sequence, cast
 
 from .coordinator import Coordinator, level_state
 from .election import Decision, Election, highest_decision
-from .liveness import Liveness
+from .liveness import Liveness, Observed
 from .model import (BatchEntry, Lease, NodeState, Registration, Request, SlotRecord, Timing,
                     ViewRecord, ACKS_MAX, REGISTRATIONS_MAX)
 
@@ -197,6 +197,8 @@ class NodeCore:
         self._pending_log: tuple[str, ...] = ()
         self.final_write_reason = ""
         self.view_log: list[str] = []
+        self._takeover_failures = 0
+        self._halted = ""  # why a won takeover waits (views lost), for status
 
     # ----------------------------------------------------------- public API
     def fence_deadline_ms(self) -> float:
@@ -211,7 +213,7 @@ class NodeCore:
     def wakeup_ms(self) -> float:
         if self.fenced or self.stopped:
             return float("inf")
-        if self.pending_view_write is not None or self.role is Role.TAKING_OVER:
+        if self.pending_view_write is not None:
             return min(self.next_cycle_ms, self.started_ms)  # due now
         return min(self.next_cycle_ms, self.fence_deadline_ms())
 
@@ -229,7 +231,7 @@ class NodeCore:
         self._hurry_up(now_ms)
 
     def ack(self, level: int, batch_id: int, now_ms: float) -> None:
-        if batch_id > self.acks.get(level, 0):
+        if batch_id != self.acks.get(level, 0):
             self.acks[level] = batch_id
             self._hurry_up(now_ms)  # tell the master soon
 
@@ -253,11 +255,12 @@ class NodeCore:
             rec = replace(self.pending_view_write, seq=self._next_seq())
             self.in_flight = _Cycle([WriteView(rec, self.view_copy)], "view-write")
             return list(self.in_flight.ops)
-        if self.role is Role.TAKING_OVER:
-            self.in_flight = _Cycle([ReadAllViews(), ReadSlots()], "views")
-            return list(self.in_flight.ops)
         if now_ms < self.next_cycle_ms:
             return []
+        if self.role is Role.TAKING_OVER:
+            # The takeover keeps heartbeating: reading the views may take long.
+            self.in_flight = _Cycle([WriteSlot(self._slot_record()), ReadAllViews(), ReadSlots()], "views")
+            return list(self.in_flight.ops)
         self._hurry = False
         ops: list[Op] = [WriteSlot(self._slot_record()), ReadSlots()]
         if self.role is Role.FOLLOWER and self.decision is not None and not self.final_write:
@@ -317,45 +320,45 @@ class NodeCore:
             self.stopped = reason
             self._events.append(Stopped(reason))
 
+    def _written_back(self, written: SlotRecord, slots_result: OpResult | None) -> bool:
+        """A heartbeat write counts as completed only if this cycle's read of
+        the slot area shows it intact (or that read failed: no evidence
+        against it).  A slot that reads back damaged or as another record is
+        a write the others cannot see: the fence clock is not renewed by it,
+        so a node whose slot stays unreadable fences at its deadline (and its
+        unreadable slot can then be taken as a stopped heartbeat)."""
+        if slots_result is None or not slots_result.ok:
+            return True
+        rec = cast(Mapping[int, object], slots_result.value).get(self.node_id)
+        if not isinstance(rec, SlotRecord):
+            return False
+        return rec.incarnation != self.incarnation or rec.seq == written.seq
+
     def _complete_cycle(self, now_ms: float, cycle: _Cycle, results: Sequence[OpResult]) -> None:
         wrote: Lease | None = None
         slots_result: OpResult | None = None
         view_result: OpResult | None = None
+        write_result: OpResult | None = None
         for r in results:
-            if isinstance(r.op, WriteSlot) and r.ok:
-                self.last_ok_ms = max(self.last_ok_ms, r.start_ms)
-                wrote = r.op.record.lease
+            if isinstance(r.op, WriteSlot):
+                write_result = r
             elif isinstance(r.op, ReadSlots):
                 slots_result = r
             elif isinstance(r.op, ReadView):
                 view_result = r
+        if write_result is not None and write_result.ok:
+            assert isinstance(write_result.op, WriteSlot)
+            if self._written_back(write_result.op.record, slots_result):
+                self.last_ok_ms = max(self.last_ok_ms, write_result.start_ms)
+                wrote = write_result.op.record.lease
         if cycle.kind == "final":
             if wrote is not None:
                 self._stop(self.final_write_reason, now_ms)
             else:
                 self.next_cycle_ms = now_ms + self.timing.fast_poll_ms
             return
-        leases: dict[int, Lease] = {}
-        unreadable: set[int] = set()
         if slots_result is not None and slots_result.ok:
-            self.liveness.note_area_read(slots_result.start_ms, slots_result.end_ms)
-            slots: dict[int, SlotRecord] = {}
-            for node_id, rec in cast(Mapping[int, object], slots_result.value).items():
-                if (node_id == self.node_id and isinstance(rec, SlotRecord)
-                        and rec.incarnation != self.incarnation and wrote is not None):
-                    # We wrote our slot this cycle, yet it shows another
-                    # incarnation: another host runs this node.  Both fence.
-                    self._fence(f"another host is writing node n{self.node_id}'s slot "
-                                f"(incarnation {rec.incarnation:x})")
-                    return
-                if isinstance(rec, SlotRecord):
-                    slots[node_id] = rec
-                    leases[node_id] = rec.lease
-                    self.liveness.observe(rec, slots_result.start_ms, slots_result.end_ms)
-                elif isinstance(rec, Unreadable) and not rec.never_written:
-                    unreadable.add(node_id)
-            self.slots = slots
-            self._election_step(now_ms, wrote, leases, frozenset(unreadable))
+            self._read_slots(now_ms, slots_result, wrote)
         if self.fenced or self.role is Role.TAKING_OVER:
             self.next_cycle_ms = now_ms
             return
@@ -366,6 +369,44 @@ class NodeCore:
             if isinstance(view, ViewRecord):
                 self._maybe_adopt(view, now_ms)
         self._schedule(now_ms)
+
+    def _read_slots(self, now_ms: float, slots_result: OpResult, wrote: Lease | None) -> None:
+        """Liveness and the election step from one read of the slot area.
+
+        A slot that does not decode (other than never written), or that is
+        a replay of an older record, is no heartbeat: its last good record
+        stays in ``self.slots`` (so a member is never dropped from a batch
+        because one read of its slot failed).  For the election it blocks a
+        phase only while its owner is not dead: a dead owner fenced and
+        writes nothing more, and ``Election`` then moves past its block."""
+        self.liveness.note_area_read(slots_result.start_ms, slots_result.end_ms)
+        slots: dict[int, SlotRecord] = {}
+        leases: dict[int, Lease] = {}
+        unreadable: set[int] = set()
+        for node_id, rec in cast(Mapping[int, object], slots_result.value).items():
+            if (node_id == self.node_id and isinstance(rec, SlotRecord)
+                    and rec.incarnation != self.incarnation and wrote is not None):
+                # We wrote our slot this cycle, yet it shows another
+                # incarnation: another host runs this node.  Both fence.
+                self._fence(f"another host is writing node n{self.node_id}'s slot "
+                            f"(incarnation {rec.incarnation:x})")
+                return
+            if isinstance(rec, SlotRecord):
+                seen = self.liveness.observe(rec, slots_result.start_ms, slots_result.end_ms)
+                if seen is not Observed.REPLAYED:
+                    slots[node_id] = rec
+                    leases[node_id] = rec.lease
+                    continue
+            elif not isinstance(rec, Unreadable) or rec.never_written:
+                continue
+            self.liveness.observe_unreadable(node_id, slots_result.start_ms)
+            if node_id in self.slots:
+                slots[node_id] = self.slots[node_id]
+            if node_id != self.node_id:
+                unreadable.add(node_id)
+        self.slots = slots
+        dead = frozenset(n for n in unreadable if self.liveness.is_dead(n))
+        self._election_step(now_ms, wrote, leases, frozenset(unreadable) - dead, dead)
 
     def _schedule(self, now_ms: float) -> None:
         busy = (self.election.proposing or self.decision is None or self._master_unusable()
@@ -392,7 +433,7 @@ class NodeCore:
         return self.liveness.is_dead(d.master, d.master_incarnation)
 
     def _election_step(self, now_ms: float, wrote: Lease | None, leases: dict[int, Lease],
-                       unreadable: frozenset[int]) -> None:
+                       unreadable: frozenset[int], dead_unreadable: frozenset[int] = frozenset()) -> None:
         before = self.decision
         all_leases = dict(leases)
         all_leases[self.node_id] = self.election.lease
@@ -411,6 +452,7 @@ class NodeCore:
             for n, l in leases.items() if n != self.node_id)
         rank = sum(1 for n in self.slots if n < self.node_id and self.liveness.alive(n))
         self.election.on_cycle(now_ms=now_ms, wrote=wrote, leases=leases, unreadable=unreadable,
+                               ignored=len(dead_unreadable),
                                want_master=want, rank=rank, lower_proposing=lower_proposing,
                                fast_poll_ms=self.timing.fast_poll_ms, rng=self.rng)
         all_leases[self.node_id] = self.election.lease
@@ -431,18 +473,46 @@ class NodeCore:
             self._fence(f"deposed: term {d.term} was decided for n{d.master}")
 
     def _complete_takeover(self, now_ms: float, results: Sequence[OpResult]) -> None:
-        views_r, slots_r = results[0], results[1]
+        write_r, views_r, slots_r = results[0], results[1], results[2]
+        wrote: Lease | None = None
+        if write_r.ok and self._written_back(cast(WriteSlot, write_r.op).record, slots_r):
+            self.last_ok_ms = max(self.last_ok_ms, write_r.start_ms)
+            wrote = cast(WriteSlot, write_r.op).record.lease
+        if slots_r.ok:
+            self._read_slots(now_ms, slots_r, wrote)
+        if self.fenced or self.role is not Role.TAKING_OVER:
+            self._schedule(now_ms)
+            return
         if not (views_r.ok and slots_r.ok):
-            self.next_cycle_ms = now_ms + self.timing.fast_poll_ms
+            self._takeover_failures += 1
+            backoff = self.timing.fast_poll_ms * min(2 ** self._takeover_failures, 16)
+            self.next_cycle_ms = now_ms + min(backoff, self.timing.heartbeat_interval_ms)
             return
         assert self.decision is not None
         views = [v for v in cast(Sequence[object], views_r.value) if isinstance(v, ViewRecord)]
         best = max(views, key=lambda v: (v.term, v.epoch, v.seq), default=None)
-        slots = {n: r for n, r in cast(Mapping[int, object], slots_r.value).items() if isinstance(r, SlotRecord)}
-        for rec in slots.values():
-            self.liveness.observe(rec, slots_r.start_ms, slots_r.end_ms)
-        self.liveness.note_area_read(slots_r.start_ms, slots_r.end_ms)
-        self.slots = slots
+        slots = self.slots
+        # Evidence: the newest epoch any node that is not dead has seen (its
+        # slot's seen_epoch).  A view older than that was superseded by one
+        # that is lost or unreadable: resuming from it would roll the
+        # cluster back under nodes that acted on the newer one.
+        evidence = {n: s.seen_epoch for n, s in slots.items()
+                    if not self.liveness.is_dead(n, s.incarnation)}
+        newest_seen = max(evidence.values(), default=0)
+        have = best.epoch if best is not None else 0
+        if newest_seen > have:
+            saw = sorted(n for n, e in evidence.items() if e > have)
+            why = (f"n{self.node_id} master of term {self.decision.term} cannot resume: the newest "
+                   f"view on the disk is epoch {have}, but " + ", ".join(f"n{n}" for n in saw)
+                   + f" saw epoch {newest_seen}; waiting (views lost or unreadable)")
+            if why != self._halted:
+                self._halted = why
+                self.view_log.append(why)
+                self._events.append(ViewAdopted(self.view.term if self.view else 0,
+                                                self.view.epoch if self.view else 0, (why,)))
+            self.next_cycle_ms = now_ms + self.timing.heartbeat_interval_ms
+            return
+        self._halted = ""
         min_batch = 1 + max((b for s in slots.values() for _, b in s.acks), default=0)
         if best is None:
             best = ViewRecord(node_id=self.node_id, incarnation=self.incarnation, seq=0,
@@ -515,7 +585,7 @@ class NodeCore:
         for batch in view.batches:
             if self.node_id not in batch.participants:
                 continue
-            if self.delivered.get(batch.level) == batch.batch_id or self.acks.get(batch.level, 0) >= batch.batch_id:
+            if self.delivered.get(batch.level) == batch.batch_id or self.acks.get(batch.level, 0) == batch.batch_id:
                 continue
             self.delivered[batch.level] = batch.batch_id
             in_batch = {e.node_id for e in batch.entries}

@@ -27,6 +27,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ..core.coordinator import batch_label
 from ..core.model import NodeState, Registration
 from ..core.node import Role
 from .world import SimConfig, World
@@ -222,7 +223,7 @@ def _show(w: World) -> list[str]:
                 forced = " (forced out)" if m.state is NodeState.INACTIVE and m.forced else ""
                 lines.append(f"  n{m.node_id}: {m.state.value}{forced}{extra}")
             for b in v.batches:
-                lines.append(f"  batch {b.batch_id} at level {b.level} outstanding, waiting for "
+                lines.append(f"  batch {batch_label(b.batch_id)} at level {b.level} outstanding, waiting for "
                              + ",".join(f"n{p}" for p in b.participants))
             return lines
     return ["view: no master"]

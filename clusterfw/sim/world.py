@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..core import timing as timing_mod
+from ..core.coordinator import batch_label
 from ..core.model import NodeState, Registration, SlotRecord
 from ..core.node import (Fenced, MasterChanged, NodeCore, Notify, OpResult, ReadAllViews, ReadSlots,
                          ReadView, Rejected, Role, StateChanged, Stopped, Unreadable, ViewAdopted,
@@ -494,7 +495,7 @@ class World:
                 if sub is None:
                     raise Violation("notify-unregistered", f"n{node.node_id} notified at level {ev.level}")
                 sub.pending = ev.batch_id
-                self.log(f"n{node.node_id} {sub.name} notified batch {ev.batch_id}: "
+                self.log(f"n{node.node_id} {sub.name} notified batch {batch_label(ev.batch_id)}: "
                          + ", ".join(f"n{e.node_id} {e.kind.notification}#{e.barrier}" for e in ev.entries))
                 if self.dlm is not None and ev.level == self.dlm.level:  # DLM hook: the DLM acks (unless hung)
                     self.dlm.on_notify(node, ev)
