@@ -81,6 +81,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     dump.add_argument("--json", action="store_true", help="print one JSON object")
     dump.set_defaults(func=cmd_disk_dump)
 
+    reset = disk_sub.add_parser(
+        "reset-slot", help="reset a damaged slot to the never-written state",
+        description="Reset NODE's slot on DEVICE to the never-written (all-zero) state, so that the node's "
+                    "daemon can start again (it refuses to start on a damaged slot).  Refuses unless the "
+                    "slot is damaged -- it does not decode -- and stays unchanged while it is watched for "
+                    "three heartbeat intervals: a valid slot holds the node's Disk Paxos ballot state and "
+                    "is never reset, and a slot being written has a running daemon.  Stop NODE's daemon "
+                    "(on every host) first.",
+        epilog="exit codes: 0 reset; 1 failed (I/O); 2 bad usage (unknown node, not a device); "
+               "3 refused (the slot is valid, never written, or being written)")
+    reset.add_argument("device", metavar="DEVICE")
+    reset.add_argument("node", metavar="NODE", help="the node's name in the node table, or its node id")
+    reset.add_argument("--json", action="store_true", help="print one JSON object (also when refused)")
+    reset.set_defaults(func=cmd_disk_reset_slot)
+
     node = subparsers.add_parser("node", help="manage the node table",
                                  description="Manage the node table on the shared disk.")
     node_sub = node.add_subparsers(dest="node_command", metavar="SUBCOMMAND")
@@ -372,6 +387,105 @@ def cmd_disk_dump(args: argparse.Namespace) -> int:
         print()
     else:
         print(dump_text(dump))
+    return 0
+
+
+# --------------------------------------------------------------------------
+# disk reset-slot
+
+RESET_WATCH_INTERVALS = 3  # a slot must stay unchanged this many heartbeat intervals before a reset
+
+
+def _resolve_node(disk: ClusterDisk, text: str) -> tuple[int, str | None]:
+    """NODE as (node id, name or None): a name from the node table, or an id."""
+    from clusterfw.node.integrity import printable
+
+    table = disk.read_node_table()
+    names = {cfg.node_id: cfg.name for cfg in table if isinstance(cfg, NodeConfig)}
+    for node_id, name in names.items():
+        if name == text:
+            return node_id, name
+    nodes_max = disk.layout.nodes_max
+    if text.isdigit():
+        node_id = int(text)
+        if 1 <= node_id <= nodes_max:
+            return node_id, names.get(node_id)
+        raise CliError(f"node id {node_id} is out of range: this disk holds node ids 1..{nodes_max}", EXIT_USAGE)
+    known = ", ".join(f"{printable(n)} (id {i})" for i, n in sorted(names.items())) or "none"
+    raise CliError(f"no node named '{printable(text)}' in the node table (nodes: {known}): give a node's name "
+                   f"or its id 1..{nodes_max}", EXIT_USAGE)
+
+
+def _reset_refused(args: argparse.Namespace, out: dict[str, Any], reason: str, message: str) -> CliError:
+    if args.json:
+        json.dump({**out, "reset": False, "refused": reason, "message": message}, sys.stdout)
+        print()
+    return CliError(message, EXIT_REFUSED)
+
+
+def cmd_disk_reset_slot(args: argparse.Namespace) -> int:
+    import time
+
+    from clusterfw.node.integrity import printable
+
+    dev = _open(args.device, readonly=False)
+    try:
+        disk = _open_cluster(dev)
+        assert disk.superblock is not None
+        node_id, name = _resolve_node(disk, args.node)
+        who = f"node {printable(name)} (id {node_id})" if name else f"node id {node_id} (not in the node table)"
+        offset, length = disk.slot_extent(node_id)
+        out: dict[str, Any] = {"device": args.device, "cluster": disk.superblock.cluster_name,
+                               "node": name, "node_id": node_id}
+        before = bytes(disk.dev.read(offset, length))
+        rec = disk.slot_from_bytes(node_id, before)
+        if isinstance(rec, SlotRecord):
+            raise _reset_refused(
+                args, out, "valid",
+                f"the slot of {who} is valid (incarnation {rec.incarnation:x}, seq {rec.seq}): a valid slot is "
+                f"never reset -- it holds the node's Disk Paxos ballot state, which must carry over. Nothing "
+                f"to do here; if the node's daemon does not start, its log says why "
+                f"('journalctl -u clusterfw'); 'clusterfw disk dump {args.device}' shows the disk")
+        if isinstance(rec, NotWritten):
+            raise _reset_refused(
+                args, out, "not-written",
+                f"the slot of {who} is already in the never-written state: nothing to reset; the node's "
+                f"daemon can start")
+        error = printable(f"{type(rec).__name__}: {rec}")
+        out["was"] = {"error": rec.code, "message": printable(str(rec))}
+        watch_ms = RESET_WATCH_INTERVALS * disk.superblock.heartbeat_interval_ms
+        time.sleep(watch_ms / 1000.0)
+        again = bytes(disk.dev.read(offset, length))
+        out["watched_ms"] = watch_ms
+        if again != before:
+            now = disk.slot_from_bytes(node_id, again)
+            state = (f"it is valid now (incarnation {now.incarnation:x}, seq {now.seq})"
+                     if isinstance(now, SlotRecord) else "its bytes changed")
+            raise _reset_refused(
+                args, out, "being-written",
+                f"the slot of {who} was damaged ({error}) but changed within {watch_ms} ms: {state} -- a "
+                f"daemon is writing it, and a running node repairs its own slot with its next heartbeat. "
+                f"Nothing reset; if it stays damaged, stop that node's daemon on every host and try again")
+        disk.dev.write(offset, bytes(length))
+        after = disk.slot_from_bytes(node_id, bytes(disk.dev.read(offset, length)))
+        if not isinstance(after, NotWritten):
+            raise CliError(f"the slot of {who} was written with zeros but reads back as {type(after).__name__}: "
+                           f"{printable(str(after))}; the device does not keep what is written: check it",
+                           EXIT_FAILED)
+    except DeviceError as exc:
+        raise _device_error(dev, exc) from None
+    finally:
+        dev.close()
+    out["reset"] = True
+    if args.json:
+        json.dump(out, sys.stdout)
+        print()
+    else:
+        print(f"reset the slot of {who} on {args.device}: it was damaged ({error}) and unchanged for "
+              f"{watch_ms} ms; it is now never written")
+        if name:
+            print(f"next: start node {printable(name)}'s daemon; it starts a new ballot state and joins as a "
+                  f"new incarnation")
     return 0
 
 

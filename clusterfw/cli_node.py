@@ -158,20 +158,23 @@ def _levels_order(nodes: list[dict[str, Any]]) -> list[str]:
 
 
 def format_status(status: dict[str, Any]) -> str:
+    from clusterfw.node.integrity import printable, warning_lines
+
     nodes = status.get("nodes", [])
     levels = _levels_order(nodes)
-    head = (f"cluster {status.get('cluster')}  master {status.get('master') or '-'}  "
-            f"epoch {status.get('epoch')}  term {status.get('term')}")
+    epoch = status.get("epoch")
+    head = (f"cluster {printable(status.get('cluster'))}  master {printable(status.get('master') or '-')}  "
+            f"epoch {'?' if epoch is None else epoch}  term {status.get('term')}")
     if status.get("source") == "daemon":
-        head += f"  (asked node {status.get('node')}: {status.get('phase')}"
+        head += f"  (asked node {printable(status.get('node'))}: {status.get('phase')}"
         if status.get("fenced"):
-            head += f", FENCED: {status.get('fenced')}"
+            head += f", FENCED: {printable(status.get('fenced'))}"
         head += ")"
-    rows = [["NODE", "ID", "STATE", *[name.upper() for name in levels], "HEARTBEAT"]]
+    rows = [["NODE", "ID", "STATE", *[printable(name).upper() for name in levels], "HEARTBEAT"]]
     for node in nodes:
         age = node.get("heartbeat_age_ms")
         rows.append([
-            node["name"] + ("*" if node.get("master") else ""),
+            printable(node["name"]) + ("*" if node.get("master") else ""),
             str(node["id"]),
             node["state"] + (" (forced)" if node.get("forced") and node["state"] == "inactive" else ""),
             *[node.get("levels", {}).get(name, "-") for name in levels],
@@ -182,6 +185,13 @@ def format_status(status: dict[str, Any]) -> str:
     lines += ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
     lines.append("")
     lines.append("* master")
+    warnings = []
+    if status.get("view_error"):
+        warnings.append(f"WARNING: {printable(status['view_error'])}")
+    warnings += warning_lines(status.get("integrity"), history=status.get("source") == "daemon")
+    if warnings:
+        lines.append("")
+        lines += warnings
     return "\n".join(lines)
 
 

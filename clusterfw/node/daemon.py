@@ -86,9 +86,10 @@ from . import api, diskio, protocol
 from .dlm_service import AREA_READ_BYTES_MAX, DlmService, describe_area
 from .fencing import EXIT_FENCED, FENCE_ACTIONS, Fencer, Watchdog
 from .hub import Hub, RegistrationError
+from .integrity import IntegrityTracker
 from .journal import Journal
 from .notify import Notifier
-from .status import render, timing_json
+from .status import add_integrity, render, timing_json
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -201,6 +202,7 @@ class Daemon:
         self.watchdog: Watchdog | None = None
         self.fencer: Fencer | None = None
         self.dlm: DlmService | None = None
+        self.integrity = IntegrityTracker(log=self.log.log, names=lambda: self.names, clock=diskio.clock_ms)
 
     # ------------------------------------------------------------------ logging
     def _log(self, priority: str, text: str) -> None:
@@ -391,6 +393,7 @@ class Daemon:
                 pass
             while self._signals:
                 self._handle_signal(self._signals.pop(0))
+            self._integrity_tick()
             if self._done.is_set():
                 break
             if self.core is None:
@@ -530,7 +533,8 @@ class Daemon:
                     if self._slot_taken(diskio.read_own_slot(disk, self.node_id)):
                         return
                 self._io_phase = (f"I/O {_OP_NAMES[type(op)]}", diskio.clock_ms())
-                result = diskio.perform(disk, op)
+                result = diskio.perform(disk, op, configured=self.names)
+                self.integrity.observe_result(result)
                 if isinstance(op, WriteSlot) and result.ok:
                     self._last_write = (result.start_ms, result.end_ms)
                 results.append(result)
@@ -581,6 +585,41 @@ class Daemon:
         if now - self._last_watchdog_notify >= interval:
             self._last_watchdog_notify = now
             self.notifier.watchdog()
+
+    def _integrity_tick(self) -> None:
+        """The periodic re-check of what no cycle reads (superblock, node
+        table, the view copies of the master and of every node in turn), and
+        the integrity log lines.  Called by the main loop; never waits: the
+        reads run on a thread and a device of their own, so the heartbeat
+        never waits for them."""
+        self.integrity.flush()
+        hb = self.timing.heartbeat_interval_ms
+        if self.disk is None or not self.integrity.start_check(min(max(10 * hb, 1000), 30_000), 2 * hb):
+            return
+        threading.Thread(target=self._integrity_check, name="integrity", daemon=True).start()
+
+    def _integrity_check(self) -> None:
+        tracker = self.integrity
+        try:
+            assert self.disk is not None
+            with self._lock:
+                decision = self.core.decision if self.core is not None else None
+            master = decision.master if decision is not None and not decision.resigned else None
+            timeout_ms = max(self.timing.io_timeout_ms, 1000)
+            with BlockDevice(self.opts.disk, readonly=True, io_timeout_ms=timeout_ms) as dev:
+                disk = ClusterDisk(dev, self.disk.layout, self.disk.cluster_uuid)
+                try:
+                    tracker.observe_superblock(disk.read_superblock())
+                except BlockError as exc:
+                    tracker.observe_superblock(exc)
+                tracker.observe_node_table(disk.read_node_table())
+                for node_id in tracker.view_nodes_to_check(master, self.node_id):
+                    tracker.observe_view_copies(node_id, disk.read_view_copies(node_id))
+        except Exception as exc:  # noqa: BLE001 - a failed re-check is no evidence; the next one retries
+            self._log("debug", f"integrity re-check failed: {type(exc).__name__}: {exc}")
+        finally:
+            tracker.checked()
+            tracker.flush()
 
     def _refresh_names(self) -> None:
         """Re-read the node table (a node was added while we run), on a
@@ -902,6 +941,7 @@ class Daemon:
             "subsystems": self.hub.describe(), "waiting_for": self._missing_subsystems() if core is None else [],
             "uptime_ms": int(now - self._started_ms),
         })
+        add_integrity(out, self.integrity, self.names, decision, view)
         return out
 
 

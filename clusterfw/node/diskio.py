@@ -23,6 +23,8 @@ Invariant: no write reaches the device while the guard refuses it.
 """
 from __future__ import annotations
 
+from typing import Collection
+
 import errno
 import mmap
 import time
@@ -68,12 +70,15 @@ class GuardedBlockDevice(BlockDevice):
         return super()._pwrite(buf, offset)
 
 
-def _slots_value(disk: ClusterDisk) -> dict[int, SlotRecord | Unreadable]:
+def _slots_value(disk: ClusterDisk, configured: Collection[int] | None = None) -> dict[int, SlotRecord | Unreadable]:
+    """Every slot; a slot of an id that is not in the node table
+    (``configured``) and does not decode counts as never written: damage
+    in a slot nobody owns must never block an election."""
     out: dict[int, SlotRecord | Unreadable] = {}
     for node_id, entry in enumerate(disk.read_slots(), start=1):
         if isinstance(entry, SlotRecord):
             out[node_id] = entry
-        elif isinstance(entry, NotWritten):
+        elif isinstance(entry, NotWritten) or (configured is not None and node_id not in configured):
             out[node_id] = Unreadable("never written", never_written=True)
         else:
             out[node_id] = Unreadable(f"{type(entry).__name__}: {entry}")
@@ -99,15 +104,16 @@ def read_all_views(disk: ClusterDisk) -> list[ViewRecord]:
     return views
 
 
-def perform(disk: ClusterDisk, op: Op) -> OpResult:
-    """Carry out one op; never raises for a failed or timed-out I/O."""
+def perform(disk: ClusterDisk, op: Op, configured: Collection[int] | None = None) -> OpResult:
+    """Carry out one op; never raises for a failed or timed-out I/O.
+    ``configured``: the node ids of the node table (see ``_slots_value``)."""
     start = clock_ms()
     value: object = None
     try:
         if isinstance(op, WriteSlot):
             disk.write_slot(op.record)
         elif isinstance(op, ReadSlots):
-            value = _slots_value(disk)
+            value = _slots_value(disk, configured)
         elif isinstance(op, ReadView):
             view = disk.read_view(op.node_id)
             value = view if isinstance(view, ViewRecord) else None

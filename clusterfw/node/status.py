@@ -1,4 +1,4 @@
-"""``clusterfw status``: the cluster as one JSON object (DESIGN §7).
+"""``clusterfw status``: the cluster as one JSON object (docs/daemon.md §8).
 
 How this works
 --------------
@@ -20,6 +20,14 @@ daemon runs on this host: the view and the master are what the disk says,
 but a single read cannot tell a live heartbeat from a dead one, so every
 ``heartbeat_age_ms`` is null.
 
+Both add ``integrity`` (node/integrity.py): ``{"damaged": [...], "counts":
+{...}}`` -- the areas that do not decode (superblock, node-table entries,
+slots and view copies of configured nodes) and, from the daemon, how many
+times each kind of area became damaged since it started.  When the
+master's view cannot be read (both copies rejected) and there is no view to
+show, ``epoch`` is null, every node's state is ``unknown`` and
+``view_error`` says why -- never a made-up "epoch 0, all inactive".
+
 Pure apart from ``from_disk``'s reads.
 """
 from __future__ import annotations
@@ -30,7 +38,12 @@ from typing import Any, Mapping
 from clusterfw.core.coordinator import level_state
 from clusterfw.core.election import Decision, highest_decision
 from clusterfw.core.model import NodeConfig, SlotRecord, Timing, ViewRecord
-from clusterfw.ondisk.clusterdisk import ClusterDisk
+from clusterfw.ondisk.clusterdisk import ClusterDisk, best_view
+from clusterfw.ondisk.errors import NotWritten
+
+from .integrity import COPY_NAMES, KINDS, NODE_TABLE, SLOT, VIEW, Damage, IntegrityTracker, damage_json, error_text
+
+UNKNOWN = "unknown"
 
 
 def level_names(slots: Mapping[int, SlotRecord], view: ViewRecord | None) -> dict[int, str]:
@@ -86,24 +99,93 @@ def timing_json(timing: Timing) -> dict[str, int]:
     return asdict(timing)
 
 
+def mark_view_unknown(out: dict[str, Any], error: str) -> None:
+    """No view can be shown: say why instead of "epoch 0, all inactive"."""
+    out["epoch"] = None
+    out["view_error"] = error
+    for node in out["nodes"]:
+        node["state"] = UNKNOWN
+        node["levels"] = {name: UNKNOWN for name in node["levels"]}
+
+
+def _name(names: Mapping[int, str], node_id: int) -> str:
+    return names.get(node_id, f"node{node_id}")
+
+
+def master_view_error(names: Mapping[int, str], master_id: int, reason: str) -> str:
+    return (f"the view of the master {_name(names, master_id)} (id {master_id}) cannot be read ({reason}): "
+            f"no node can adopt a view until the master rewrites it (at its next membership change)")
+
+
+def add_integrity(out: dict[str, Any], tracker: IntegrityTracker, names: Mapping[int, str],
+                  decision: Decision | None, view: ViewRecord | None) -> None:
+    """The daemon's status: the tracker's counts and damaged areas, and the
+    master's view marked unreadable when both its copies are damaged."""
+    out["integrity"] = tracker.snapshot()
+    if decision is None or decision.resigned:
+        return
+    reason = tracker.view_unreadable(decision.master)
+    if reason is None:
+        return
+    if view is None:
+        mark_view_unknown(out, master_view_error(names, decision.master, reason) + "; membership unknown")
+    else:
+        out["view_error"] = (master_view_error(names, decision.master, reason)
+                             + f"; shown: the last view this node has (epoch {view.epoch} of term {view.term})")
+
+
 def from_disk(disk: ClusterDisk) -> dict[str, Any]:
     """The status as the disk shows it (no liveness judgement)."""
     assert disk.superblock is not None
-    names = {cfg.node_id: cfg.name for cfg in disk.read_node_table() if isinstance(cfg, NodeConfig)}
-    slots = {rec.node_id: rec for rec in disk.read_slots() if isinstance(rec, SlotRecord)}
+    table = disk.read_node_table()
+    names = {cfg.node_id: cfg.name for cfg in table if isinstance(cfg, NodeConfig)}
+    raw_slots = disk.read_slots()
+    slots = {rec.node_id: rec for rec in raw_slots if isinstance(rec, SlotRecord)}
     decision = highest_decision({n: s.lease for n, s in slots.items()})
+    damaged: list[Damage] = []
+    for node_id, entry in enumerate(table, start=1):
+        error = error_text(entry)
+        if error is not None:
+            damaged.append(Damage(NODE_TABLE, node_id, None, error, 0.0))
+    for node_id, entry in enumerate(raw_slots, start=1):
+        error = error_text(entry)
+        if error is not None and node_id in names:  # slots of ids nobody added are ignored
+            damaged.append(Damage(SLOT, node_id, None, error, 0.0))
     views: list[ViewRecord] = []
+    copies_of = {}
     for node_id in range(1, disk.layout.nodes_max + 1):
         if node_id in slots or node_id in names:
-            view = disk.read_view(node_id)
+            copies = disk.read_view_copies(node_id)
+            copies_of[node_id] = copies
+            view = best_view(copies)
             if isinstance(view, ViewRecord):
                 views.append(view)
+            if node_id in names:
+                for copy, value in enumerate(copies):
+                    error = error_text(value)
+                    if error is not None:
+                        damaged.append(Damage(VIEW, node_id, copy, error, 0.0))
     chosen: ViewRecord | None = None
-    if decision is not None:
-        chosen = next((v for v in views if v.node_id == decision.master and v.term == decision.term), None)
-    if chosen is None:
+    view_error: str | None = None
+    if decision is not None and not decision.resigned:
+        copies = copies_of.get(decision.master) or disk.read_view_copies(decision.master)
+        best = best_view(copies)
+        if isinstance(best, ViewRecord):
+            if best.term == decision.term:
+                chosen = best
+        elif not isinstance(best, NotWritten):
+            reason = "; ".join(f"copy {COPY_NAMES[c]}: {error_text(v) or 'never written'}"
+                               for c, v in enumerate(copies))
+            view_error = master_view_error(names, decision.master, reason) + "; membership unknown"
+    if chosen is None and view_error is None:
         chosen = max(views, key=lambda v: (v.term, v.epoch, v.seq), default=None)
-    out = render(cluster=disk.superblock.cluster_name, names=names, view=chosen, slots=slots,
-                 decision=decision, ages_ms={})
+    out = render(cluster=disk.superblock.cluster_name, names=names, view=None if view_error else chosen,
+                 slots=slots, decision=decision, ages_ms={})
+    if view_error is not None:
+        mark_view_unknown(out, view_error)
+    counts = {kind: 0 for kind in KINDS}
+    for d in damaged:
+        counts[d.kind] += 1
+    out["integrity"] = {"damaged": [damage_json(d, names) for d in damaged], "counts": counts}
     out["source"] = "disk"
     return out
