@@ -37,12 +37,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="simulated length of the fault phase (default 20000)")
     p.add_argument("--dlm", action="store_true",
                    help="also run the DLM on every node with lock clients, and check its invariants")
-    p.add_argument("--mutation", choices=sorted(MUTATIONS),
-                   help="deliberately break one rule (to see the simulator catch it)")
+    p.add_argument("--mutation", type=_mutation, metavar="NAME[+NAME]",
+                   help="deliberately break one rule, or several joined by '+', to see the simulator "
+                        "catch it: " + ", ".join(sorted(MUTATIONS)))
     p.add_argument("--trace", action="store_true", help="print the full trace of a single seed")
     p.add_argument("--jobs", type=int, default=0, metavar="J", help="worker processes (default: one per core)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_sim)
+
+
+def _mutation(text: str) -> str:
+    unknown = [n for n in text.split("+") if n not in MUTATIONS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown mutation {', '.join(unknown)}: choose from "
+                                         + ", ".join(sorted(MUTATIONS)) + " (join several with '+')")
+    return text
 
 
 def cmd_sim(args: argparse.Namespace) -> int:

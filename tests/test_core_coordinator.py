@@ -274,6 +274,31 @@ def test_an_ack_of_an_older_batch_does_not_count() -> None:
     assert b.co.batches[0] == current
 
 
+def test_an_ack_above_the_batch_does_not_count() -> None:
+    """Acks match exactly: a follower that acked a higher id -- from a view a
+    deposed master wrote late -- has not processed this batch.  (With ``>=``
+    that ack satisfied batches it never saw.)"""
+    b = two_nodes_joining()
+    b.step()
+    current = b.co.batches[0]
+    b.ack(1, 0)
+    b.ack(2, 0, current.batch_id + 7)
+    b.step()
+    assert b.co.batches[0] == current
+
+
+def test_batch_ids_carry_the_term() -> None:
+    """A new master's batch ids are above every id of an older term, however
+    many batches that term issued, so no old ack can ever equal a new id."""
+    from clusterfw.core.coordinator import TERM_SHIFT, batch_id_for, batch_label
+    assert batch_id_for(2, 1) > batch_id_for(1, (1 << TERM_SHIFT) - 1)
+    assert batch_label(batch_id_for(3, 17)) == "3.17"
+    view = ViewRecord(node_id=1, incarnation=inc(1), seq=1, term=3, epoch=9, next_batch_id=batch_id_for(1, 40),
+                      levels=tuple(LevelSpec(lv, (1, 1, 1)) for lv in LEVELS), members=(joined(1),))
+    co = Coordinator(view, TIMING, 0.0)
+    assert co.next_batch_id == batch_id_for(3, 1)
+
+
 # ========================================================== forced leaves
 def test_member_dead_by_heartbeat_is_forced_and_recovered_bottom_up() -> None:
     b = Bench([joined(1), joined(2), joined(3)], [slot(1), slot(2), slot(3)])

@@ -15,7 +15,7 @@ import pytest
 from clusterfw.core import timing
 from clusterfw.core.model import (BatchEntry, Kind, Lease, LevelSpec, MemberEntry, NodeState, Registration,
                                   Request, SlotRecord, ViewRecord)
-from clusterfw.core.node import (Event, Fenced, MasterChanged, NodeCore, Notify, Op, OpResult, ReadAllViews,
+from clusterfw.core.node import (Event, Fenced, MasterChanged, NodeCore, Notify, Op, OpResult, ReadViews,
                                  ReadSlots, ReadView, Rejected, Role, StateChanged, Stopped, Unreadable,
                                  WriteSlot, WriteView)
 
@@ -61,8 +61,8 @@ class FakeDisk:
                      for n in range(1, NODES + 1)}
         elif isinstance(op, ReadView):
             value = self.newest_view(op.node_id)
-        elif isinstance(op, ReadAllViews):
-            value = [v for v in (self.newest_view(n) for n in range(1, NODES + 1)) if v is not None]
+        elif isinstance(op, ReadViews):
+            value = {n: self.newest_view(n) for n in range(op.first, min(op.first + op.count, NODES + 1))}
         return OpResult(op, True, now, now, value)
 
 
@@ -179,7 +179,7 @@ def test_single_node_forms_a_cluster() -> None:
     assert (leases[-1].committed_term, leases[-1].master, leases[-1].master_incarnation) == (1, 1, 0x101)
     # The master read every view once before taking over, then wrote its own.
     first_view_write = next(i for i, (_, op) in enumerate(h.ops) if isinstance(op, WriteView))
-    assert any(isinstance(op, ReadAllViews) for _, op in h.ops[:first_view_write])
+    assert any(isinstance(op, ReadViews) for _, op in h.ops[:first_view_write])
     view = d.disk.newest_view(1)
     assert view is not None and view.batches == ()
     assert view.member(1) == MemberEntry(1, 0x101, S.JOINED, top_level=40)
@@ -338,8 +338,28 @@ def test_reading_itself_forced_out_under_an_old_incarnation_does_not_fence() -> 
     d.cycle(h)
     d.now = h.core.wakeup_ms()
     assert ReadView(1) in d.cycle(h)
+    d.cycle(h)  # acted on once its slot names the epoch (see the next test)
     assert view_of(h).epoch == 3  # it did read and adopt the view
     assert h.core.fenced is None and h.core.poll(h.core.wakeup_ms())
+
+
+def test_a_follower_acts_on_a_view_only_after_its_slot_names_the_epoch() -> None:
+    """Otherwise a new master could read our slot before it says we saw the
+    view, resume from an older one, and roll back what we acted on."""
+    d, h = _cluster_with_master_view(MemberEntry(2, 0x102, S.JOINED))
+    d.cycle(h)
+    d.now = h.core.wakeup_ms()
+    assert ReadView(1) in d.cycle(h)
+    assert h.core.view is None and h.core.state is S.INACTIVE  # read, not yet acted on
+    assert h.core.wakeup_ms() <= d.now  # the next cycle runs at once
+    d.disk.fail = lambda node_id, op, now: isinstance(op, WriteSlot)
+    d.cycle(h)
+    assert h.core.view is None  # that slot write failed: still not acted on
+    d.disk.fail = lambda node_id, op, now: False
+    d.now = h.core.wakeup_ms()
+    d.cycle(h)
+    assert d.disk.slots[2].seen_epoch == 3
+    assert view_of(h).epoch == 3 and h.core.state is S.JOINED
 
 
 # ============================================================== takeover

@@ -137,10 +137,13 @@ class Election:
         term = self.lease.committed_term + 1 + ignored
         top = max((l.mbal for l in leases.values() if l.term == term), default=0)
         ballot = (top // BALLOT_STRIDE + 1) * BALLOT_STRIDE + self.node_id
+        # A node that resigned (a halted takeover) and proposes again no
+        # longer resigns: a term it wins must not read as handed over.
         if self.lease.term == term:
-            self.lease = replace(self.lease, mbal=ballot)
+            self.lease = replace(self.lease, mbal=ballot, resigned=False)
         else:
-            self.lease = replace(self.lease, term=term, mbal=ballot, bal=0, inp=0, inp_incarnation=0)
+            self.lease = replace(self.lease, term=term, mbal=ballot, bal=0, inp=0, inp_incarnation=0,
+                                 resigned=False)
         self.phase = Phase.PHASE1
         del rank, rng, now_ms, fast_poll_ms
 

@@ -41,6 +41,11 @@ from .model import (BatchEntry, Lease, NodeState, Registration, Request, SlotRec
 HEARTBEAT_MISSED = "no heartbeat write completed"
 """How the reason of a fence for a missed fence deadline begins."""
 
+VIEWS_PER_READ = 16
+"""View pairs per takeover read (with 32 KiB pairs: 512 KiB per I/O)."""
+VIEW_READ_TRIES = 4
+"""A view pair that fails this many reads in one takeover is given up on."""
+
 # --------------------------------------------------------------------- ops
 @dataclass(frozen=True)
 class WriteSlot:
@@ -58,8 +63,13 @@ class ReadView:
 
 
 @dataclass(frozen=True)
-class ReadAllViews:
-    pass
+class ReadViews:
+    """The view pairs of nodes ``first`` .. ``first + count - 1`` (one I/O).
+    A takeover reads the view area as several of these, one per cycle, so
+    a heartbeat is written between them and a bad sector fails one chunk."""
+
+    first: int
+    count: int
 
 
 @dataclass(frozen=True)
@@ -68,7 +78,7 @@ class WriteView:
     copy: int  # 0 or 1: views ping-pong so a torn write never loses the previous one
 
 
-Op = WriteSlot | ReadSlots | ReadView | ReadAllViews | WriteView
+Op = WriteSlot | ReadSlots | ReadView | ReadViews | WriteView
 
 
 @dataclass(frozen=True)
@@ -87,7 +97,8 @@ class OpResult:
     end_ms: float
     value: object = None
     """ReadSlots: dict node_id -> SlotRecord | Unreadable; ReadView: ViewRecord
-    or None; ReadAllViews: list of valid ViewRecords."""
+    or None; ReadViews: dict node_id -> ViewRecord | None (None: neither copy
+    decodes)."""
     error: str = ""
 
 
@@ -199,6 +210,14 @@ class NodeCore:
         self.view_log: list[str] = []
         self._takeover_failures = 0
         self._halted = ""  # why a won takeover waits (views lost), for status
+        self._slot_ids: tuple[int, ...] = ()  # every slot id of the last slot-area read
+        self._views_todo: list[tuple[int, int, int]] = []  # takeover: (first, count, tries) to read
+        self._views_read: dict[int, ViewRecord | None] = {}
+        self._views_lost: set[int] = set()  # pairs whose reads kept failing in this takeover
+        self._hold_off_until = float("-inf")  # a halted takeover stays out of elections until then
+        self.verify_view: WriteView | None = None  # a view write reported failed: read it back first
+        self._undelivered: ViewRecord | None = None  # adopted; delivered once our slot shows its epoch
+        self._view_failing_since: float | None = None  # the master's view writes fail since then
 
     # ----------------------------------------------------------- public API
     def fence_deadline_ms(self) -> float:
@@ -213,7 +232,7 @@ class NodeCore:
     def wakeup_ms(self) -> float:
         if self.fenced or self.stopped:
             return float("inf")
-        if self.pending_view_write is not None:
+        if self.pending_view_write is not None and self.verify_view is None:
             return min(self.next_cycle_ms, self.started_ms)  # due now
         return min(self.next_cycle_ms, self.fence_deadline_ms())
 
@@ -251,19 +270,29 @@ class NodeCore:
         self.tick(now_ms)
         if self.fenced or self.stopped or self.in_flight is not None:
             return []
-        if self.pending_view_write is not None:
+        if self.pending_view_write is not None and self.verify_view is None:
             rec = replace(self.pending_view_write, seq=self._next_seq())
             self.in_flight = _Cycle([WriteView(rec, self.view_copy)], "view-write")
             return list(self.in_flight.ops)
         if now_ms < self.next_cycle_ms:
             return []
         if self.role is Role.TAKING_OVER:
-            # The takeover keeps heartbeating: reading the views may take long.
-            self.in_flight = _Cycle([WriteSlot(self._slot_record()), ReadAllViews(), ReadSlots()], "views")
-            return list(self.in_flight.ops)
+            # The takeover keeps heartbeating: it reads one chunk of the view
+            # area per cycle, between a slot write and a slot read.
+            if not self._views_todo and not self._views_read and not self._views_lost:
+                self._plan_view_reads()
+            ops_t: list[Op] = [WriteSlot(self._slot_record())]
+            if self._views_todo:
+                first, count, _ = self._views_todo[0]
+                ops_t.append(ReadViews(first, count))
+            ops_t.append(ReadSlots())
+            self.in_flight = _Cycle(ops_t, "views")
+            return list(ops_t)
         self._hurry = False
         ops: list[Op] = [WriteSlot(self._slot_record()), ReadSlots()]
-        if self.role is Role.FOLLOWER and self.decision is not None and not self.final_write:
+        if self.verify_view is not None:
+            ops.append(ReadView(self.node_id))  # did the write reported failed land?
+        elif self.role is Role.FOLLOWER and self.decision is not None and not self.final_write:
             ops.append(ReadView(self.decision.master))
         self.in_flight = _Cycle(ops, "final" if self.final_write else "cycle")
         return list(ops)
@@ -301,7 +330,11 @@ class NodeCore:
             node_id=self.node_id, incarnation=self.incarnation, seq=self._next_seq(),
             timing=self.timing, request=Request.NONE if self.final_write else self.desire,
             lease=self.election.lease_to_write(), registrations=self.registrations, acks=acks,
-            seen_epoch=self.view.epoch if self.view else 0)
+            seen_epoch=self._seen().epoch if self._seen() else 0)
+
+    def _seen(self) -> ViewRecord | None:
+        """The newest view this node read (adopted, or waiting to be)."""
+        return self._undelivered or self.view
 
     def _in_view(self) -> bool:
         if self.view is None:
@@ -351,6 +384,9 @@ class NodeCore:
             if self._written_back(write_result.op.record, slots_result):
                 self.last_ok_ms = max(self.last_ok_ms, write_result.start_ms)
                 wrote = write_result.op.record.lease
+                self._deliver_seen(write_result.op.record, now_ms)
+                if self.fenced or self.stopped:
+                    return
         if cycle.kind == "final":
             if wrote is not None:
                 self._stop(self.final_write_reason, now_ms)
@@ -362,6 +398,17 @@ class NodeCore:
         if self.fenced or self.role is Role.TAKING_OVER:
             self.next_cycle_ms = now_ms
             return
+        if self.verify_view is not None:
+            since = self._view_failing_since
+            if self.role is Role.MASTER and view_result is not None and view_result.ok:
+                self._verified_view(view_result.value, now_ms)
+            elif self.role is not Role.MASTER:
+                self.verify_view = None
+            elif since is not None and now_ms - since >= self.timing.dead_after_ms:
+                self._halt(f"n{self.node_id} resigns as master of term {self.election.lease.committed_term}: "
+                           f"its own views have been unreadable for {self.timing.dead_after_ms} ms "
+                           f"({view_result.error if view_result is not None else 'no read'})", now_ms)
+                return
         if self.role is Role.MASTER and slots_result is not None and slots_result.ok:
             self._master_step(now_ms)
         elif self.role is Role.FOLLOWER and view_result is not None and view_result.ok:
@@ -369,6 +416,16 @@ class NodeCore:
             if isinstance(view, ViewRecord):
                 self._maybe_adopt(view, now_ms)
         self._schedule(now_ms)
+
+    def _deliver_seen(self, written: SlotRecord, now_ms: float) -> None:
+        """A follower acts on a view (state, notifications) only once a slot
+        write naming its epoch has completed: from then on any new master
+        that reads our slot knows the view existed, and never resumes from
+        an older one while we are alive."""
+        pending = self._undelivered
+        if pending is not None and written.seen_epoch >= pending.epoch:
+            self._undelivered = None
+            self._adopt(pending, now_ms, ())
 
     def _read_slots(self, now_ms: float, slots_result: OpResult, wrote: Lease | None) -> None:
         """Liveness and the election step from one read of the slot area.
@@ -405,11 +462,12 @@ class NodeCore:
             if node_id != self.node_id:
                 unreadable.add(node_id)
         self.slots = slots
+        self._slot_ids = tuple(sorted(cast(Mapping[int, object], slots_result.value)))
         dead = frozenset(n for n in unreadable if self.liveness.is_dead(n))
         self._election_step(now_ms, wrote, leases, frozenset(unreadable) - dead, dead)
 
     def _schedule(self, now_ms: float) -> None:
-        busy = (self.election.proposing or self.decision is None or self._master_unusable()
+        busy = (self._undelivered is not None or self.verify_view is not None or self.election.proposing or self.decision is None or self._master_unusable()
                 or (self.view is not None and bool(self.view.batches))
                 or self.state in (NodeState.JOINING, NodeState.LEAVING)
                 or self.pending_view_write is not None
@@ -438,7 +496,8 @@ class NodeCore:
         all_leases = dict(leases)
         all_leases[self.node_id] = self.election.lease
         self.decision = highest_decision(all_leases)
-        want = self._master_unusable() and self.stopped is None and not self.final_write
+        want = (self._master_unusable() and self.stopped is None and not self.final_write
+                and now_ms >= self._hold_off_until)
         if want and self._no_master_since is None:
             self._no_master_since = now_ms
             alive_lower = sum(1 for n in self.slots if n < self.node_id and self.liveness.alive(n))
@@ -465,6 +524,7 @@ class NodeCore:
         mine = d.master == self.node_id and d.master_incarnation == self.incarnation and not d.resigned
         if mine and self.role is Role.FOLLOWER:
             self.role = Role.TAKING_OVER
+            self._reset_view_reads()
         elif not mine and self.role is not Role.FOLLOWER:
             # A later term was decided while we were master: someone judged us
             # dead, so by the timing rule we must already have stopped.
@@ -472,45 +532,79 @@ class NodeCore:
             self.coordinator = None
             self._fence(f"deposed: term {d.term} was decided for n{d.master}")
 
+    def _reset_view_reads(self) -> None:
+        self._views_todo, self._views_read, self._views_lost = [], {}, set()
+
+    def _plan_view_reads(self) -> None:
+        """Read the view pair of every slot id, ``VIEWS_PER_READ`` at a time."""
+        top = max(self._slot_ids or (self.node_id,))
+        self._views_todo = [(first, min(VIEWS_PER_READ, top - first + 1), 0)
+                            for first in range(1, top + 1, VIEWS_PER_READ)]
+
+    def _note_views(self, r: OpResult) -> None:
+        """One chunk of the takeover's view read came back.  A failed chunk
+        is split into single pairs, and a pair that keeps failing is given up
+        on: it is only a problem if the evidence says it held the newest view."""
+        assert isinstance(r.op, ReadViews)
+        first, count, tries = self._views_todo.pop(0)
+        if r.ok:
+            for node_id, view in cast(Mapping[int, object], r.value).items():
+                self._views_read[node_id] = view if isinstance(view, ViewRecord) else None
+        elif count > 1:
+            self._views_todo[:0] = [(n, 1, 1) for n in range(first, first + count)]
+        elif tries + 1 >= VIEW_READ_TRIES:
+            self._views_lost.add(first)
+        else:
+            self._views_todo.append((first, 1, tries + 1))
+
     def _complete_takeover(self, now_ms: float, results: Sequence[OpResult]) -> None:
-        write_r, views_r, slots_r = results[0], results[1], results[2]
+        write_r = next((r for r in results if isinstance(r.op, WriteSlot)), None)
+        views_r = next((r for r in results if isinstance(r.op, ReadViews)), None)
+        slots_r = next(r for r in results if isinstance(r.op, ReadSlots))
         wrote: Lease | None = None
-        if write_r.ok and self._written_back(cast(WriteSlot, write_r.op).record, slots_r):
+        if write_r is not None and write_r.ok and self._written_back(cast(WriteSlot, write_r.op).record, slots_r):
             self.last_ok_ms = max(self.last_ok_ms, write_r.start_ms)
             wrote = cast(WriteSlot, write_r.op).record.lease
         if slots_r.ok:
             self._read_slots(now_ms, slots_r, wrote)
         if self.fenced or self.role is not Role.TAKING_OVER:
+            self._reset_view_reads()
             self._schedule(now_ms)
             return
-        if not (views_r.ok and slots_r.ok):
+        if views_r is not None:
+            self._note_views(views_r)
+        if not slots_r.ok or (views_r is not None and not views_r.ok):
             self._takeover_failures += 1
             backoff = self.timing.fast_poll_ms * min(2 ** self._takeover_failures, 16)
             self.next_cycle_ms = now_ms + min(backoff, self.timing.heartbeat_interval_ms)
             return
+        self._takeover_failures = 0
+        if self._views_todo:
+            self.next_cycle_ms = now_ms  # the next chunk at once
+            return
         assert self.decision is not None
-        views = [v for v in cast(Sequence[object], views_r.value) if isinstance(v, ViewRecord)]
+        views = [v for v in self._views_read.values() if v is not None]
+        # What this node itself read from the disk is a view that landed too.
+        views += [v for v in (self.view, self._undelivered) if v is not None]
         best = max(views, key=lambda v: (v.term, v.epoch, v.seq), default=None)
+        lost = sorted(self._views_lost)
+        self._reset_view_reads()
         slots = self.slots
         # Evidence: the newest epoch any node that is not dead has seen (its
         # slot's seen_epoch).  A view older than that was superseded by one
         # that is lost or unreadable: resuming from it would roll the
         # cluster back under nodes that acted on the newer one.
-        evidence = {n: s.seen_epoch for n, s in slots.items()
-                    if not self.liveness.is_dead(n, s.incarnation)}
+        evidence = self._seen_epochs()
         newest_seen = max(evidence.values(), default=0)
         have = best.epoch if best is not None else 0
         if newest_seen > have:
             saw = sorted(n for n, e in evidence.items() if e > have)
-            why = (f"n{self.node_id} master of term {self.decision.term} cannot resume: the newest "
-                   f"view on the disk is epoch {have}, but " + ", ".join(f"n{n}" for n in saw)
-                   + f" saw epoch {newest_seen}; waiting (views lost or unreadable)")
-            if why != self._halted:
-                self._halted = why
-                self.view_log.append(why)
-                self._events.append(ViewAdopted(self.view.term if self.view else 0,
-                                                self.view.epoch if self.view else 0, (why,)))
-            self.next_cycle_ms = now_ms + self.timing.heartbeat_interval_ms
+            why = (f"n{self.node_id} won term {self.decision.term} but cannot resume: the newest view "
+                   f"it can read is epoch {have}, and " + ", ".join(f"n{n}" for n in saw)
+                   + f" saw epoch {newest_seen}"
+                   + (f" (unreadable view areas: {', '.join(f'n{n}' for n in lost)})" if lost else "")
+                   + "; it resigns so that a node holding that view takes over")
+            self._halt(why, now_ms)
             return
         self._halted = ""
         min_batch = 1 + max((b for s in slots.values() for _, b in s.acks), default=0)
@@ -520,9 +614,33 @@ class NodeCore:
         base = replace(best, term=self.decision.term, epoch=best.epoch + 1)
         self.coordinator = Coordinator(base, self.timing, now_ms, min_batch_id=min_batch)
         self.role = Role.MASTER
+        self._undelivered = None
         self.view_log.append(f"n{self.node_id} master of term {self.decision.term}, "
-                             f"resuming from epoch {best.epoch} of term {best.term}")
+                             f"resuming from epoch {best.epoch} of term {best.term}"
+                             + (f" (unreadable view areas: {', '.join(f'n{n}' for n in lost)}; "
+                                f"no live node saw a newer epoch)" if lost else ""))
         self._master_step(now_ms, force_write=True)
+        self._schedule(now_ms)
+
+    def _seen_epochs(self) -> dict[int, int]:
+        """The epoch each other node that is not dead says it has seen."""
+        return {n: s.seen_epoch for n, s in self.slots.items()
+                if n != self.node_id and not self.liveness.is_dead(n, s.incarnation)}
+
+    def _halt(self, why: str, now_ms: float) -> None:
+        """A won takeover that cannot resume safely: say why (once), resign,
+        and stay out of elections for a dead timeout so that another node --
+        one holding the newer view -- can win."""
+        if why != self._halted:
+            self._halted = why
+            self.view_log.append(why)
+            self._events.append(ViewAdopted(self.view.term if self.view else 0,
+                                            self.view.epoch if self.view else 0, (why,)))
+        self.election.resign()
+        self.role = Role.FOLLOWER
+        self.coordinator = None
+        self.pending_view_write = self.verify_view = None
+        self._hold_off_until = now_ms + self.timing.dead_after_ms
         self._schedule(now_ms)
 
     def _master_step(self, now_ms: float, force_write: bool = False) -> None:
@@ -537,28 +655,65 @@ class NodeCore:
             self._pending_log = self._pending_log + tuple(out.log)
 
     def _complete_view_write(self, now_ms: float, r: OpResult) -> None:
+        assert isinstance(r.op, WriteView)
+        self.pending_view_write = None
         if not r.ok:
-            # Retry with the then-current coordinator state on the next cycle.
-            self.pending_view_write = None
+            if self._view_failing_since is None:
+                self._view_failing_since = now_ms
+            elif now_ms - self._view_failing_since >= self.timing.dead_after_ms:
+                # Our view area keeps failing: hand over rather than hold
+                # the cluster still (another master writes its own area).
+                self._view_failing_since = None
+                self.coordinator = None
+                self._halt(f"n{self.node_id} resigns as master of term {self.election.lease.committed_term}: "
+                           f"its view writes have failed for {self.timing.dead_after_ms} ms ({r.error})", now_ms)
+                return
+            # A write reported failed may still have landed (and followers
+            # may act on it).  Rewriting the same copy blind could tear it
+            # and leave only the view before it; so read our views back
+            # first, and only then decide (``_verified_view``).
+            self.verify_view = r.op
             self._view_dirty = True
             self.next_cycle_ms = now_ms + self.timing.fast_poll_ms
             return
-        assert isinstance(r.op, WriteView)
-        self.pending_view_write = None
-        self.view_copy ^= 1
-        log, self._pending_log = self._pending_log, ()
-        self._adopt(r.op.record, now_ms, log)
-        if self.force_self_after_write and not self.fenced:
-            self._fence("forced out by itself: a local subsystem did not ack in time")
+        self._view_landed(r.op.record, now_ms)
         self._schedule(now_ms)
 
+    def _verified_view(self, newest: object, now_ms: float) -> None:
+        """The read-back after a failed view write: if it shows the record we
+        wrote, the write landed (the next goes to the other copy); if it shows
+        an older view, it did not, and the same copy is written again -- the
+        other copy still holds the last view that landed."""
+        pending, self.verify_view = self.verify_view, None
+        assert pending is not None
+        if isinstance(newest, ViewRecord) and (newest.incarnation, newest.seq) == (
+                pending.record.incarnation, pending.record.seq):
+            self._view_landed(pending.record, now_ms)
+
+    def _view_landed(self, record: ViewRecord, now_ms: float) -> None:
+        self._view_failing_since = None
+        self.view_copy ^= 1
+        log, self._pending_log = self._pending_log, ()
+        self._adopt(record, now_ms, log)
+        if self.force_self_after_write and not self.fenced:
+            self._fence("forced out by itself: a local subsystem did not ack in time")
+
     def _maybe_adopt(self, view: ViewRecord, now_ms: float) -> None:
+        """A newer view of our master: it is acted on once our slot says we
+        saw it (``_deliver_seen``); the next cycle runs at once."""
         d = self.decision
         if d is None or view.node_id != d.master or view.term != d.term:
             return
-        if self.view is not None and (self.view.term, self.view.epoch, self.view.seq) >= (view.term, view.epoch, view.seq):
+        seen = self._seen()
+        if seen is not None and (seen.term, seen.epoch, seen.seq) >= (view.term, view.epoch, view.seq):
             return
-        self._adopt(view, now_ms, ())
+        me = view.member(self.node_id)
+        if me is not None and me.incarnation == self.incarnation and (
+                me.state is NodeState.FORCED_LEAVING or (me.state is NodeState.INACTIVE and me.forced)):
+            self._adopt(view, now_ms, ())  # forced out: fence at once (stopping is always safe)
+            return
+        self._undelivered = view
+        self._hurry = True
 
     def _adopt(self, view: ViewRecord, now_ms: float, log: tuple[str, ...]) -> None:
         self.view = view

@@ -31,13 +31,12 @@ import time
 from typing import Callable
 
 from clusterfw.core.model import SlotRecord, ViewRecord
-from clusterfw.core.node import Op, OpResult, ReadAllViews, ReadSlots, ReadView, Unreadable, WriteSlot, WriteView
+from clusterfw.core.node import Op, OpResult, ReadSlots, ReadView, ReadViews, Unreadable, WriteSlot, WriteView
 from clusterfw.ondisk.blockdev import BlockDevice
 from clusterfw.ondisk.clusterdisk import ClusterDisk
 from clusterfw.ondisk.errors import DeviceError, NotWritten
 from clusterfw.ondisk.layout import VIEW_COPIES, VIEW_COPY_BYTES
 
-VIEWS_READ_CHUNK_BYTES = 1 << 20  # ReadAllViews reads the view area in chunks of this many bytes
 
 
 def clock_ms() -> float:
@@ -85,23 +84,21 @@ def _slots_value(disk: ClusterDisk, configured: Collection[int] | None = None) -
     return out
 
 
-def read_all_views(disk: ClusterDisk) -> list[ViewRecord]:
-    """The best valid view of every node's view area, in chunks of whole
-    view pairs (one I/O per chunk, each with its own timeout)."""
+def read_views(disk: ClusterDisk, first: int, count: int) -> dict[int, ViewRecord | None]:
+    """The best valid view of the view pairs of nodes ``first`` ..
+    ``first + count - 1`` (ids past the layout's last are left out), in one
+    I/O: None for a pair in which neither copy decodes."""
     layout = disk.layout
+    count = max(0, min(count, layout.nodes_max - first + 1))
+    if count == 0:
+        return {}
     pair_bytes = VIEW_COPIES * VIEW_COPY_BYTES
-    pairs_per_chunk = max(1, VIEWS_READ_CHUNK_BYTES // pair_bytes)
-    views: list[ViewRecord] = []
-    node_id = 1
-    while node_id <= layout.nodes_max:
-        count = min(pairs_per_chunk, layout.nodes_max - node_id + 1)
-        raw = disk.dev.read(layout.view_pair_offset(node_id), count * pair_bytes)
-        for index in range(count):
-            best = disk.view_from_bytes(node_id + index, raw[index * pair_bytes:(index + 1) * pair_bytes])
-            if isinstance(best, ViewRecord):
-                views.append(best)
-        node_id += count
-    return views
+    raw = disk.dev.read(layout.view_pair_offset(first), count * pair_bytes)
+    out: dict[int, ViewRecord | None] = {}
+    for index in range(count):
+        best = disk.view_from_bytes(first + index, raw[index * pair_bytes:(index + 1) * pair_bytes])
+        out[first + index] = best if isinstance(best, ViewRecord) else None
+    return out
 
 
 def perform(disk: ClusterDisk, op: Op, configured: Collection[int] | None = None) -> OpResult:
@@ -117,8 +114,8 @@ def perform(disk: ClusterDisk, op: Op, configured: Collection[int] | None = None
         elif isinstance(op, ReadView):
             view = disk.read_view(op.node_id)
             value = view if isinstance(view, ViewRecord) else None
-        elif isinstance(op, ReadAllViews):
-            value = read_all_views(disk)
+        elif isinstance(op, ReadViews):
+            value = read_views(disk, op.first, op.count)
         elif isinstance(op, WriteView):
             disk.write_view(op.record, op.copy)
         else:

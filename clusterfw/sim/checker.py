@@ -17,6 +17,11 @@ write, delivery, ack and fence, and after every simulator event.
 | no-write-after-fence    | a fenced node issues no write (checked where writes are issued)|
 | fence-on-disk-loss      | a running node past its fence deadline has fenced (its timer), |
 |                         | a paused one has been reset by its watchdog by deadline+margin |
+| view-rollback           | no view lands with an epoch below one that a running node has  |
+|                         | acted on (a new master resumed from a lost or stale view)      |
+| fence-before-recovery   | also covers a daemon-only crash: the old incarnation counts as |
+|  (daemon crash)         | running until the next daemon stopped its services or the      |
+|                         | watchdog reset the host                                        |
 | liveness                | after faults stop, all nodes Joined in one view (world.py)     |
 | dlm-*                   | with the DLM on: dlm-exclusive, dlm-token-order,               |
 |                         | dlm-no-grant-to-outsider, dlm-liveness (dlm_sim.py)            |
@@ -64,6 +69,7 @@ class Checker:
         self.last_hb: dict[tuple[int, int], float] = {}  # (node, incarnation) -> real ms
         self.status: dict[tuple[int, int], str] = {}  # running | fencing | down
         self.deliveries = 0
+        self.adopted: dict[tuple[int, int], int] = {}  # (node, incarnation) -> highest epoch acted on
         self.checks = 0
         self.dlm: Any = None  # DLM hook: the DlmSim, when the DLM runs
 
@@ -90,6 +96,19 @@ class Checker:
     def on_stopped(self, node: "SimNode") -> None:
         self.status[(node.node_id, self._inc(node))] = "down"
 
+    def on_daemon_crash(self, node: "SimNode") -> None:
+        """The daemon died; its services did not: still running."""
+        self.status[(node.node_id, self._inc(node))] = "running (daemon crashed)"
+
+    def on_orphan_gone(self, node: "SimNode", incarnation: int) -> None:
+        self.status[(node.node_id, incarnation)] = "down"
+
+    def on_adopt(self, node: "SimNode") -> None:
+        core = node.core
+        if core is not None and core.view is not None:
+            key = (node.node_id, core.incarnation)
+            self.adopted[key] = max(self.adopted.get(key, 0), core.view.epoch)
+
     def on_ack(self, node: "SimNode", level: int, batch_id: int) -> None:
         key = (node.node_id, self._inc(node), level)
         self.acked[key] = max(self.acked.get(key, 0), batch_id)
@@ -112,6 +131,12 @@ class Checker:
                 self.dlm.on_land_view(rec)
 
     def _on_view(self, view: ViewRecord) -> None:
+        acted = [(epoch, n) for (n, inc), epoch in self.adopted.items()
+                 if self.status.get((n, inc)) != "down"]
+        if acted and view.epoch < max(acted)[0]:
+            epoch, n = max(acted)
+            self.fail("view-rollback", f"n{view.node_id} wrote a view of term {view.term} at epoch {view.epoch}, "
+                      f"below epoch {epoch} that running n{n} acted on")
         key = (view.term, view.epoch)
         if key < self.max_view:
             self.fail("view-order", f"n{view.node_id} wrote view term {view.term} epoch {view.epoch} after "

@@ -71,23 +71,169 @@ def _dlm_ignore_choosing() -> Callable[[], None]:
     return lambda: setattr(dlm.DlmCore, "_blockers", original)
 
 
+def _patch(owner: object, name: str, value: object) -> Callable[[], None]:
+    original = getattr(owner, name)
+    setattr(owner, name, value)
+    return lambda: setattr(owner, name, original)
+
+
+def _watchdog_late() -> Callable[[], None]:
+    """The watchdog resets a host three fence margins after the deadline
+    instead of within one (a watchdog timeout longer than the margin)."""
+    from . import world
+    return _patch(world, "WATCHDOG_FIRE_FRACTION", 3.0)
+
+
+def _skip_startup_cleanup() -> Callable[[], None]:
+    """A daemon restarted after a crash does not stop what its predecessor
+    managed; opening the watchdog restarts its countdown."""
+    from . import world
+
+    def cleanup(self, node):  # type: ignore[no-untyped-def]
+        node.orphan_token += 1  # the reopened watchdog forgets the old countdown
+    return _patch(world.World, "_startup_cleanup", cleanup)
+
+
+def _resume_from_any_view() -> Callable[[], None]:
+    """A new master resumes from the newest view it can read, ignoring the
+    epochs the slots say live nodes have seen (and its own memory)."""
+    from ..core import node
+
+    original = node.NodeCore._complete_takeover
+
+    def complete_takeover(self, now_ms, results):  # type: ignore[no-untyped-def]
+        saved = self.view, self._undelivered
+        if not self._views_todo:
+            self.view = self._undelivered = None
+        try:
+            original(self, now_ms, results)
+        finally:
+            if self.role is not node.Role.MASTER:
+                self.view, self._undelivered = saved
+    undo_seen = _patch(node.NodeCore, "_seen_epochs", lambda self: {})
+    undo = _patch(node.NodeCore, "_complete_takeover", complete_takeover)
+    return lambda: (undo(), undo_seen())  # type: ignore[func-returns-value]
+
+
+def _blind_view_retry() -> Callable[[], None]:
+    """After a view write reported failed, the master writes the same copy
+    again without reading back whether the failed write landed."""
+    from ..core import node
+
+    def complete_view_write(self, now_ms, r):  # type: ignore[no-untyped-def]
+        self.pending_view_write = None
+        if not r.ok:
+            self._view_dirty = True
+            self.next_cycle_ms = now_ms + self.timing.fast_poll_ms
+            return
+        self._view_landed(r.op.record, now_ms)
+        self._schedule(now_ms)
+    return _patch(node.NodeCore, "_complete_view_write", complete_view_write)
+
+
+def _election_blocks_on_unreadable() -> Callable[[], None]:
+    """Any unreadable slot aborts an election phase, even a dead node's or
+    an unused one's."""
+    from ..core import node
+    original = node.NodeCore._election_step
+
+    def election_step(self, now_ms, wrote, leases, unreadable, dead_unreadable=frozenset()):  # type: ignore[no-untyped-def]
+        return original(self, now_ms, wrote, leases, unreadable | dead_unreadable, frozenset())
+    return _patch(node.NodeCore, "_election_step", election_step)
+
+
+def _takeover_reads_all_at_once() -> Callable[[], None]:
+    """A node taking over writes no heartbeat, and retries a failed read of
+    the view area until it succeeds as a whole (never gives a pair up)."""
+    from ..core import node
+
+    def note_views(self, r):  # type: ignore[no-untyped-def]
+        first, count, tries = self._views_todo[0]
+        if r.ok:
+            self._views_todo.pop(0)
+            for node_id, view in r.value.items():
+                self._views_read[node_id] = view if isinstance(view, node.ViewRecord) else None
+    undo_notes = _patch(node.NodeCore, "_note_views", note_views)
+    undo_poll = _no_takeover_heartbeat()
+    return lambda: (undo_poll(), undo_notes())  # type: ignore[func-returns-value]
+
+
+def _no_takeover_heartbeat() -> Callable[[], None]:
+    """A node taking over reads views without writing its slot."""
+    from ..core import node
+    original = node.NodeCore.poll
+
+    def poll(self, now_ms):  # type: ignore[no-untyped-def]
+        ops = original(self, now_ms)
+        if self.role is node.Role.TAKING_OVER and ops and isinstance(ops[0], node.WriteSlot):
+            self.seq -= 1
+            ops = ops[1:]
+            assert self.in_flight is not None
+            self.in_flight.ops = list(ops)
+        return ops
+    return _patch(node.NodeCore, "poll", poll)
+
+
+def _ack_at_least() -> Callable[[], None]:
+    """A slot's ack counts for every batch id up to it (``>=``), not just
+    for the batch it names."""
+    c = coordinator.Coordinator
+
+    def acked(self, node_id, level, batch_id):  # type: ignore[no-untyped-def]
+        if self._is_me(self.members[node_id]):
+            return self._own_acks.get(level, 0) >= batch_id
+        s = self._slot_of(self.members[node_id])
+        return s is not None and s.ack_for(level) >= batch_id
+    return _patch(c, "_acked", acked)
+
+
+def _dlm_recover_any_incarnation() -> Callable[[], None]:
+    """The DLM recovers by node id alone: once any incarnation of a node was
+    shown gone at the DLM level, no entry of that node id counts any more --
+    not even those of its live later incarnation (run with ``--dlm``)."""
+    from ..core import dlm
+    original = dlm.DlmCore._counted
+
+    def counted(self, node_id, incarnation):  # type: ignore[no-untyped-def]
+        if self._departed.get(node_id):
+            return False
+        return original(self, node_id, incarnation)
+
+    dlm.DlmCore._counted = counted  # type: ignore[method-assign]
+    return lambda: setattr(dlm.DlmCore, "_counted", original)
+
+
 MUTATIONS: dict[str, Callable[[], Callable[[], None]]] = {
     "skip-ack-wait": _skip_ack_wait,
     "dead-too-soon": _dead_too_soon,
     "leave-bottom-up": _leave_bottom_up,
     "dlm-ignore-choosing": _dlm_ignore_choosing,
+    "dlm-recover-any-incarnation": _dlm_recover_any_incarnation,
+    "watchdog-late": _watchdog_late,
+    "skip-startup-cleanup": _skip_startup_cleanup,
+    "resume-from-any-view": _resume_from_any_view,
+    "blind-view-retry": _blind_view_retry,
+    "election-blocks-on-unreadable": _election_blocks_on_unreadable,
+    "no-takeover-heartbeat": _no_takeover_heartbeat,
+    "takeover-reads-all-at-once": _takeover_reads_all_at_once,
+    "ack-at-least": _ack_at_least,
 }
 
 
 @contextlib.contextmanager
 def mutated(name: str | None) -> Iterator[None]:
+    """Apply one mutation, or several joined by ``+`` (a rule that only
+    matters when another one is broken too)."""
     if not name:
         yield
         return
-    if name not in MUTATIONS:
-        raise ValueError(f"unknown mutation {name!r}: choose from {', '.join(MUTATIONS)}")
-    undo = MUTATIONS[name]()
+    names = name.split("+")
+    for one in names:
+        if one not in MUTATIONS:
+            raise ValueError(f"unknown mutation {one!r}: choose from {', '.join(MUTATIONS)}")
+    undos = [MUTATIONS[one]() for one in names]
     try:
         yield
     finally:
-        undo()
+        for undo in reversed(undos):
+            undo()

@@ -90,10 +90,5 @@ class SimStore:
         views = [v for v in (self._read_view_copy(node_id, c) for c in (0, 1)) if v is not None]
         return max(views, key=lambda v: (v.term, v.epoch, v.seq), default=None)
 
-    def read_all_views(self) -> list[ViewRecord]:
-        out = []
-        for node_id in range(1, self.nodes_max + 1):
-            v = self.read_view(node_id)
-            if v is not None:
-                out.append(v)
-        return out
+    def read_views(self, first: int, count: int) -> dict[int, ViewRecord | None]:
+        return {n: self.read_view(n) for n in range(first, min(first + count, self.nodes_max + 1))}

@@ -15,7 +15,14 @@ Faults (each can be switched off by name): crash, pause, cut (one node's disk
 fails with EIO or hangs), outage (every node's disk at once), torn (a crash
 tears an in-flight view write), lost (a crash loses in-flight writes), slowio,
 eio, drift, hang (a subsystem never acks), slowsub, leave (graceful leaves and
-rejoins).  After the fault phase everything heals and the liveness phase
+rejoins), corrupt (random bytes in a sector: a node's slot, an unused slot,
+one view copy, or both copies of the master's views), replay (an old, valid
+record of a node written back), badsector (a slot or view pair whose reads
+and writes fail until the heal), late (a slot write that timed out lands
+later, within the bound docs/protocol.md states), landed (a write reported
+failed that landed), daemoncrash (the daemon dies, its services keep running
+until the next daemon cleans up or the watchdog resets the host).  The disk
+has two slots more than nodes, never used, so damage there is exercised.  After the fault phase everything heals and the liveness phase
 requires every node to be Joined in one agreed view within a stated bound.
 
 The ``Checker`` (checker.py) is called on every landing write, delivery and
@@ -38,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 from ..core import timing as timing_mod
 from ..core.coordinator import batch_label
 from ..core.model import NodeState, Registration, SlotRecord
-from ..core.node import (Fenced, MasterChanged, NodeCore, Notify, OpResult, ReadAllViews, ReadSlots,
+from ..core.node import (Fenced, MasterChanged, NodeCore, Notify, OpResult, ReadSlots, ReadViews,
                          ReadView, Rejected, Role, StateChanged, Stopped, Unreadable, ViewAdopted,
                          WriteSlot, WriteView)
 from .checker import Checker, Violation
@@ -48,7 +55,13 @@ if TYPE_CHECKING:
     from .dlm_sim import DlmSim
 
 FAULTS = ("crash", "pause", "cut", "outage", "torn", "lost", "slowio", "eio", "drift", "hang",
-          "slowsub", "leave")
+          "slowsub", "leave", "corrupt", "replay", "badsector", "late", "landed", "daemoncrash")
+
+UNUSED_SLOTS = 2  # slots past the last node: never written, but damage there must not matter
+
+WATCHDOG_FIRE_FRACTION = 0.9
+"""The watchdog resets a host this fraction of ``fence_margin`` after the
+fence deadline it last saw (the daemon's check: timeout <= margin)."""
 
 FEATURES = ("dlm",)  # not faults: switched on by name (``clusterfw sim --dlm``), never by "all"
 
@@ -105,6 +118,8 @@ class SimNode:
     restart_pending: bool = False
     crash_on_write: bool = False
     want_down: bool = False  # left gracefully: restart later only if the leave fault plans it
+    orphan: int | None = None  # incarnation whose services outlived its daemon (daemoncrash)
+    orphan_token: int = 0
 
     def local(self, t: float) -> float:
         return self.offset_ms + self.rate * t
@@ -123,7 +138,11 @@ class World:
         self.timing = timing_mod.derive(cfg.profile) if cfg.profile.transition_timeout_ms else \
             timing_mod.derive(timing_mod.Profile(cfg.profile.heartbeat_interval_ms, cfg.profile.io_timeout_ms,
                                                  cfg.profile.fence_margin_ms, transition_timeout_ms=1))
-        self.store = SimStore(nodes_max=max(cfg.nodes, 1), sector_size=cfg.sector_size, seed=cfg.seed)
+        self.store = SimStore(nodes_max=max(cfg.nodes, 1) + UNUSED_SLOTS, sector_size=cfg.sector_size,
+                              seed=cfg.seed)
+        self.bad: list[tuple[int, int]] = []  # (offset, length) whose I/O fails until the heal
+        self.bad_forever: list[tuple[int, int]] = []  # unused view pairs: they stay bad after the heal
+        self.history: dict[int, list[tuple[float, int, bytes]]] = {}  # node -> landed slot writes (for replay)
         self.trace: deque[str] = deque(maxlen=cfg.trace_lines)
         self.full_trace: list[str] | None = None
         self.trace_sink = None  # called with every trace line's bytes (for run digests)
@@ -141,7 +160,8 @@ class World:
         self.events_processed = 0
         self.stats = {"crashes": 0, "pauses": 0, "cuts": 0, "outages": 0, "leaves": 0, "fences": 0,
                       "torn_writes": 0, "lost_writes": 0, "hangs": 0, "forced_out": 0, "masters": 0,
-                      "ios": 0}
+                      "ios": 0, "corruptions": 0, "replays": 0, "bad_sectors": 0, "late_writes": 0,
+                      "landed_failures": 0, "daemon_crashes": 0}
         self.dlm: DlmSim | None = None  # DLM hook: the DLM and its lock clients, only when asked for
         if cfg.dlm or "dlm" in cfg.faults:
             from .dlm_sim import DlmSim
@@ -251,6 +271,21 @@ class World:
             self._heal()
         elif kind == "fault":
             self._fault(payload)
+        elif kind == "lateland":
+            offset, data, rec, writer = payload
+            self.stats["late_writes"] += 1
+            self.log(f"n{writer} late write lands (it timed out)")
+            self.store.land(offset, data)
+            self.checker.on_land(self.nodes[writer], rec)
+        elif kind == "orphan-watchdog":
+            assert node is not None
+            if node.orphan is not None and payload == node.orphan_token:
+                self.log(f"n{node_id} WATCHDOG fires (its daemon died): host reset")
+                self.stats["watchdog_resets"] = self.stats.get("watchdog_resets", 0) + 1
+                self.checker.on_orphan_gone(node, node.orphan)
+                node.orphan = None
+                if node.up:
+                    self._crash(node)
         elif node is None or gen != node.gen or not node.up:
             return  # an event for a daemon that has gone
         elif kind == "watchdog":
@@ -308,6 +343,8 @@ class World:
             self.at(self.t + 200, "start", node.node_id)  # the daemon cannot read its slot yet
             return
         node.gen += 1
+        if node.orphan is not None:
+            self._startup_cleanup(node)
         node.up, node.crashed, node.fenced_done = True, False, False
         node.paused_until, node.deferred, node.ops, node.results = 0.0, [], [], []
         node.inflight_write, node.want_down, node.crash_on_write = None, False, False
@@ -333,6 +370,33 @@ class World:
         if self.dlm is not None:  # DLM hook
             self.dlm.on_start(node)
         self._kick(node)
+
+    def _startup_cleanup(self, node: SimNode) -> None:
+        """A daemon starting after its predecessor died stops what that one
+        managed -- before its first heartbeat and before it opens the
+        watchdog (which restarts the countdown)."""
+        assert node.orphan is not None
+        self.log(f"n{node.node_id} start-up: stops the services of incarnation {node.orphan:x}")
+        self.checker.on_orphan_gone(node, node.orphan)
+        node.orphan = None
+
+    def _daemon_crash(self, node: SimNode) -> None:
+        """The daemon alone dies (SIGKILL, OOM, segfault): its services run
+        on, the watchdog is no longer fed and resets the host when it fires."""
+        if not node.up or node.core is None or node.core.fenced is not None or node.core.stopped is not None:
+            return
+        self.stats["daemon_crashes"] += 1
+        self.log(f"n{node.node_id} DAEMON CRASH (services keep running)")
+        if node.inflight_write is not None:
+            offset, data, rec = node.inflight_write
+            self._land(node, offset, data, rec)
+        node.orphan = node.core.incarnation
+        node.orphan_token += 1
+        fire_local = node.watchdog_local_ms
+        self.checker.on_daemon_crash(node)
+        self._daemon_exit(node, restart=True)
+        node.orphan_token += 1
+        self.at(node.real(fire_local), "orphan-watchdog", node.node_id, 0, node.orphan_token)
 
     def _daemon_exit(self, node: SimNode, restart: bool) -> None:
         if self.dlm is not None:  # DLM hook
@@ -383,7 +447,7 @@ class World:
             # The daemon's fence timer runs even while an I/O hangs.
             node.fence_timer_local_ms = deadline
             self.at(node.real(deadline) + 0.001, "fence_timer", node.node_id, node.gen, deadline)
-        fire_local = deadline + 0.9 * self.cfg.profile.fence_margin_ms
+        fire_local = deadline + WATCHDOG_FIRE_FRACTION * self.cfg.profile.fence_margin_ms
         if fire_local != node.watchdog_local_ms:
             node.watchdog_local_ms = fire_local
             node.watchdog_token += 1
@@ -427,22 +491,38 @@ class World:
         if node.cut == "hang" or self.outage_until > self.t:
             self.at(self.t + io_timeout, "opdone", node.node_id, node.gen, (op, False, start_local, None, "timeout"))
             return
+        if self._on_bad_sector(op):
+            self.at(self.t + self.rng.uniform(0.05, 1.0), "opdone", node.node_id, node.gen,
+                    (op, False, start_local, None, "EIO (bad sector)"))
+            return
         if node.cut == "eio" or (self.eio_until > self.t and self.rng.random() < 0.05):
+            if ("landed" in self.cfg.faults and not self.healed and isinstance(op, (WriteSlot, WriteView))
+                    and node.core is not None and node.core.can_write(start_local) and self.rng.random() < 0.3):
+                # The error came back, yet the write reached the disk.
+                offset, data = self._encode(op)
+                self.stats["landed_failures"] += 1
+                self.log(f"n{node.node_id} write reported failed has landed")
+                self._land(node, offset, data, op.record)
             self.at(self.t + self.rng.uniform(0.05, 1.0), "opdone", node.node_id, node.gen,
                     (op, False, start_local, None, "EIO"))
             return
         lat = self._latency()
         if lat > io_timeout:
+            if ("late" in self.cfg.faults and not self.healed and isinstance(op, WriteSlot)
+                    and node.core is not None and node.core.can_write(start_local) and self.rng.random() < 0.5):
+                # Beyond the stated assumption, within the bound the timing
+                # rule leaves: io_timeout + fence_margin past the timeout.
+                offset, data = self._encode(op)
+                slack = io_timeout + self.cfg.profile.fence_margin_ms
+                late = self.t + io_timeout + self.rng.uniform(0, 0.9 * slack)
+                self.at(late, "lateland", 0, 0, (offset, data, op.record, node.node_id))
             # Our stated assumption: an I/O that times out never lands later.
             self.at(self.t + io_timeout, "opdone", node.node_id, node.gen, (op, False, start_local, None, "timeout"))
             return
         if isinstance(op, (WriteSlot, WriteView)):
             if node.core is None or not node.core.can_write(start_local):
                 raise Violation("no-write-after-fence", f"n{node.node_id} issues a write past its fence deadline")
-            if isinstance(op, WriteSlot):
-                offset, data = self.store.slot_write(op.record)
-            else:
-                offset, data = self.store.view_write(op.record, op.copy)
+            offset, data = self._encode(op)
             node.inflight_write = (offset, data, op.record)
             if node.crash_on_write and (isinstance(op, WriteView) or node.core is None
                                         or node.core.role is not Role.MASTER):
@@ -450,8 +530,39 @@ class World:
                 self.at(self.t + lat * self.rng.random(), "fault", 0, 0, ("crash-now", node.node_id))
         self.at(self.t + lat, "opdone", node.node_id, node.gen, (op, True, start_local, None, ""))
 
+    def _encode(self, op: WriteSlot | WriteView) -> tuple[int, bytes]:
+        if isinstance(op, WriteSlot):
+            return self.store.slot_write(op.record)
+        return self.store.view_write(op.record, op.copy)
+
+    def _extent(self, op: Any) -> tuple[int, int]:
+        lay = self.store.layout
+        if isinstance(op, WriteSlot):
+            return lay.slot_offset(op.record.node_id), lay.slot_size_bytes
+        if isinstance(op, WriteView):
+            return lay.view_offset(op.record.node_id, op.copy), lay.view_copy_bytes
+        if isinstance(op, ReadSlots):
+            return lay.slots_offset, lay.slots_read_bytes
+        if isinstance(op, ReadView):
+            return lay.view_pair_offset(op.node_id), 2 * lay.view_copy_bytes
+        if isinstance(op, ReadViews):
+            last = min(op.first + op.count - 1, self.store.nodes_max)
+            return lay.view_pair_offset(op.first), (last - op.first + 1) * 2 * lay.view_copy_bytes
+        raise AssertionError(op)
+
+    def _on_bad_sector(self, op: Any) -> bool:
+        if not self.bad:
+            return False
+        offset, length = self._extent(op)
+        return any(offset < b_off + b_len and b_off < offset + length for b_off, b_len in self.bad)
+
     def _land(self, node: SimNode, offset: int, data: bytes, rec: Any) -> None:
         self.store.land(offset, data)
+        if isinstance(rec, SlotRecord) and "replay" in self.cfg.faults:
+            h = self.history.setdefault(rec.node_id, [])
+            if not h or self.t - h[-1][0] > 200:
+                h.append((self.t, offset, data))
+                del h[:-6]
         self.checker.on_land(node, rec)
 
     def _io_effect(self, node: SimNode, payload: Any) -> Any:
@@ -466,8 +577,8 @@ class World:
                 value = self.store.read_slots()
             elif isinstance(op, ReadView):
                 value = self.store.read_view(op.node_id)
-            elif isinstance(op, ReadAllViews):
-                value = self.store.read_all_views()
+            elif isinstance(op, ReadViews):
+                value = self.store.read_views(op.first, op.count)
         return (op, ok, start_local, value, error)
 
     def _op_done(self, node: SimNode, payload: Any) -> None:
@@ -519,6 +630,7 @@ class World:
             elif isinstance(ev, ViewAdopted):
                 for line in ev.log:
                     self.log(f"n{node.node_id} [master] {line}")
+                self.checker.on_adopt(node)
                 if self.dlm is not None:  # DLM hook: the view decides whose lock entries count
                     self.dlm.on_view(node)
             elif isinstance(ev, Rejected):
@@ -555,7 +667,8 @@ class World:
 
     # --------------------------------------------------------------- faults
     def _plan_faults(self) -> None:
-        kinds = [k for k in ("crash", "pause", "cut", "outage", "slowio", "eio", "leave") if k in self.cfg.faults]
+        kinds = [k for k in ("crash", "pause", "cut", "outage", "slowio", "eio", "leave", "corrupt", "replay",
+                             "badsector", "daemoncrash") if k in self.cfg.faults]
         if not kinds:
             return
         t = 1000.0
@@ -609,6 +722,14 @@ class World:
         elif kind == "eio":
             self.eio_until = max(self.eio_until, self.t + self.rng.uniform(200, 2000))
             self.log("random EIO window")
+        elif kind == "corrupt":
+            self._corrupt(node_id)
+        elif kind == "replay":
+            self._replay(node_id)
+        elif kind == "badsector" and len(self.bad) < 3:
+            self._bad_sector(node_id)
+        elif kind == "daemoncrash":
+            self._daemon_crash(node)
         elif kind == "leave" and node.up and node.core is not None and node.core.fenced is None:
             self.stats["leaves"] += 1
             self.log(f"n{node_id} graceful LEAVE requested")
@@ -617,8 +738,77 @@ class World:
             self._handle_events(node)
             self._kick(node)
 
+    def _master(self) -> SimNode | None:
+        for n in self.nodes.values():
+            if n.up and n.core is not None and n.core.role is Role.MASTER:
+                return n
+        return None
+
+    def _junk(self, length: int) -> bytes:
+        return bytes(self.rng.getrandbits(8) for _ in range(length))
+
+    def _corrupt(self, node_id: int) -> None:
+        """Random bytes over one sector (or over both view copies of the master)."""
+        lay = self.store.layout
+        self.stats["corruptions"] += 1
+        what = self.rng.choice(("slot", "unused-slot", "view", "master-views"))
+        sector = self.store.sector_size
+        if what == "master-views":
+            master = self._master()
+            if master is not None:
+                node_id = master.node_id
+            for copy in (0, 1):
+                self.store.land(lay.view_offset(node_id, copy), self._junk(sector))
+            self.log(f"CORRUPT: both view copies of n{node_id}")
+            return
+        if what == "unused-slot":
+            node_id = self.cfg.nodes + self.rng.randint(1, UNUSED_SLOTS)
+        if what == "view":
+            copy = self.rng.randint(0, 1)
+            self.store.land(lay.view_offset(node_id, copy), self._junk(sector))
+            self.log(f"CORRUPT: view copy {copy} of n{node_id}")
+            return
+        self.store.land(lay.slot_offset(node_id), self._junk(lay.slot_size_bytes))
+        self.log(f"CORRUPT: slot of n{node_id}")
+
+    def _replay(self, node_id: int) -> None:
+        """An old, valid record of the node written back (a stale cache, a
+        restored snapshot)."""
+        old = [h for h in self.history.get(node_id, []) if self.t - h[0] > 300]
+        if not old:
+            return
+        t0, offset, data = self.rng.choice(old)
+        self.stats["replays"] += 1
+        self.log(f"REPLAY: n{node_id}'s slot as it was at {t0:.1f}")
+        self.store.land(offset, data)
+
+    def _bad_sector(self, node_id: int) -> None:
+        """A region whose reads and writes fail until the heal: a slot (used
+        or not) or a view pair (perhaps the master's)."""
+        lay = self.store.layout
+        what = self.rng.choice(("slot", "unused-slot", "view-pair", "unused-view-pair", "master-view-pair"))
+        if what.startswith("unused"):
+            node_id = self.cfg.nodes + self.rng.randint(1, UNUSED_SLOTS)
+        elif what == "master-view-pair":
+            master = self._master()
+            node_id = master.node_id if master is not None else node_id
+        if what.endswith("slot"):
+            extent = (lay.slot_offset(node_id), lay.slot_size_bytes)
+        else:
+            extent = (lay.view_pair_offset(node_id), 2 * lay.view_copy_bytes)
+        self.bad.append(extent)
+        self.stats["bad_sectors"] += 1
+        forever = what == "unused-view-pair"
+        if forever:
+            # Nobody ever writes there, so nothing remaps it: it stays bad,
+            # and the cluster must converge (and take over) around it.
+            self.bad_forever.append(extent)
+        self.log(f"BAD SECTOR: {what.replace('-', ' ')} of n{node_id} fails every I/O "
+                 + ("for good" if forever else "until the heal"))
+
     def _heal(self) -> None:
         self.healed = True
+        self.bad = list(self.bad_forever)
         self.log("HEAL: faults stop; liveness phase")
         if self.dlm is not None:  # DLM hook
             self.dlm.on_heal()
