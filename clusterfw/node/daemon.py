@@ -4,8 +4,15 @@ How this works
 --------------
 Start-up (``Daemon.run``), each step refusing with a clear message:
 
-1. take ``<runtime dir>/NODE.lock`` (one daemon per node per host);
+1. take ``<runtime dir>/NODE.lock`` (one daemon per node per host); then,
+   if ``<runtime dir>/NODE.running`` says the previous daemon did not exit
+   cleanly (SIGKILL, OOM kill, crash, fence), run the fence hooks, kill the
+   managed units and wait until they are dead -- refuse (exit 1) if they do
+   not die (``_startup_cleanup``; units listed are killed even after a clean
+   exit, without the hooks);
 2. open the disk, read the superblock and the node table, find NODE;
+   refuse (78) if the block layer may keep an I/O in flight longer than
+   io_timeout (node/blockcheck.py);
 3. read NODE's own slot (NodeCore's ``previous_slot``: sequence and Disk
    Paxos block continue from it) -- refuse if it cannot be read;
 4. read it again three of its heartbeat intervals later: if it changed,
@@ -14,18 +21,24 @@ Start-up (``Daemon.run``), each step refusing with a clear message:
    (``core.timing.derive`` with the chosen profile), pick a new random
    63-bit incarnation;
 6. open the local API socket and tell systemd READY=1;
-7. wait until every ``--wait-for-subsystem`` name registered, then create
-   NodeCore with every registration (the join request goes out with the
-   first heartbeat).
+7. wait until every ``--wait-for-subsystem`` name registered, then write
+   the ``NODE.running`` marker (removed only after a graceful leave), open
+   the watchdog and create NodeCore with every registration (the join
+   request goes out with the first heartbeat).
 
 Threads, and the one lock (``_lock``) that guards NodeCore:
 
 * **io** runs the cycle: ``poll`` -> perform the ops one after another on
   the disk, each with the BlockDevice timeout -> ``complete``; feeds the
-  watchdogs after a cycle that left the node able to write.  The lock is
+  hardware watchdog only after a cycle whose heartbeat write succeeded
+  (NodeCore's ``last_ok_ms`` advanced) and that left the node able to
+  write (``fencing.should_feed``).  The lock is
   held only around NodeCore calls, never across I/O, logging or sockets.
 * **fence-timer** calls ``tick`` at ``fence_deadline_ms()`` even while an
   I/O hangs, so the node fences on time whatever the disk does.
+* **suspend-watch** fences at once when the host was suspended (CLOCK_BOOTTIME
+  ran ahead of CLOCK_MONOTONIC, node/sleep.py); the io and fence-timer
+  threads look too, every turn.
 * **api** serves the socket (node/api.py); **subsystem** threads run the
   in-process subsystems; the **main** thread waits for signals (SIGTERM,
   SIGINT: graceful leave) and for the end.
@@ -65,7 +78,7 @@ from clusterfw.core.node import (
     MasterChanged,
     NodeCore,
     Notify,
-    ReadAllViews,
+    ReadViews,
     ReadSlots,
     ReadView,
     Rejected,
@@ -82,13 +95,15 @@ from clusterfw.ondisk.errors import BlockError, BlockSizeMismatch, DeviceError, 
 from clusterfw.subsystems.base import Entry, Notification
 from clusterfw.subsystems.placeholders import default_subsystems
 
-from . import api, diskio, protocol
+from . import api, blockcheck, diskio, protocol
 from .dlm_service import AREA_READ_BYTES_MAX, DlmService, describe_area
-from .fencing import EXIT_FENCED, FENCE_ACTIONS, Fencer, Watchdog
+from . import fencing
+from .fencing import EXIT_FENCED, FENCE_ACTIONS, Fencer, Watchdog, read_managed_units, should_feed
 from .hub import Hub, RegistrationError
 from .integrity import IntegrityTracker
 from .journal import Journal
 from .notify import Notifier
+from .sleep import SUSPEND_THRESHOLD_MS, SuspendDetector, clock_pair
 from .status import add_integrity, render, timing_json
 
 EXIT_OK = 0
@@ -103,6 +118,8 @@ WAIT_MAX_S = 1.0  # no thread sleeps longer than this without looking around
 WATCHDOG_NOTIFY_MIN_S = 1.0
 NAMES_REFRESH_MIN_S = 5.0
 LEAVE_FLUSH_S = 1.0
+RUNNING_MARKER_SUFFIX = ".running"  # RUNTIME_DIR/NODE.running: this node's daemon runs (or did not exit cleanly)
+SUSPEND_POLL_S = 0.02  # the suspend-watch thread looks this often (a resumed host fences within it)
 
 
 class StartupError(Exception):
@@ -153,7 +170,7 @@ def choose_profile(name: str, io_timeout_ms: int) -> timing_mod.Profile:
 
 
 _OP_NAMES = {WriteSlot: "writing its heartbeat slot", ReadSlots: "reading all slots",
-             ReadView: "reading the master's view", ReadAllViews: "reading all views",
+             ReadView: "reading the master's view", ReadViews: "reading views (taking over)",
              WriteView: "writing the view"}
 
 
@@ -202,6 +219,9 @@ class Daemon:
         self.watchdog: Watchdog | None = None
         self.fencer: Fencer | None = None
         self.dlm: DlmService | None = None
+        self.suspend: SuspendDetector | None = None
+        self.suspend_clock = clock_pair  # (CLOCK_BOOTTIME, CLOCK_MONOTONIC) in ms; tests inject a fake
+        self.profile = PROFILES["lab"]
         self.integrity = IntegrityTracker(log=self.log.log, names=lambda: self.names, clock=diskio.clock_ms)
 
     # ------------------------------------------------------------------ logging
@@ -228,6 +248,76 @@ class Daemon:
             lock.lockfile.flush()
         except (OSError, AttributeError):
             pass
+
+    def _marker_path(self) -> str:
+        return os.path.join(self.opts.runtime_dir, f"{self.opts.node}{RUNNING_MARKER_SUFFIX}")
+
+    def _write_marker(self) -> None:
+        """Written right before the first heartbeat, removed only after a
+        graceful leave: found at start, it says the previous daemon did not
+        exit cleanly (SIGKILL, OOM kill, crash, fence)."""
+        path = self._marker_path()
+        tmp = f"{path}.tmp"
+        with open(tmp, "w", encoding="ascii") as f:
+            f.write(f"pid {os.getpid()} incarnation {self.incarnation:x} started "
+                    f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def _startup_cleanup(self) -> None:
+        """Before anything touches the disk or the watchdog: stop whatever a
+        previous daemon of this node left running.  A daemon that was
+        SIGKILLed, OOM-killed or crashed never ran its fence, while the
+        other nodes declare its incarnation dead and recover its services
+        elsewhere.  Needs the host lock (a second daemon must not kill the
+        first one's units)."""
+        assert self.fencer is not None
+        marker = self._marker_path()
+        try:
+            with open(marker, encoding="ascii", errors="replace") as f:
+                previous: str | None = f.read(200).strip() or "unknown"
+        except FileNotFoundError:
+            previous = None
+        units = read_managed_units(self.opts.runtime_dir)
+        if previous is None and not units:
+            self.log.debug("start-up clean-up: the previous daemon exited cleanly and no managed unit is listed")
+            return
+        if self.opts.fence_action == "none":
+            self.log.warning("start-up clean-up skipped (--fence-action none): "
+                             + (f"the previous daemon ({previous}) did not exit cleanly; " if previous else "")
+                             + f"managed units listed: {', '.join(units) or 'none'}")
+            return
+        reason = None
+        if previous is not None:
+            reason = (f"start-up cleanup after an unclean exit of the previous daemon of node {self.opts.node} "
+                      f"({previous})")
+            self.log.warning(f"the previous daemon of node {self.opts.node} ({previous}) did not exit cleanly "
+                             f"(killed, crashed or fenced): running the fence hooks and killing its "
+                             f"{len(units)} managed units before anything else", NODE=self.opts.node)
+        else:
+            self.log.notice(f"{len(units)} managed units are listed in {self.opts.runtime_dir}: making sure "
+                            f"none of them runs before the join")
+        wait_s = fencing.STARTUP_KILL_WAIT_S
+        left = self.fencer.startup_cleanup(reason, wait_s)
+        if left:
+            raise StartupError(
+                f"refusing to join: {len(left)} managed units of the previous daemon still run "
+                f"{wait_s:g} s after SIGKILL ("
+                + "; ".join(f"{u}: {why}" for u, why in list(left.items())[:10])
+                + "); the cluster may be recovering their services on other nodes. Stop them "
+                  "(systemctl kill --signal=SIGKILL UNIT; check 'systemctl status UNIT'), then start the daemon "
+                  "again", EXIT_FAILED)
+        self.log.notice("start-up clean-up done: nothing the previous daemon managed runs any more"
+                        if units or previous else "start-up clean-up done")
+
+    def _check_block_layer(self, io_timeout_ms: int) -> None:
+        """Refuse (exit 78) when the block layer may keep an I/O in flight
+        longer than io_timeout (see node/blockcheck.py)."""
+        for finding in blockcheck.check_device(self.opts.disk, io_timeout_ms, sysfs=blockcheck.SYSFS):
+            if finding.refuse:
+                raise StartupError(f"{self.opts.disk}: {finding.message}", EXIT_CONFIG)
+            self.log.log(finding.level, f"block layer: {finding.message}")
 
     def _open_disk(self) -> None:
         path = self.opts.disk
@@ -265,6 +355,7 @@ class Daemon:
                 EXIT_CONFIG)
         self.node_id = found[0]
         sb = disk.superblock
+        self._check_block_layer(sb.io_timeout_ms)
         profile = replace(choose_profile(self.opts.profile, sb.io_timeout_ms),
                           heartbeat_interval_ms=sb.heartbeat_interval_ms, io_timeout_ms=sb.io_timeout_ms)
         self.profile = profile
@@ -305,15 +396,25 @@ class Daemon:
 
     def run(self) -> int:
         """Run until left, fenced or refused; returns the exit code."""
+        code = self.startup()
+        if code is not None:
+            return code
+        return self._main_loop()
+
+    def startup(self) -> int | None:
+        """Every start-up step up to READY=1: None when the daemon may go on
+        (to the main loop), else the exit code."""
         try:
             self._take_host_lock()
+            self.fencer = Fencer(node=self.opts.node, action=self.opts.fence_action, hooks=self.opts.fence_hooks,
+                                 runtime_dir=self.opts.runtime_dir, log=self._log)
+            self._startup_cleanup()
             self._open_disk()
+            self.fencer.margin_ms = self.profile.fence_margin_ms
             self.previous_slot = self._read_own_slot()
             self._check_other_host()
             if self.opts.watchdog is not None and not os.access(self.opts.watchdog, os.W_OK):
                 raise StartupError(f"--watchdog {self.opts.watchdog}: no such device, or not writable")
-            self.fencer = Fencer(node=self.opts.node, action=self.opts.fence_action, hooks=self.opts.fence_hooks,
-                                 runtime_dir=self.opts.runtime_dir, log=self._log)
             prev = self.previous_slot.incarnation if self.previous_slot else 0
             while self.incarnation in (0, prev):
                 self.incarnation = secrets.randbits(63)
@@ -345,7 +446,7 @@ class Daemon:
         self.notifier.ready(f"waiting for subsystems: {', '.join(waiting)}" if waiting else "joining")
         if waiting:
             self.log.notice(f"waiting for subsystems to register before the join: {', '.join(waiting)}")
-        return self._main_loop()
+        return None
 
     def _make_dlm(self) -> DlmService:
         assert self.disk is not None
@@ -429,11 +530,17 @@ class Daemon:
         # Opening a watchdog device arms it: only now, right before the
         # first heartbeat, never while waiting for subsystems.
         try:
+            self._write_marker()
+        except OSError as exc:
+            self._finish(EXIT_FAILED, f"cannot write {self._marker_path()}: {exc}")
+            return
+        try:
             self.watchdog = Watchdog(self.opts.watchdog, self._log)
         except OSError as exc:
             self._finish(EXIT_FAILED, f"cannot open the watchdog {self.opts.watchdog}: {exc}")
             return
         registrations = self.hub.freeze()
+        self.suspend = SuspendDetector(SUSPEND_THRESHOLD_MS, self.suspend_clock)
         now = diskio.clock_ms()
         rng = random.Random(secrets.randbits(64))
         core = NodeCore(node_id=self.node_id, incarnation=self.incarnation, timing=self.timing,
@@ -447,7 +554,8 @@ class Daemon:
         self.log.notice("joining with " + ", ".join(f"{r.name}@{r.level}" for r in registrations),
                         NODE=self.opts.node, TRANSITION="join-requested")
         self.notifier.status(f"joining; cluster {self.cluster}")
-        for target, name in ((self._io_loop, "io"), (self._fence_timer_loop, "fence-timer")):
+        for target, name in ((self._io_loop, "io"), (self._fence_timer_loop, "fence-timer"),
+                             (self._suspend_loop, "suspend-watch")):
             thread = threading.Thread(target=self._guarded(target), name=name, daemon=True)
             self._threads.append(thread)
             thread.start()
@@ -487,6 +595,13 @@ class Daemon:
         self.hub.stop()
         if self.watchdog is not None:
             self.watchdog.close_gracefully()  # no magic close once fenced
+        if code == EXIT_OK and self._fence_reason is None:
+            try:
+                os.unlink(self._marker_path())  # a clean stop: nothing to clean up at the next start
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                self.log.warning(f"cannot remove {self._marker_path()}: {exc}")
         if self.dev is not None and code == EXIT_OK:
             self.dev.close()
         return code
@@ -509,6 +624,8 @@ class Daemon:
         assert core is not None and disk is not None
         while not self._done.is_set() and self._fence_reason is None:
             self._kick.clear()
+            if self._check_suspend():
+                return
             now = diskio.clock_ms()
             self._io_phase = ("polling the core", now)
             with self._lock:
@@ -543,14 +660,20 @@ class Daemon:
             now = diskio.clock_ms()
             self._io_phase = ("completing the cycle", now)
             with self._lock:
+                last_ok_before = core.last_ok_ms
                 core.complete(now, results)
+                last_ok_after = core.last_ok_ms
                 events = core.take_events()
                 healthy = core.can_write(now)
                 self._write_deadline_ms = core.fence_deadline_ms()
                 slots = core.slots
             self._dispatch(events)
-            if healthy and self._fence_reason is None:
+            if self._check_suspend():
+                return
+            if should_feed(healthy, self._fence_reason is not None, last_ok_before, last_ok_after):
                 self._feed_watchdogs()
+            elif healthy and self._fence_reason is None:
+                self._notify_watchdog()  # systemd's watchdog: the process is alive and not fenced
             if any(node_id not in self.names for node_id in slots):
                 self._refresh_names()
 
@@ -652,6 +775,8 @@ class Daemon:
         core = self.core
         assert core is not None
         while not self._done.is_set() and self._fence_reason is None:
+            if self._check_suspend():
+                return
             with self._lock:
                 if core.fenced is not None or core.stopped is not None:
                     return
@@ -664,6 +789,29 @@ class Daemon:
                 self._dispatch(events)
                 continue
             self._done.wait(min((deadline - now) / 1000.0 + 0.001, WAIT_MAX_S / 2))
+
+    def _check_suspend(self) -> bool:
+        """Fence at once (and return True) if the host was suspended since
+        the last look: its services resumed with it, and the others may
+        have declared this node dead meanwhile (node/sleep.py)."""
+        detector = self.suspend
+        if detector is None or self._fence_reason is not None:
+            return self._fence_reason is not None
+        gap = detector.check()
+        if gap is None:
+            return False
+        self._fence(f"the host was suspended for {gap:.0f} ms (CLOCK_BOOTTIME ran {gap:.0f} ms ahead of "
+                    f"CLOCK_MONOTONIC): its services were frozen and resumed with it, and the other nodes may "
+                    f"have declared this node dead meanwhile")
+        return True
+
+    def _suspend_loop(self) -> None:
+        """Looks for a suspend every SUSPEND_POLL_S, so that a resumed host
+        fences within that, whatever the other threads wait for."""
+        while not self._done.is_set() and self._fence_reason is None:
+            if self._check_suspend():
+                return
+            self._done.wait(SUSPEND_POLL_S)
 
     def _io_diagnosis(self, now: float, deadline: float) -> str:
         """Why the deadline passed, in words an admin can act on: what the io
