@@ -615,10 +615,12 @@ class NodeCore:
         self.coordinator = Coordinator(base, self.timing, now_ms, min_batch_id=min_batch)
         self.role = Role.MASTER
         self._undelivered = None
-        self.view_log.append(f"n{self.node_id} master of term {self.decision.term}, "
-                             f"resuming from epoch {best.epoch} of term {best.term}"
-                             + (f" (unreadable view areas: {', '.join(f'n{n}' for n in lost)}; "
-                                f"no live node saw a newer epoch)" if lost else ""))
+        resumed = (f"n{self.node_id} master of term {self.decision.term}, "
+                   f"resuming from epoch {best.epoch} of term {best.term}"
+                   + (f" (unreadable view areas: {', '.join(f'n{n}' for n in lost)}; "
+                      f"no live node saw a newer epoch)" if lost else ""))
+        self.view_log.append(resumed)
+        self._pending_log += (resumed,)  # logged with the first view it writes
         self._master_step(now_ms, force_write=True)
         self._schedule(now_ms)
 
