@@ -25,7 +25,11 @@ phase-2 read, which then saw it and aborted -- contradiction.  A block that
 cannot be decoded (other than never-written) makes a phase abort while its
 owner is alive: we never guess what an unreadable block holds.  A dead
 owner's unreadable block is passed over, and the proposal skips one term per
-such block (see ``on_cycle``).
+such block (see ``on_cycle``).  Proposers that skipped differently propose
+different terms, so a proposal also aborts on a live node's block proposing
+a term between its base (the highest decision it knew at the start) and its
+own, and on any decision above its base: otherwise a higher-term proposal
+and a lower one would not see each other as conflicts and both could decide.
 
 A new term is started only when the master of the highest decided term is
 judged dead on the proposer's clock, restarted (another incarnation), or
@@ -96,6 +100,7 @@ class Election:
         self.written_lease: Lease | None = None  # the lease in the write that completed this cycle
         self.aborts = 0
         self.decided: Decision | None = None
+        self.base = 0  # the highest decided term known when the current proposal started
 
     # -- the cycle ---------------------------------------------------------
     def lease_to_write(self) -> Lease:
@@ -104,7 +109,7 @@ class Election:
     def on_cycle(self, *, now_ms: float, wrote: Lease | None, leases: Mapping[int, Lease],
                  unreadable: frozenset[int], want_master: bool, rank: int,
                  lower_proposing: bool, fast_poll_ms: int, rng: Callable[[], float],
-                 ignored: int = 0) -> None:
+                 ignored: int = 0, dead: frozenset[int] = frozenset()) -> None:
         """Advance after this cycle's write (``wrote``: the lease it carried,
         None if the write failed) and read (``leases``: every decodable block
         including ours, ``unreadable``: ids of live nodes whose block failed
@@ -126,7 +131,7 @@ class Election:
             self.lease = replace(self.lease, committed_term=known.term, master=known.master,
                                  master_incarnation=known.master_incarnation)
         if self.phase is not Phase.IDLE:
-            self._advance(wrote, leases, unreadable, now_ms, fast_poll_ms, rng)
+            self._advance(wrote, leases, unreadable, now_ms, fast_poll_ms, rng, dead)
             return
         if not want_master or now_ms < self.not_before_ms or lower_proposing:
             return
@@ -134,7 +139,8 @@ class Election:
 
     def _start(self, leases: Mapping[int, Lease], now_ms: float, rank: int, fast_poll_ms: int,
                rng: Callable[[], float], ignored: int = 0) -> None:
-        term = self.lease.committed_term + 1 + ignored
+        self.base = self.lease.committed_term
+        term = self.base + 1 + ignored
         top = max((l.mbal for l in leases.values() if l.term == term), default=0)
         ballot = (top // BALLOT_STRIDE + 1) * BALLOT_STRIDE + self.node_id
         # A node that resigned (a halted takeover) and proposes again no
@@ -147,27 +153,36 @@ class Election:
         self.phase = Phase.PHASE1
         del rank, rng, now_ms, fast_poll_ms
 
-    def _conflict(self, leases: Mapping[int, Lease], unreadable: frozenset[int]) -> bool:
+    def _conflict(self, leases: Mapping[int, Lease], unreadable: frozenset[int],
+                  dead: frozenset[int] = frozenset()) -> bool:
+        """Abort on a higher term, a decision above our base, a live node
+        proposing a term between our base and ours (a proposal that skipped
+        terms must never run beside one for a lower term: neither would see
+        the other as a conflict otherwise), or a higher ballot for ours."""
         if unreadable:
             return True
         me = self.lease
         for node_id, other in leases.items():
             if node_id == self.node_id:
                 continue
-            if other.term > me.term or other.committed_term >= me.term:
+            if other.term > me.term or other.committed_term >= me.term or other.committed_term > self.base:
+                return True
+            if (node_id not in dead and self.base < other.term < me.term and other.mbal > 0
+                    and other.committed_term < other.term):
                 return True
             if other.term == me.term and other.mbal > me.mbal:
                 return True
         return False
 
     def _advance(self, wrote: Lease | None, leases: Mapping[int, Lease], unreadable: frozenset[int],
-                 now_ms: float, fast_poll_ms: int, rng: Callable[[], float]) -> None:
-        if self.lease.committed_term >= self.lease.term:
+                 now_ms: float, fast_poll_ms: int, rng: Callable[[], float],
+                 dead: frozenset[int] = frozenset()) -> None:
+        if self.lease.committed_term >= self.lease.term or self.lease.committed_term > self.base:
             self.phase = Phase.IDLE  # decided meanwhile (perhaps by us, perhaps not)
             return
         if wrote != self.lease:
             return  # this phase's write did not complete: write it again next cycle
-        if self._conflict(leases, unreadable):
+        if self._conflict(leases, unreadable, dead):
             self.phase = Phase.IDLE
             self.aborts += 1
             self.not_before_ms = now_ms + fast_poll_ms * (1 + 3 * rng())

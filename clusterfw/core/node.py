@@ -218,6 +218,7 @@ class NodeCore:
         self.verify_view: WriteView | None = None  # a view write reported failed: read it back first
         self._undelivered: ViewRecord | None = None  # adopted; delivered once our slot shows its epoch
         self._view_failing_since: float | None = None  # the master's view writes fail since then
+        self.resumed_from: tuple[int, int] | None = None  # (term, epoch) of the view a takeover resumed from
 
     # ----------------------------------------------------------- public API
     def fence_deadline_ms(self) -> float:
@@ -512,6 +513,7 @@ class NodeCore:
         rank = sum(1 for n in self.slots if n < self.node_id and self.liveness.alive(n))
         self.election.on_cycle(now_ms=now_ms, wrote=wrote, leases=leases, unreadable=unreadable,
                                ignored=len(dead_unreadable),
+                               dead=frozenset(n for n in leases if self.liveness.is_dead(n)),
                                want_master=want, rank=rank, lower_proposing=lower_proposing,
                                fast_poll_ms=self.timing.fast_poll_ms, rng=self.rng)
         all_leases[self.node_id] = self.election.lease
@@ -611,6 +613,7 @@ class NodeCore:
         if best is None:
             best = ViewRecord(node_id=self.node_id, incarnation=self.incarnation, seq=0,
                               term=self.decision.term, epoch=0)
+        self.resumed_from = (best.term, best.epoch)
         base = replace(best, term=self.decision.term, epoch=best.epoch + 1)
         self.coordinator = Coordinator(base, self.timing, now_ms, min_batch_id=min_batch)
         self.role = Role.MASTER

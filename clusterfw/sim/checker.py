@@ -55,6 +55,7 @@ class _Step:
     level: int
     barrier: int
     batch_id: int
+    epoch: int = 0  # of the view in which this step first landed
 
 
 class Checker:
@@ -108,6 +109,13 @@ class Checker:
         if core is not None and core.view is not None:
             key = (node.node_id, core.incarnation)
             self.adopted[key] = max(self.adopted.get(key, 0), core.view.epoch)
+
+    def on_resume(self, node: "SimNode", epoch: int) -> None:
+        """A new master resumed from a view of ``epoch``.  Anything that
+        landed above it was abandoned; view-rollback proves no running node
+        acted on it (every node that did is down), so the steps of that
+        history no longer bind the order of what is issued now."""
+        self.last_step = {k: st for k, st in self.last_step.items() if st.epoch <= epoch}
 
     def on_ack(self, node: "SimNode", level: int, batch_id: int) -> None:
         key = (node.node_id, self._inc(node), level)
@@ -183,7 +191,7 @@ class Checker:
                 if self.acked.get((p, pm.incarnation, pb.level), 0) < pb.batch_id:
                     self.fail("ack-before-next-step",
                               f"{where} issued before n{p} acked batch {pb.batch_id} at level {pb.level}")
-        self.last_step[key] = _Step(level, e.barrier, batch.batch_id)
+        self.last_step[key] = _Step(level, e.barrier, batch.batch_id, view.epoch)
 
     def _check_fenced(self, node_id: int, incarnation: int, where: str) -> None:
         status = self.status.get((node_id, incarnation), "down")

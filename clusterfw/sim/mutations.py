@@ -158,6 +158,38 @@ def _takeover_reads_all_at_once() -> Callable[[], None]:
     return lambda: (undo_poll(), undo_notes())  # type: ignore[func-returns-value]
 
 
+def _skip_terms_blind() -> Callable[[], None]:
+    """A proposal that skipped terms (past dead nodes' unreadable blocks)
+    ignores live proposals for the terms it skipped and decisions above its
+    base."""
+    from ..core import election
+
+    def conflict(self, leases, unreadable, dead=frozenset()):  # type: ignore[no-untyped-def]
+        if unreadable:
+            return True
+        me = self.lease
+        for node_id, other in leases.items():
+            if node_id == self.node_id:
+                continue
+            if other.term > me.term or other.committed_term >= me.term:
+                return True
+            if other.term == me.term and other.mbal > me.mbal:
+                return True
+        return False
+    original_advance = election.Election._advance
+
+    def advance(self, wrote, leases, unreadable, now_ms, fast_poll_ms, rng, dead=frozenset()):  # type: ignore[no-untyped-def]
+        base, self.base = self.base, self.lease.committed_term
+        try:
+            return original_advance(self, wrote, leases, unreadable, now_ms, fast_poll_ms, rng, dead)
+        finally:
+            if self.phase is not election.Phase.IDLE:
+                self.base = base
+    undo_c = _patch(election.Election, "_conflict", conflict)
+    undo_a = _patch(election.Election, "_advance", advance)
+    return lambda: (undo_a(), undo_c())  # type: ignore[func-returns-value]
+
+
 def _no_takeover_heartbeat() -> Callable[[], None]:
     """A node taking over reads views without writing its slot."""
     from ..core import node
@@ -215,6 +247,7 @@ MUTATIONS: dict[str, Callable[[], Callable[[], None]]] = {
     "blind-view-retry": _blind_view_retry,
     "election-blocks-on-unreadable": _election_blocks_on_unreadable,
     "no-takeover-heartbeat": _no_takeover_heartbeat,
+    "skip-terms-blind": _skip_terms_blind,
     "takeover-reads-all-at-once": _takeover_reads_all_at_once,
     "ack-at-least": _ack_at_least,
 }

@@ -642,6 +642,8 @@ class World:
                 self._daemon_exit(node, restart=not node.want_down or self.healed)
         if core.role is Role.MASTER and not getattr(node, "_was_master", False):
             self.stats["masters"] += 1
+            if core.resumed_from is not None:
+                self.checker.on_resume(node, core.resumed_from[1])
         node._was_master = core.role is Role.MASTER  # type: ignore[attr-defined]
 
     def _ack(self, node: SimNode, payload: Any) -> None:
