@@ -399,10 +399,11 @@ def cmd_locks(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     reply.pop("ok", None)
     reply.pop("v", None)
+    reply["damaged_sectors"] = sum(1 for r in reply.get("locks", []) if r.get("state") == "damaged")
     if args.json:
         if not args.all:
-            hidden = [r for r in reply.get("locks", []) if not r.get("counts")]
-            reply["locks"] = [r for r in reply.get("locks", []) if r.get("counts")]
+            hidden = [r for r in reply.get("locks", []) if not _shown(r)]
+            reply["locks"] = [r for r in reply.get("locks", []) if _shown(r)]
             reply["stale_hidden"] = len(hidden)
         json.dump(reply, sys.stdout)
         print()
@@ -433,10 +434,22 @@ def _ago(unix_ms: int | None, now_ms: int) -> str:
     return f"{stamp} ({max(0, now_ms - unix_ms) / 1000:.1f} s ago)"
 
 
+def _shown(row: dict[str, Any]) -> bool:
+    """Shown without --all: entries that count, and every damaged sector."""
+    return bool(row.get("counts")) or row.get("state") == "damaged"
+
+
+def _state_text(r: dict[str, Any]) -> str:
+    if r.get("state") == "damaged":
+        return f"DAMAGED ({'blocks its stripe' if r.get('counts') else 'ignored: node not counted'})"
+    return r["state"] if r.get("counts") else f"{r['state']} (stale: ignored)"
+
+
 def format_locks(reply: dict[str, Any], show_all: bool = False) -> str:
     now = int(reply.get("read_unix_ms") or time.time() * 1000)
-    rows = [r for r in reply.get("locks", []) if show_all or r.get("counts")]
-    stale = sum(1 for r in reply.get("locks", []) if not r.get("counts"))
+    rows = [r for r in reply.get("locks", []) if show_all or _shown(r)]
+    stale = sum(1 for r in reply.get("locks", []) if not _shown(r))
+    damaged = [r for r in reply.get("locks", []) if r.get("state") == "damaged"]
     lines = [f"cluster {reply.get('cluster')}: lock table read by node {reply.get('node')} "
              f"at {time.strftime('%H:%M:%S', time.localtime(now / 1000))}"]
     if reply.get("error"):
@@ -446,7 +459,7 @@ def format_locks(reply: dict[str, Any], show_all: bool = False) -> str:
     else:
         table = [["LOCK", "MODE", "STATE", "NODE", "PID", "TOKEN", "TICKET", "SINCE"]]
         for r in rows:
-            state = r["state"] if r.get("counts") else f"{r['state']} (stale: ignored)"
+            state = _state_text(r)
             table.append([r["name"], r["mode"], state, r["node"], str(r.get("pid") or "-"),
                           "-" if r.get("token") is None else str(r["token"]), str(r["ticket"]),
                           _ago(r.get("since_unix_ms"), now)])
@@ -454,8 +467,17 @@ def format_locks(reply: dict[str, Any], show_all: bool = False) -> str:
         lines += ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in table]
     if stale and not show_all:
         lines.append(f"({stale} stale entr{'y' if stale == 1 else 'ies'} of departed nodes hidden: --all)")
+    if damaged:
+        from clusterfw.node.integrity import printable
+        lines.append(f"{len(damaged)} damaged lock sector{'' if len(damaged) == 1 else 's'} (does not decode; its "
+                     "node's DLM rewrites it):")
+        for r in damaged:
+            lines.append(f"  node {printable(r.get('node'))} (id {r.get('node_id')}), stripe {r.get('stripe')}: "
+                         f"{printable(r.get('error'))}")
     waiting = [r for r in reply.get("local", []) if r.get("waiting_for")]
     for r in waiting:
-        whom = ", ".join(f"{w['node']} ({w['why']})" for w in r["waiting_for"])
+        whom = ", ".join(f"{w['node']} ({w['why']}" + (f": its lock sector on stripe {w.get('stripe')} does not "
+                                                     "decode" if w.get("why") == "damaged" else "") + ")"
+                         for w in r["waiting_for"])
         lines.append(f"pid {r.get('pid')} on {reply.get('node')} waits for '{r['name']}' behind: {whom}")
     return "\n".join(lines)

@@ -417,14 +417,14 @@ def test_a_dead_holders_lock_stays_held_until_the_view_shows_it_recovered_at_the
     c.run(c.now + 300)
     assert not c[2].take(Granted)  # acking is not enough: the view must say so
     c.set_view(member(1, **forced, ready=True, cursor=20), member(2), member(3))
-    assert c[2].take(Recovered) == [Recovered("vol-a", 1, 2)]
+    assert c[2].take(Recovered) == [Recovered("vol-a", 1, 2, incarnation=1001)]  # names the incarnation
     c.settle()
     assert granted(c[2]) == [(2, "vol-a", EX, 2)]  # token above the dead holder's
 
 
 @pytest.mark.parametrize("gone", [
     member(1, state=NodeState.INACTIVE, forced=True),  # forced leave complete
-    member(1, incarnation=77, state=NodeState.JOINING, kind=Kind.JOIN, cursor=0),  # restarted, rejoining
+    member(1, state=NodeState.FORCED_LEAVING, kind=Kind.FORCED, ready=True, cursor=20),  # past the DLM level
 ])
 def test_a_recovered_or_replaced_incarnation_no_longer_counts(gone):
     c = Cluster()
@@ -500,8 +500,12 @@ def test_a_restart_that_could_not_read_its_sectors_learns_them_at_its_join():
     [op] = core.poll(0)
     core.complete(0, [DlmResult(op, True, 0, 0, c.disk.area())])
     core.request(2, "vol-a", EX, 0)
+    [cleanup] = core.poll(0)  # the previous incarnation's HELD entry is withdrawn first
+    assert cleanup.entry.state is EntryState.FREE
+    assert cleanup.entry.seq == c.disk.sector(stripe, 1).seq + 1 and cleanup.entry.token == 1
+    core.complete(0, [DlmResult(cleanup, True, 0, 0)])
     first, _read = core.poll(0)
-    assert first.entry.seq == c.disk.sector(stripe, 1).seq + 1 and first.entry.token == 1
+    assert first.entry.seq == cleanup.entry.seq + 1 and first.entry.token == 1
 
 
 # ------------------------------------------------------- local queueing etc.

@@ -29,7 +29,7 @@ def test_many_seeds_with_every_fault_and_the_dlm():
             totals[k] = totals.get(k, 0) + v
     # The interesting things really happened.
     for kind in ("dlm_grants", "dlm_timeouts", "dlm_busy", "dlm_recovered", "dlm_revoked", "dlm_lost_writes",
-                 "crashes", "pauses", "cuts", "outages", "leaves", "hangs", "forced_out"):
+                 "dlm_corrupted", "crashes", "pauses", "cuts", "outages", "leaves", "hangs", "forced_out"):
         assert totals.get(kind, 0) > 0, f"no {kind} in {SEEDS} seeds"
 
 
@@ -46,6 +46,28 @@ def test_a_broken_bakery_is_caught_and_replays_identically(broken_bakery_outcome
     again = run_seed(first.seed, NODES, DLM, mutation="dlm-ignore-choosing", fault_phase_ms=FAULT_PHASE_MS)
     assert (again.ok, again.violation, again.digest, again.events) == \
         (first.ok, first.violation, first.digest, first.events)
+
+
+RESTART_SEEDS = range(1, 7)
+
+
+def test_recovery_by_node_id_alone_is_caught_as_a_double_holder():
+    """``dlm-recover-any-incarnation`` recovers the locks of a live restarted
+    incarnation because an earlier incarnation of the same node id was
+    forced out: two holders.  The unmutated DLM passes the same seeds."""
+    bad = run_many(RESTART_SEEDS, NODES, DLM, mutation="dlm-recover-any-incarnation",
+                   fault_phase_ms=FAULT_PHASE_MS)
+    failed = [o for o in bad if not o.ok]
+    assert failed, "dlm-recover-any-incarnation went unnoticed"
+    assert {o.invariant for o in failed} == {"dlm-exclusive"}, {o.violation for o in failed}
+    good = run_many([o.seed for o in failed], NODES, DLM, fault_phase_ms=FAULT_PHASE_MS)
+    assert all(o.ok for o in good), [o.violation for o in good if not o.ok]
+
+
+def test_damaged_lock_sectors_are_injected_and_repaired_without_violations():
+    outcomes = run_many(range(1, 9), NODES, DLM, fault_phase_ms=FAULT_PHASE_MS)
+    assert all(o.ok for o in outcomes), [o.violation for o in outcomes if not o.ok]
+    assert sum(o.stats.get("dlm_corrupted", 0) for o in outcomes) > 0
 
 
 def test_a_dlm_seed_replays_exactly():

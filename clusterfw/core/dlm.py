@@ -82,7 +82,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
 from .coordinator import level_state
-from .model import BatchEntry, Kind, MemberEntry, ViewRecord
+from .model import BatchEntry, Kind, MemberEntry, NodeState, ViewRecord
 from .node import Unreadable
 
 DLM_LEVEL = 10
@@ -98,6 +98,12 @@ times before it gives up (choosing is one write and one read long)."""
 LEAVE_RELEASE_ATTEMPTS = 3
 """On the node's own graceful leave each FREE write is tried this often; the
 view makes a leftover entry irrelevant anyway once the leave passed the DLM."""
+SCRUB_MS = 5000.0
+"""While joined, the DLM re-reads the whole lock area this often: a damaged
+own sector (or a leftover of a previous incarnation) is rewritten FREE, so a
+damaged sector never blocks a stripe for longer than about this."""
+DEPARTED_PER_NODE = 16
+"""Departed incarnations remembered per node id (bounded memory)."""
 
 
 class EntryState(enum.IntEnum):
@@ -195,6 +201,17 @@ def conflicts(name_a: str, mode_a: LockMode, name_b: str, mode_b: LockMode) -> b
     return name_a == name_b and not (mode_a is LockMode.SHARED and mode_b is LockMode.SHARED)
 
 
+def busy_reason(blockers: Sequence["Blocker"]) -> str:
+    """A try-lock's denial: who holds or asks for the lock, and which lock
+    sectors are damaged (a damaged sector of a counted node blocks its
+    stripe until its node rewrites it)."""
+    held = sorted({f"n{b.node_id}" for b in blockers if b.why != "damaged"})
+    damaged = sorted({(b.node_id, b.stripe, b.detail) for b in blockers if b.why == "damaged"})
+    parts = list(held) + [f"n{n}'s lock sector on stripe {s} is damaged ({d or 'does not decode'}): "
+                          f"n{n} rewrites it" for n, s, d in damaged]
+    return "busy: " + ", ".join(parts)
+
+
 # --------------------------------------------------------------------- ops
 @dataclass(frozen=True)
 class WriteEntry:
@@ -271,12 +288,15 @@ class Revoked:
 
 @dataclass(frozen=True)
 class Recovered:
-    """A dead (or departed) node's entry that blocked ``req_id`` no longer
-    counts: the view shows the node inactive at the DLM level."""
+    """A dead (or departed) incarnation's entry that blocked ``req_id`` no
+    longer counts: the view shows *that incarnation* inactive at the DLM
+    level (or names a newer one of the node after it left).  A live later
+    incarnation of the same node id is never recovered with it."""
 
     name: str
     from_node: int
     req_id: int
+    incarnation: int = 0
 
 
 @dataclass(frozen=True)
@@ -344,7 +364,9 @@ class Blocker:
     node_id: int
     incarnation: int  # 0: the sector was unreadable
     name: str
-    why: str  # "choosing" | "held" | "waiting" | "unreadable"
+    why: str  # "choosing" | "held" | "waiting" | "damaged" (the sector did not decode)
+    stripe: int = 0
+    detail: str = ""  # "damaged": the decode error
 
 
 @dataclass(frozen=True)
@@ -397,10 +419,40 @@ class _Sector:
     maybe_busy: bool = False  # a non-FREE write was tried since the last FREE write completed
 
 
+_SCRUB = "scrub"
+"""The owner of a periodic area read (``_InFlight.owners``)."""
+
+
 @dataclass
 class _InFlight:
     ops: list[DlmOp] = field(default_factory=list)
-    owners: list[tuple[_Request | None, int]] = field(default_factory=list)  # (request | None: area read, op count)
+    # (request | None: the own-join area read | _SCRUB: a periodic area read, op count)
+    owners: list[tuple[_Request | str | None, int]] = field(default_factory=list)
+
+
+def _departure_reached_dlm(m: MemberEntry) -> bool:
+    """``m``'s leave or forced leave has reached (or passed) the DLM level:
+    that incarnation is on its way out for good."""
+    if m.state is NodeState.INACTIVE:
+        return True
+    if m.state is NodeState.LEAVING:  # top-down
+        return m.cursor <= DLM_LEVEL
+    if m.state is NodeState.FORCED_LEAVING:  # bottom-up, once the dead timeout passed
+        return m.ready and m.cursor >= DLM_LEVEL
+    return False
+
+
+def _own_row_problem(me: MemberEntry | None, incarnation: int) -> str | None:
+    """None if the view shows this incarnation joined at the DLM level, else
+    what it shows instead."""
+    if me is None:
+        return "the view does not list this node"
+    if me.incarnation != incarnation:
+        return f"the view names incarnation {me.incarnation:x}, not this one ({incarnation:x})"
+    state = level_state(me, DLM_LEVEL)
+    if state == "joined":
+        return None
+    return f"the view shows this node {state} at the DLM level ({me.state.value})"
 
 
 class DlmCore:
@@ -411,13 +463,16 @@ class DlmCore:
     def __init__(self, *, node_id: int, incarnation: int, stripes_max: int, nodes_max: int, now_ms: float,
                  own_sectors: Mapping[int, LockEntry | Unreadable] | None = None,
                  can_write: Callable[[float], bool] | None = None,
-                 poll_min_ms: float = 20.0, poll_max_ms: float = 100.0) -> None:
+                 poll_min_ms: float = 20.0, poll_max_ms: float = 100.0,
+                 scrub_ms: float | None = SCRUB_MS) -> None:
         if not 1 <= node_id <= nodes_max:
             raise DlmMisuse(f"node_id={node_id}: must be 1..{nodes_max}")
         if stripes_max < 1:
             raise DlmMisuse(f"stripes_max={stripes_max}: must be >= 1")
         if not 0 < poll_min_ms <= poll_max_ms:
             raise DlmMisuse("poll intervals: need 0 < poll_min_ms <= poll_max_ms")
+        if scrub_ms is not None and scrub_ms <= 0:
+            raise DlmMisuse("scrub_ms: must be > 0 or None")
         self.node_id = node_id
         self.incarnation = incarnation
         self.stripes_max = stripes_max
@@ -429,13 +484,29 @@ class DlmCore:
         self.view: ViewRecord | None = None
         self.stopped: str | None = None
         self.area_read = False  # the own-join read of every stripe completed
+        self.scrub_ms = scrub_ms
+        self._scrub_next_ms = now_ms + (scrub_ms or 0.0)
         self._members: dict[int, MemberEntry] = {}
+        # Incarnations of other nodes that some adopted view counted at the
+        # DLM level and whose departure no adopted view has shown yet: their
+        # entries keep counting even if a later view names another (older)
+        # incarnation of the node -- a view that went back must never
+        # recover a live holder.
+        self._live: dict[int, set[int]] = {}
+        # Incarnations an adopted view showed inactive at the DLM level
+        # (left or forced out): recovered, unless a view names them again.
+        self._departed: dict[int, deque[int]] = {}
         self._joined_here = False  # the view shows this incarnation "joined" at DLM_LEVEL
+        self._was_joined = False  # ... and did so in some earlier view
         self._leaving = False  # this node's graceful leave reached the DLM
         self._want_area = False
         self._area_next_ms = now_ms
         self._pending_ack: tuple[int, str] | None = None  # (batch id, "join" | "leave")
         self._sectors: dict[int, _Sector] = {}
+        # The highest token this node ever read on each stripe: a later
+        # exclusive grant stays above it even if the sector that showed it
+        # became damaged meanwhile (its node may be gone and not repair it).
+        self._stripe_token: dict[int, int] = {}
         self._stripes: dict[int, deque[_Request]] = {}  # stripe -> requests, [0] is active
         self._requests: dict[int, _Request] = {}
         self._in_flight: _InFlight | None = None
@@ -509,15 +580,20 @@ class DlmCore:
             return
         self.view = view
         self._members = {m.node_id: m for m in view.members}
+        self._remember(view)
         me = self._members.get(self.node_id)
-        self._joined_here = (me is not None and me.incarnation == self.incarnation
-                             and level_state(me, DLM_LEVEL) == "joined")
+        problem = _own_row_problem(me, self.incarnation)
+        self._joined_here = problem is None
+        if self._joined_here:
+            self._was_joined = True
+        elif self._was_joined and self.stopped is None:
+            self._lost_membership(me, problem or "", now_ms)
         for req in self._requests.values():
             if req.phase not in _WAITING_PHASES or not req.blockers:
                 continue
             gone = [b for b in req.blockers if b.incarnation and not self._counted(b.node_id, b.incarnation)]
             for b in gone:
-                self._events.append(Recovered(b.name, b.node_id, req.req_id))
+                self._events.append(Recovered(b.name, b.node_id, req.req_id, b.incarnation))
             req.blockers = tuple(b for b in req.blockers if b not in gone)  # reported once
             if gone and req.phase is Phase.BLOCKED:
                 req.next_ms = now_ms  # re-check at once
@@ -576,6 +652,8 @@ class DlmCore:
         if self.stopped is not None or self._in_flight is not None:
             return float("inf")
         due = [self._area_next_ms] if self._want_area else []
+        if self._scrub_wanted():
+            due.append(self._scrub_next_ms)
         for queue in self._stripes.values():
             active = queue[0]
             if active.phase in _STEPS:
@@ -583,6 +661,16 @@ class DlmCore:
             due.extend(r.deadline_ms for r in queue if r.deadline_ms is not None and r.phase in
                        (Phase.QUEUED, *_WAITING_PHASES) and r.abandon is None)
         return min(due, default=float("inf"))
+
+    def stripe_active(self, stripe: int) -> bool:
+        """A local request (or withdrawal) owns this node's sector on
+        ``stripe`` now: its next write rewrites the sector."""
+        return stripe in self._stripes
+
+    @property
+    def joined_here(self) -> bool:
+        """The adopted view shows this incarnation joined at the DLM level."""
+        return self._joined_here and self.stopped is None
 
     def busy(self) -> bool:
         """Anything outstanding: requests, an op in flight, a pending ack."""
@@ -600,6 +688,9 @@ class DlmCore:
         if self._want_area and self._area_next_ms <= now_ms:
             batch.ops.append(ReadArea())
             batch.owners.append((None, 1))
+        elif self._scrub_due(now_ms):
+            batch.ops.append(ReadArea())
+            batch.owners.append((_SCRUB, 1))
         for stripe in sorted(self._stripes):
             req = self._stripes[stripe][0]
             step = _STEPS.get(req.phase)
@@ -636,6 +727,8 @@ class DlmCore:
                          for op in batch.ops[index - count + len(mine):index]]
             if owner is None:
                 self._complete_area(mine[0], now_ms)
+            elif isinstance(owner, str):
+                self._complete_scrub(mine[0], now_ms)
             else:
                 self._complete_step(owner, mine, now_ms)
         self._expire(now_ms)
@@ -687,29 +780,38 @@ class DlmCore:
         """The next write of this node's sector on ``req``'s stripe.  Ticket
         and token never go below what the sector ever held."""
         sector = self._sector(req.stripe)
-        if state is EntryState.WAITING:
-            assert req.ticket > sector.ticket or req.ticket == sector.ticket > 0, (req.ticket, sector.ticket)
-        ticket = max(sector.ticket, req.ticket) if state in (EntryState.WAITING, EntryState.HELD) else sector.ticket
+        if state in (EntryState.WAITING, EntryState.HELD):
+            # Exactly the ticket the check used: a HELD entry whose ticket were
+            # raised above it (by what a damaged own sector made us assume)
+            # could look "behind" a waiter with a smaller ticket.
+            assert req.ticket > 0, req.ticket
+            ticket = req.ticket
+        else:
+            ticket = sector.ticket
         token = max(sector.token, req.token) if state is EntryState.HELD else sector.token
         sector.seq += 1
         entry = LockEntry(self.node_id, self.incarnation, sector.seq, req.stripe, req.name, state, req.mode,
                           min(ticket, U64_MAX), min(token, U64_MAX), owner=req.owner)
         # Whatever we attempt may land: from now on the sector may hold it.
-        sector.ticket, sector.token = entry.ticket, entry.token
+        sector.ticket, sector.token = max(sector.ticket, entry.ticket), max(sector.token, entry.token)
         sector.name, sector.mode = entry.name, entry.mode
         if state is not EntryState.FREE:
             sector.maybe_busy = True
         return entry
 
     def _learn_own(self, stripe: int, entry: object, stripe_entries: Mapping[int, object]) -> None:
-        """Fold what a read showed of our own sector into what we know."""
+        """Fold what a read showed of our own sector (and the stripe's
+        highest token) into what we know."""
+        top = max((e.token for e in stripe_entries.values() if isinstance(e, LockEntry)), default=0)
+        if top > self._stripe_token.get(stripe, 0):
+            self._stripe_token[stripe] = top
         sector = self._sector(stripe)
         if isinstance(entry, LockEntry):
             sector.seq = max(sector.seq, entry.seq)
             sector.ticket = max(sector.ticket, entry.ticket)
             sector.token = max(sector.token, entry.token)
-            # A previous incarnation's entry never counts again (the view
-            # names this incarnation), so it needs no withdrawal.
+            # A previous incarnation's non-FREE entry is withdrawn by the
+            # own-join (and every scrub) area read: ``_repair_own``.
         elif isinstance(entry, Unreadable) and not entry.never_written:
             # Our own sector is damaged: we cannot know what it held, so we
             # continue from the largest values on the stripe.
@@ -718,13 +820,68 @@ class DlmCore:
                     sector.ticket = max(sector.ticket, other.ticket)
                     sector.token = max(sector.token, other.token)
 
+    def _remember(self, view: ViewRecord) -> None:
+        """Fold an adopted view into what this DLM knows of each (node id,
+        incarnation): counted at the DLM level, or departed.  Keyed by the
+        incarnation the view's row names -- never by the node id alone."""
+        for m in view.members:
+            if m.node_id == self.node_id:
+                continue
+            live = self._live.setdefault(m.node_id, set())
+            if _departure_reached_dlm(m):
+                live.discard(m.incarnation)
+                if level_state(m, DLM_LEVEL) == "inactive":
+                    departed = self._departed.setdefault(m.node_id, deque(maxlen=DEPARTED_PER_NODE))
+                    if m.incarnation not in departed:
+                        departed.append(m.incarnation)
+            elif level_state(m, DLM_LEVEL) != "inactive":
+                live.add(m.incarnation)
+                earlier = self._departed.get(m.node_id)
+                if earlier is not None and m.incarnation in earlier:
+                    earlier.remove(m.incarnation)  # named again: the view decides
+            if not live:
+                del self._live[m.node_id]
+
+    def _is_departed(self, node_id: int, incarnation: int) -> bool:
+        """An adopted view showed *this incarnation* of ``node_id`` inactive
+        at the DLM level."""
+        return incarnation in self._departed.get(node_id, ())
+
+    def counts(self, node_id: int, incarnation: int) -> bool:
+        """Whether an entry written by (node id, incarnation) counts now."""
+        return self._counted(node_id, incarnation)
+
     def _counted(self, node_id: int, incarnation: int) -> bool:
         m = self._members.get(node_id)
-        return m is not None and m.incarnation == incarnation and level_state(m, DLM_LEVEL) != "inactive"
+        if m is not None and m.incarnation == incarnation:
+            return level_state(m, DLM_LEVEL) != "inactive"  # the view names it: the view decides
+        if self._is_departed(node_id, incarnation):
+            return False
+        # The view names another incarnation of the node (or none): an
+        # incarnation this DLM saw counted, and never saw depart, still
+        # counts -- the view may be older than it.
+        return incarnation in self._live.get(node_id, ())
 
     def _node_counted(self, node_id: int) -> bool:
         m = self._members.get(node_id)
-        return m is not None and level_state(m, DLM_LEVEL) != "inactive"
+        return (m is not None and level_state(m, DLM_LEVEL) != "inactive") or bool(self._live.get(node_id))
+
+    def _lost_membership(self, me: MemberEntry | None, problem: str, now_ms: float) -> None:
+        """The adopted view stopped showing this incarnation joined at the
+        DLM level: a graceful leave reaching the DLM is handled as such;
+        anything else (absent, another incarnation, forced-leaving, inactive)
+        revokes every held lock and denies every waiter at once -- the
+        others may recover this node's entries from now on."""
+        if (me is not None and me.incarnation == self.incarnation and me.state is NodeState.LEAVING
+                and level_state(me, DLM_LEVEL) == "leaving"):
+            self._leave(now_ms)
+            return
+        reason = f"this node is no longer a member at the DLM level: {problem}"
+        for queue in list(self._stripes.values()):
+            for req in list(queue):
+                if req.req_id < 0 or req.phase in (Phase.RELEASING, Phase.WITHDRAWING):
+                    continue
+                self._abandon(req, reason, now_ms)
 
     def _blockers(self, req: _Request, entries: Mapping[int, object]) -> tuple[Blocker, ...]:
         out = []
@@ -734,7 +891,7 @@ class DlmCore:
             e = entries[node_id]
             if isinstance(e, Unreadable):
                 if not e.never_written and self._node_counted(node_id):
-                    out.append(Blocker(node_id, 0, "?", "unreadable"))
+                    out.append(Blocker(node_id, 0, "?", "damaged", req.stripe, e.reason))
                 continue
             if not isinstance(e, LockEntry) or e.state is EntryState.FREE:
                 continue
@@ -800,22 +957,48 @@ class DlmCore:
         if not result.ok or not isinstance(result.value, Mapping):
             self._area_next_ms = now_ms + self.poll_min_ms  # _want_area stays: retried
             return
-        for stripe, entries in result.value.items():
-            if isinstance(entries, Mapping) and self.node_id in entries:
-                own = entries[self.node_id]
-                self._learn_own(stripe, own, entries)
-                if (isinstance(own, LockEntry) and own.incarnation == self.incarnation
-                        and own.state is not EntryState.FREE and stripe not in self._stripes):
-                    self._cleanup(stripe, own, now_ms)
+        self._repair_own(result.value, now_ms)
         self._want_area = False
         self.area_read = True
+        self._scrub_next_ms = now_ms + (self.scrub_ms or 0.0)
 
-    def _cleanup(self, stripe: int, own: LockEntry, now_ms: float) -> None:
-        """This incarnation left (its FREE writes failed) and now rejoins:
-        withdraw what its sector still shows before acking the join, or the
+    def _scrub_wanted(self) -> bool:
+        return (self.scrub_ms is not None and self._joined_here and self.area_read and not self._leaving
+                and not self._want_area)
+
+    def _scrub_due(self, now_ms: float) -> bool:
+        return self._scrub_wanted() and self._scrub_next_ms <= now_ms
+
+    def _complete_scrub(self, result: DlmResult, now_ms: float) -> None:
+        self._scrub_next_ms = now_ms + (self.scrub_ms or 0.0)
+        if result.ok and isinstance(result.value, Mapping) and self._joined_here:
+            self._repair_own(result.value, now_ms)
+
+    def _repair_own(self, area: Mapping[object, object], now_ms: float) -> None:
+        """Learn our own sectors from an area read, and rewrite (FREE) every
+        own sector with no local request that does not show this node's
+        FREE: one left behind by this incarnation (a leave whose FREE writes
+        failed, then a rejoin), by a previous incarnation, or one that does
+        not decode (damaged) -- the others cannot know what a damaged sector
+        says and are blocked by it while this node counts."""
+        for stripe, entries in area.items():
+            if not isinstance(stripe, int) or not isinstance(entries, Mapping) or self.node_id not in entries:
+                continue
+            own = entries[self.node_id]
+            self._learn_own(stripe, own, entries)
+            if stripe in self._stripes:
+                continue  # a local request owns the sector: its next write rewrites it
+            if isinstance(own, LockEntry) and own.state is not EntryState.FREE:
+                self._cleanup(stripe, own.name, own.mode, now_ms)
+            elif isinstance(own, Unreadable) and not own.never_written:
+                self._cleanup(stripe, "", LockMode.EXCLUSIVE, now_ms)
+
+    def _cleanup(self, stripe: int, name: str, mode: LockMode, now_ms: float) -> None:
+        """Withdraw what our own sector on ``stripe`` shows (see
+        ``_repair_own``); on the own join this happens before the ack, or the
         entry would count again.  Internal requests have negative ids and
         report nothing."""
-        req = _Request(-(stripe + 1), own.name, own.mode, stripe, False, None, now_ms,
+        req = _Request(-(stripe + 1), name, mode, stripe, False, None, now_ms,
                        phase=Phase.WITHDRAWING, abandon="cleanup", next_ms=now_ms)
         self._sector(stripe).maybe_busy = True
         self._requests[req.req_id] = req
@@ -889,7 +1072,7 @@ class DlmCore:
         if not blockers:
             req.blockers = ()
             top = max((e.token for e in entries.values() if isinstance(e, LockEntry)), default=0)
-            top = max(top, self._sector(req.stripe).token)
+            top = max(top, self._sector(req.stripe).token, self._stripe_token.get(req.stripe, 0))
             req.token = top + 1 if req.mode is LockMode.EXCLUSIVE else top
             if req.token > U64_MAX:
                 raise AssertionError(f"stripe {req.stripe}: fencing tokens exhausted")
@@ -899,8 +1082,7 @@ class DlmCore:
         if req.try_only:
             only_choosing = all(b.why == "choosing" for b in blockers)
             if not only_choosing or req.choosing_rereads <= 0:
-                held = sorted({f"n{b.node_id}" for b in blockers})
-                self._abandon(req, "busy: " + ", ".join(held), now_ms)
+                self._abandon(req, busy_reason(blockers), now_ms)
                 return
             req.choosing_rereads -= 1
         if blockers != req.blockers:

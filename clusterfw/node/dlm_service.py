@@ -78,6 +78,7 @@ from clusterfw.ondisk.layout import Layout
 from clusterfw.subsystems.base import LocalSubsystem, Notification
 
 from . import diskio
+from .integrity import IntegrityTracker, error_text, is_unreadable, printable
 
 CLIENT_REQUESTS_MAX = 64
 """Outstanding lock requests per socket connection."""
@@ -138,6 +139,9 @@ class DlmService(LocalSubsystem):
         self._dev: BlockDevice | None = None
         self._ack: Callable[[int], None] | None = None
         self.stats = {"reads": 0, "writes": 0, "failed": 0, "grants": 0}
+        # Damaged lock sectors, logged once per occurrence (and their repair).
+        self.integrity = IntegrityTracker(log=lambda priority, text, **_fields: self._logf(priority, f"dlm: {text}"),
+                                          names=self._names, clock=diskio.clock_ms)
 
     # ------------------------------------------------------ LocalSubsystem
     def registration(self) -> Registration:
@@ -173,6 +177,9 @@ class DlmService(LocalSubsystem):
             thread.join(self.timing.io_timeout_ms / 1000.0 * 4 + 1.0)
         if self._dev is not None and (thread is None or not thread.is_alive()):
             self._dev.close()
+
+    def _names(self) -> dict[int, str]:
+        return {n: self._node_name(n) for n in range(1, self.layout.nodes_max + 1)}
 
     # ------------------------------------------------------------- daemon
     def on_view(self, view: ViewRecord) -> None:
@@ -245,13 +252,26 @@ class DlmService(LocalSubsystem):
                 "token": h.token if h.state == "held" else None,
                 "pid": client.pid if client else None,
                 "since_unix_ms": (client.granted_unix_ms or client.requested_unix_ms) if client else None,
-                "waiting_for": [{"node": self._node_name(b.node_id), "why": b.why} for b in h.blockers],
+                "waiting_for": [{"node": self._node_name(b.node_id), "why": b.why,
+                                 **({"stripe": b.stripe, "error": printable(b.detail)} if b.why == "damaged" else {})}
+                                for b in h.blockers],
             })
         return out
 
     def busy(self) -> bool:
         with self._lock:
             return self.core.busy()
+
+    def counts(self, node_id: int, incarnation: int) -> bool:
+        """Whether this node's DLM counts entries of (node id, incarnation)
+        now -- the rule ``clusterfw locks`` should show (``describe_area``'s
+        ``counted``)."""
+        with self._lock:
+            return self.core.counts(node_id, incarnation)
+
+    def describe_area(self, area: dict[int, dict[int, Any]], view: ViewRecord | None) -> list[dict[str, Any]]:
+        """``describe_area`` with this DLM's counting rule."""
+        return describe_area(area, view, self._node_name, counted=self.counts)
 
     # -------------------------------------------------------- the I/O loop
     def _run(self) -> None:
@@ -265,6 +285,7 @@ class DlmService(LocalSubsystem):
                 wake = core.wakeup_ms()
             self._dispatch(events)
             self._keepalive(now)
+            self.integrity.flush()
             if not ops:
                 if any(r.granted_unix_ms for r in list(self._requests.values())):
                     wake = min(wake, self._next_keepalive)
@@ -284,8 +305,10 @@ class DlmService(LocalSubsystem):
     def valid_for_ms(self, now: float) -> int:
         """How long this node's locks are vouched for from ``now``: until
         the fence deadline (a node that has not completed a heartbeat write
-        by then stops all cluster-managed work); 0 if it may not write."""
-        if self._guard() is not None:
+        by then stops all cluster-managed work); 0 if it may not write or the
+        adopted view no longer shows it joined at the DLM level (its holders
+        are revoked then: the others may recover its entries)."""
+        if self._guard() is not None or not self.core.joined_here:
             return 0
         return int(max(0.0, min(self._deadline_of() - now, 3_600_000.0)))
 
@@ -323,11 +346,13 @@ class DlmService(LocalSubsystem):
                 raw = dev.read(self.layout.dlm_stripe_offset(op.stripe), self.layout.dlm_stripe_bytes)
                 self.stats["reads"] += 1
                 value = dlm_codec.decode_stripe(raw, op.stripe, cluster_uuid=self.cluster_uuid, layout=self.layout)
+                self.integrity.observe_lock_sectors({op.stripe: value})
                 return DlmResult(op, True, start, diskio.clock_ms(), value)
             if isinstance(op, ReadArea):
-                value = ClusterDisk(dev, self.layout, self.cluster_uuid).read_lock_area(AREA_READ_BYTES_MAX)
+                area = ClusterDisk(dev, self.layout, self.cluster_uuid).read_lock_area(AREA_READ_BYTES_MAX)
                 self.stats["reads"] += 1
-                return DlmResult(op, True, start, diskio.clock_ms(), value)
+                self.integrity.observe_lock_sectors(area)  # type: ignore[arg-type]
+                return DlmResult(op, True, start, diskio.clock_ms(), area)
         except DeviceError as exc:
             self.stats["failed"] += 1
             return DlmResult(op, False, start, diskio.clock_ms(), None, str(exc))
@@ -353,9 +378,10 @@ class DlmService(LocalSubsystem):
                                          "valid_ms": valid, "until_boot_ms": now + valid})
             elif isinstance(ev, Recovered):
                 who = self._node_name(ev.from_node)
-                self._logf("notice", f"dlm: lock '{ev.name}' of {who} recovered (forced out); waiter pid "
-                                     f"{req.pid} goes on")
-                self._push(req.conn_id, {"op": "recovered", "id": req.client_id, "name": ev.name, "from": who})
+                self._logf("notice", f"dlm: lock '{ev.name}' of {who} incarnation {ev.incarnation:x} recovered "
+                                     f"(that incarnation is out at the DLM level); waiter pid {req.pid} goes on")
+                self._push(req.conn_id, {"op": "recovered", "id": req.client_id, "name": ev.name, "from": who,
+                                         "incarnation": f"{ev.incarnation:x}"})
             else:
                 final: dict[str, Any]
                 if isinstance(ev, Denied):
@@ -378,26 +404,47 @@ def _unix_ms() -> int:
 
 
 def describe_area(area: dict[int, dict[int, Any]], view: ViewRecord | None,
-                  node_name: Callable[[int], str]) -> list[dict[str, Any]]:
+                  node_name: Callable[[int], str],
+                  counted: Callable[[int, int], bool] | None = None) -> list[dict[str, Any]]:
     """The lock table as ``clusterfw locks`` shows it: every sector that asks
-    for or holds a lock, whether it counts under the view (a dead or
-    departed incarnation's leftover does not), sorted by name and ticket."""
+    for or holds a lock, whether it counts (a dead or departed incarnation's
+    leftover does not; ``counted``, the DLM's own rule, else the view's), and
+    every sector that does not decode (state "damaged": it blocks its stripe
+    while its node counts), sorted by name and ticket."""
     members = {m.node_id: m for m in view.members} if view is not None else {}
-    rows = []
+
+    def node_counts(node_id: int) -> bool:
+        m = members.get(node_id)
+        return m is not None and level_state(m, DLM_LEVEL) != "inactive"
+
+    rows: list[dict[str, Any]] = []
     for stripe, sectors in area.items():
         for node_id, entry in sectors.items():
+            if is_unreadable(entry):
+                error = error_text(entry)
+                if error is None:
+                    continue  # never written
+                rows.append({
+                    "name": "?", "mode": "-", "state": "damaged", "node": node_name(node_id), "node_id": node_id,
+                    "pid": None, "ticket": 0, "token": None, "since_unix_ms": None, "stripe": stripe,
+                    "counts": node_counts(node_id), "incarnation": None, "damaged": True, "error": error,
+                })
+                continue
             if not isinstance(entry, LockEntry) or entry.state is EntryState.FREE:
                 continue
             m = members.get(node_id)
-            counted = (m is not None and m.incarnation == entry.incarnation
-                       and level_state(m, DLM_LEVEL) != "inactive")
+            if counted is not None:
+                counts = counted(node_id, entry.incarnation)
+            else:
+                counts = (m is not None and m.incarnation == entry.incarnation
+                          and level_state(m, DLM_LEVEL) != "inactive")
             rows.append({
                 "name": entry.name, "mode": entry.mode.name.lower(), "state": entry.state.name.lower(),
                 "node": node_name(node_id), "node_id": node_id, "pid": entry.owner or None,
                 "ticket": entry.ticket, "token": entry.token if entry.state is EntryState.HELD else None,
                 "since_unix_ms": entry.stamp_ms or None, "stripe": stripe,
-                "counts": counted, "incarnation": f"{entry.incarnation:x}",
+                "counts": counts, "incarnation": f"{entry.incarnation:x}",
             })
-    order = {"held": 0, "waiting": 1, "choosing": 2}
+    order = {"held": 0, "waiting": 1, "choosing": 2, "damaged": 4}
     rows.sort(key=lambda r: (r["name"], order.get(r["state"], 3), r["ticket"], r["node_id"]))
     return rows

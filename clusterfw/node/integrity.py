@@ -49,6 +49,9 @@ SLOT = "slot"
 VIEW = "view"
 SLOT_REPLAY = "slot-replay"
 KINDS = (SUPERBLOCK, NODE_TABLE, SLOT, VIEW, SLOT_REPLAY)
+LOCK_SECTOR = "lock-sector"
+"""DLM lock sectors, key (LOCK_SECTOR, node id, stripe): tracked by the DLM's
+own tracker (``observe_lock_sectors``), counted only once seen."""
 COPY_NAMES = ("A", "B")
 
 LogFn = Callable[..., None]
@@ -108,6 +111,8 @@ def area_label(kind: str, node_id: int, copy: int | None) -> str:
         return "slot"
     if kind == SLOT_REPLAY:
         return "slot (replayed)"
+    if kind == LOCK_SECTOR:
+        return f"lock sector on stripe {copy}"
     if copy is None:
         return "view"
     return f"view copy {copy} ({COPY_NAMES[copy]})"
@@ -183,7 +188,7 @@ class IntegrityTracker:
         self._suspect.pop(key, None)
         kind, node_id, copy = key
         self._damaged[key] = Damage(kind, node_id, copy, error, since)
-        self._counts[kind] += 1
+        self._counts[kind] = self._counts.get(kind, 0) + 1
         what = self._describe(kind, node_id, copy, names)
         hint = {
             SUPERBLOCK: "the disk was overwritten or re-initialised; check it with 'clusterfw disk dump' "
@@ -194,6 +199,8 @@ class IntegrityTracker:
                   f"{printable(names.get(node_id, node_id))}'",
             VIEW: "the master rewrites its copies at the next membership change; the other copy, if valid, "
                   "holds the previous view",
+            LOCK_SECTOR: "while its node counts, locks on that stripe wait for it; its node's DLM rewrites "
+                         "it at its next write there or its next read of the lock area",
         }[kind]
         priority = "error" if kind in (SUPERBLOCK, NODE_TABLE) else "warning"
         self._queue(priority, f"DAMAGED: {what} does not decode: {error} ({hint})",
@@ -205,7 +212,7 @@ class IntegrityTracker:
         if damage is None:
             return
         kind, node_id, copy = key
-        self._repaired[kind] += 1
+        self._repaired[kind] = self._repaired.get(kind, 0) + 1
         self._queue("notice", f"repaired: {self._describe(kind, node_id, copy, names)} is readable again "
                               f"after {(now - damage.since_ms) / 1000.0:.1f} s",
                     **self._fields(kind, node_id, copy, names, "repaired"))
@@ -321,6 +328,24 @@ class IntegrityTracker:
                 self._queue("notice", f"repaired: slot of {self._who(node_id, names)} moved past the replayed "
                                       f"record (seq {rec.seq}) after {(now - damage.since_ms) / 1000.0:.1f} s",
                             **self._fields(SLOT_REPLAY, node_id, None, names, "repaired"))
+
+    def observe_lock_sectors(self, stripes: Mapping[int, Mapping[int, object]]) -> None:
+        """A read of whole lock stripes: stripe -> (node id -> ``LockEntry``
+        | ``Unreadable``).  Each sector that does not decode is damaged (and
+        logged) once, until a read shows it readable again."""
+        now = self._clock()
+        names = self.configured()
+        with self._lock:
+            for stripe, sectors in stripes.items():
+                if not isinstance(sectors, Mapping):
+                    continue
+                for node_id, value in sectors.items():
+                    key = (LOCK_SECTOR, node_id, stripe)
+                    error = error_text(value) if is_unreadable(value) else None
+                    if error is not None:
+                        self._bad(key, error, now, names, confirm=False)
+                    elif key in self._damaged or key in self._suspect:
+                        self._good(key, now, names)
 
     def observe_view(self, node_id: int, value: object) -> None:
         """A node's view when only the best copy is known: a record says
@@ -459,7 +484,8 @@ class IntegrityTracker:
         now = self._clock()
         names = self.configured()
         with self._lock:
-            damaged = sorted(self._damaged.values(), key=lambda d: (KINDS.index(d.kind), d.node_id, d.copy or 0))
+            damaged = sorted(self._damaged.values(), key=lambda d: ((KINDS + (LOCK_SECTOR,)).index(d.kind), d.node_id,
+                                                                    d.copy or 0))
             counts = dict(self._counts)
             repaired = dict(self._repaired)
             last = self.last_check_ms

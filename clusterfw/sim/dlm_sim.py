@@ -46,6 +46,13 @@ Invariants (``DlmChecker``), each named:
 |                          | ``DlmSim.liveness_extra_ms``, and no counted node's       |
 |                          | sector is left anything but FREE                          |
 | no-write-after-fence     | the DLM core produces no write when the node may not write|
+
+With the "torn" or "corrupt" fault, random bytes are also written into lock sectors now
+and then (``_corrupt``): a sector of a live node (one of its sectors on a
+stripe the lock names use, while no local request owns it) or one no lock
+uses.  Every node treats a damaged sector of a counted node as blocking; its
+owner rewrites it at its next area read (``SCRUB_MS``), and the liveness
+check also requires that no counted node's sector is left damaged.
 """
 from __future__ import annotations
 
@@ -97,6 +104,8 @@ CRASH_IN_WRITE_PROBABILITY = 0.002
 BEAT_PROBABILITY = 0.5
 BEAT_MS = 100.0
 BEAT_JITTER_MS = 1.5  # per DLM write while faults run: a crash with that write in flight
+SCRUB_MS = 1000.0  # the DLM's periodic area read (DlmCore scrub_ms): repairs a damaged own sector
+CORRUPT_PROBABILITY = 0.004  # per client request while faults run ("torn"): random bytes into a lock sector
 
 
 @dataclass
@@ -145,10 +154,12 @@ class DlmSim:
         # within poll_max plus a read and a write; a timed request ends at its
         # deadline.  (Recovering a dead holder is part of the membership bound.)
         io_max = world.cfg.io_latency_ms[1]
+        # A sector damaged just before the faults stop is rewritten by its
+        # owner within one scrub interval (and an area read).
         self.liveness_extra_ms = (clients * (HOLD_MS[1] + self.poll_max_ms + self.poll_min_ms + 6 * io_max)
-                                  + TIMEOUT_MS[1] + 1000)
+                                  + TIMEOUT_MS[1] + 1000 + SCRUB_MS + io_max)
         for key in ("dlm_requests", "dlm_grants", "dlm_denied", "dlm_timeouts", "dlm_busy", "dlm_revoked",
-                    "dlm_recovered", "dlm_ios", "dlm_lost_writes"):
+                    "dlm_recovered", "dlm_ios", "dlm_lost_writes", "dlm_corrupted"):
             world.stats[key] = 0
 
     # ------------------------------------------------------------ set-up
@@ -177,7 +188,7 @@ class DlmSim:
         dlm = DlmCore(node_id=node.node_id, incarnation=core.incarnation, stripes_max=self.layout.dlm_stripes_max,
                       nodes_max=self.layout.nodes_max, now_ms=node.local(self.w.t),
                       own_sectors=self._own_sectors(node.node_id), can_write=core.can_write,
-                      poll_min_ms=self.poll_min_ms, poll_max_ms=self.poll_max_ms)
+                      poll_min_ms=self.poll_min_ms, poll_max_ms=self.poll_max_ms, scrub_ms=SCRUB_MS)
         dn = _DlmNode(node.node_id, node.gen, core.incarnation, dlm)
         dn.clients = [_Client(i) for i in range(CLIENTS_PER_NODE)]
         self.nodes[node.node_id] = dn
@@ -290,9 +301,12 @@ class DlmSim:
         area = self._read_area()
         for stripe, entries in area.items():
             for node_id, e in entries.items():
+                m = members.get(node_id)
+                if isinstance(e, Unreadable) and not e.never_written and m is not None \
+                        and level_state(m, DLM_LEVEL) != "inactive":
+                    return f"n{node_id}'s lock sector on stripe {stripe} is still damaged ({e.reason})"
                 if not isinstance(e, LockEntry) or e.state is EntryState.FREE:
                     continue
-                m = members.get(node_id)
                 if m is not None and m.incarnation == e.incarnation and level_state(m, DLM_LEVEL) != "inactive":
                     return f"n{node_id}'s sector on stripe {stripe} still shows {e.state.name} {e.name!r}"
         return None
@@ -323,6 +337,9 @@ class DlmSim:
         elif action == "request":
             if client.state != "idle" or getattr(self, "heal_ms", None) is not None:
                 return  # after the faults stop, clients only finish what they started
+            if ({"torn", "corrupt"} & self.w.cfg.faults) and not self.w.healed \
+                    and self.rng.random() < CORRUPT_PROBABILITY:
+                self._corrupt()
             client.req_id = dn.next_req
             dn.next_req += 1
             client.name = self.rng.choice(self.names)
@@ -336,6 +353,34 @@ class DlmSim:
             self.w.stats["dlm_requests"] += 1
             dn.core.request(client.req_id, client.name, client.mode, now, timeout, try_only)
         self._after(node, dn)
+
+    def _corrupt(self) -> None:
+        """Random bytes into one lock sector: a live node's (on a stripe the
+        lock names use, while none of its local requests owns the sector)
+        or one no lock uses."""
+        layout = self.layout
+        used = sorted({stripe_of(name, layout.dlm_stripes_max) for name in self.names})
+        if self.nodes and self.rng.random() < 0.7:
+            node_id = self.rng.choice(sorted(self.nodes))
+            stripe = self.rng.choice(used)
+            dn = self.nodes[node_id]
+            node = self.w.nodes.get(node_id)
+            if node is None or self._dn(node) is not dn or node.crashed or not dn.core.joined_here:
+                return  # only a running node's DLM, joined at the DLM level, repairs its sector
+            busy = dn.core.stripe_active(stripe) or (dn.inflight_write is not None
+                                                     and dn.inflight_write[2].stripe == stripe)
+            if busy:
+                return
+            what = "a live node's"
+        else:
+            node_id = self.rng.randint(1, layout.nodes_max)
+            unused = [s for s in range(layout.dlm_stripes_max) if s not in used]
+            stripe = self.rng.choice(unused)
+            what = "an unused"
+        data = bytes(self.rng.getrandbits(8) for _ in range(layout.block_size_bytes))
+        self.w.store.land(layout.dlm_entry_offset(stripe, node_id), data)
+        self.w.stats["dlm_corrupted"] += 1
+        self.w.log(f"FAULT: random bytes into {what} lock sector: n{node_id}, stripe {stripe}")
 
     # ------------------------------------------------------------ events
     def _after(self, node: "SimNode", dn: _DlmNode) -> None:
@@ -351,7 +396,8 @@ class DlmSim:
                 continue
             if isinstance(ev, Recovered):
                 self.w.stats["dlm_recovered"] += 1
-                self.w.log(f"n{node.node_id} dlm: {ev.name!r} of n{ev.from_node} recovered (request {ev.req_id})")
+                self.w.log(f"n{node.node_id} dlm: {ev.name!r} of n{ev.from_node} incarnation {ev.incarnation:x} "
+                           f"recovered (request {ev.req_id})")
                 continue
             client = dn.by_req.get(ev.req_id)
             if isinstance(ev, Granted):
