@@ -12,7 +12,7 @@ heartbeat 100 ms, io_timeout 200 ms, dead_after 1017 ms).
   idle          per node: disk I/Os per second (counted by the node's disk
                 view) and daemon CPU % over 10 s of an idle joined cluster
 
-Target (DESIGN §9 / the lab issue): a crashed node forced out in a median
+Target: a crashed node forced out in a median
 <= 2 s.  Prints JSON and a table; asserts nothing.
 """
 from __future__ import annotations

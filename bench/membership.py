@@ -12,7 +12,7 @@ and wall time (what the simulation cost here):
   master-crash the master crashes mid-transition (a node's join is at DLM)
                until that transition completes under the new master
 
-Targets (DESIGN §9): join-64 <= 1 s, boot-128 <= 10 s simulated.
+Targets: join-64 <= 1 s, boot-128 <= 10 s simulated.
 Not a test: prints JSON and a table, asserts nothing.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
 """clusterfw: high availability for Linux hosts that share a block device,
-through that disk alone.  See docs/ and DESIGN for the architecture."""
+through that disk alone.  See docs/ for the architecture."""
 
 __version__ = "0.1.0"

@@ -1,4 +1,5 @@
-"""The pure core touches nothing in the world (DESIGN §2, STYLE "pure cores").
+"""The pure core touches nothing in the world: effects live at the edges (the
+daemon and the simulator do all I/O).
 
 Every module under ``clusterfw/core/`` is parsed with ``ast``; an import of a
 module that does I/O, keeps time, spawns threads or draws randomness -- at any

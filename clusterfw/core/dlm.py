@@ -5,7 +5,7 @@ How this works
 --------------
 The DLM area of the disk is an array of *stripes*; stripe ``s`` has one
 sector per node id, and sector ``(s, n)`` is written only by node ``n``
-(single writer per block, DESIGN §3).  A lock name lives on stripe
+(single writer per block, docs/protocol.md §1).  A lock name lives on stripe
 ``crc32c(name) % stripes_max``.  A node's sector on a stripe holds a
 ``LockEntry``: the name it asks for or holds, its state (FREE, CHOOSING,
 WAITING, HELD), its mode (SHARED, EXCLUSIVE), its bakery ``ticket`` and the
@@ -86,7 +86,7 @@ from .model import BatchEntry, Kind, MemberEntry, NodeState, ViewRecord
 from .node import Unreadable
 
 DLM_LEVEL = 10
-"""The DLM registers at level 10 (DESIGN §4 default levels)."""
+"""The DLM registers at level 10 (docs/protocol.md §9)."""
 NAME_MAX_BYTES = 48
 """A lock name is 1..48 bytes of UTF-8 (on-disk format)."""
 REQUESTS_MAX = 1024

@@ -3,7 +3,7 @@
 How this works
 --------------
 Three kinds of record carry the whole protocol, and each is written by exactly
-one node (single writer per block, DESIGN §3):
+one node (single writer per block, docs/protocol.md §1):
 
 * ``SlotRecord`` -- one per node, written only by that node every heartbeat
   cycle.  It carries the heartbeat (``incarnation``, ``seq``), the node's own

@@ -1,4 +1,4 @@
-"""Self-fencing (DESIGN §3): what the daemon does when NodeCore says Fenced.
+"""Self-fencing (the fence rule: docs/protocol.md §2): what the daemon does when NodeCore says Fenced.
 
 How this works
 --------------

@@ -16,7 +16,7 @@ The disk starts with a fixed sequence of areas (all offsets in bytes)::
     -- total_bytes: the end of the last area rounded up to 1 MiB; everything
        after it is free for virtual disks.
 
-Every record is written by exactly one node (DESIGN §3): slot *i* and view
+Every record is written by exactly one node (docs/protocol.md §1): slot *i* and view
 area *i* by node *i*, the superblock, node table and area headers by the
 administrator's tools only.
 

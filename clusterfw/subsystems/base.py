@@ -1,4 +1,4 @@
-"""What a subsystem sees of the transition framework (DESIGN §4), in-process
+"""What a subsystem sees of the transition framework (docs/protocol.md §4), in-process
 or over the local socket alike.
 
 How this works
