@@ -150,7 +150,7 @@ def jsonable(value: Any) -> Any:
     if is_dataclass(value) and not isinstance(value, type):
         return {f.name: jsonable(getattr(value, f.name)) for f in fields(value)}
     if isinstance(value, (bytes, bytearray)):
-        return codec.uuid_text(value) if len(value) == codec.UUID_BYTES else bytes(value).hex()
+        return codec.uuid_text(bytes(value)) if len(value) == codec.UUID_BYTES else bytes(value).hex()
     if isinstance(value, (tuple, list)):
         return [jsonable(v) for v in value]
     return value
@@ -218,7 +218,7 @@ def cmd_disk_init(args: argparse.Namespace) -> int:
 def collect_dump(disk: ClusterDisk) -> dict[str, Any]:
     """Everything on the disk, as records or errors (not yet JSON)."""
     layout = disk.layout
-    areas = {}
+    areas: dict[str, Any] = {}
     for kind in AreaKind:
         try:
             areas[layout.reserved_area(kind).name] = disk.read_area_header(kind)
@@ -241,7 +241,7 @@ def _lock_entries(area: dict[int, dict[int, Any]]) -> list[tuple[int, int, Any]]
     from clusterfw.core.dlm import EntryState, LockEntry
     from clusterfw.core.node import Unreadable
 
-    out = []
+    out: list[tuple[int, int, Any]] = []
     for stripe, sectors in sorted(area.items()):
         for node_id, entry in sorted(sectors.items()):
             if isinstance(entry, LockEntry) and entry.state is not EntryState.FREE:

@@ -135,7 +135,7 @@ def _split_lock(args: argparse.Namespace) -> argparse.Namespace:
     def fail(message: str) -> None:
         raise _UsageError(message)
 
-    p.error = fail  # type: ignore[method-assign]
+    p.error = fail  # type: ignore[method-assign,assignment]
     ns, extra = p.parse_known_args(head)
     if extra:
         raise _UsageError(f"unexpected {' '.join(extra)} before '--'")

@@ -165,19 +165,27 @@ class Election:
         for node_id, other in leases.items():
             if node_id == self.node_id:
                 continue
-            if other.term > me.term or other.committed_term >= me.term or other.committed_term > self.base:
-                return True
-            if (node_id not in dead and self.base < other.term < me.term and other.mbal > 0
-                    and other.committed_term < other.term):
+            if other.term > me.term or other.committed_term >= me.term or self._past_base(node_id, other, dead):
                 return True
             if other.term == me.term and other.mbal > me.mbal:
                 return True
         return False
 
+    def _past_base(self, node_id: int, other: Lease, dead: frozenset[int]) -> bool:
+        """``other`` decided above our base, or is a live node's proposal for
+        a term we skipped (always False for a proposal that skipped none)."""
+        if other.committed_term > self.base:
+            return True
+        return (node_id not in dead and self.base < other.term < self.lease.term and other.mbal > 0
+                and other.committed_term < other.term)
+
+    def _decided_above_base(self) -> bool:
+        return self.lease.committed_term > self.base
+
     def _advance(self, wrote: Lease | None, leases: Mapping[int, Lease], unreadable: frozenset[int],
                  now_ms: float, fast_poll_ms: int, rng: Callable[[], float],
                  dead: frozenset[int] = frozenset()) -> None:
-        if self.lease.committed_term >= self.lease.term or self.lease.committed_term > self.base:
+        if self.lease.committed_term >= self.lease.term or self._decided_above_base():
             self.phase = Phase.IDLE  # decided meanwhile (perhaps by us, perhaps not)
             return
         if wrote != self.lease:

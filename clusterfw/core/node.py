@@ -331,7 +331,7 @@ class NodeCore:
             node_id=self.node_id, incarnation=self.incarnation, seq=self._next_seq(),
             timing=self.timing, request=Request.NONE if self.final_write else self.desire,
             lease=self.election.lease_to_write(), registrations=self.registrations, acks=acks,
-            seen_epoch=self._seen().epoch if self._seen() else 0)
+            seen_epoch=seen.epoch if (seen := self._seen()) is not None else 0)
 
     def _seen(self) -> ViewRecord | None:
         """The newest view this node read (adopted, or waiting to be)."""

@@ -209,6 +209,12 @@ class Lab:
                            f"this clusterfw understands {STATE_VERSION}")
         return st
 
+    def _st(self) -> dict:
+        """The lab's state, where an operation needs a lab that is up."""
+        if self.state is None:
+            raise LabError(f"no lab is up in {self.dir}: start one with 'clusterfw lab up'")
+        return self.state
+
     def _save(self) -> None:
         assert self.state is not None
         tmp = self.state_path.with_name(self.state_path.name + ".tmp")
@@ -303,7 +309,7 @@ class Lab:
                 log(f"cleanup after failed up also failed: {exc2}")
             raise
         with self.locked():
-            self.state["up_seconds"] = round(time.monotonic() - t0, 2)
+            self._st()["up_seconds"] = round(time.monotonic() - t0, 2)
             self._save()
         log(f"lab up: {nodes} {mode} node(s) in {time.monotonic() - t0:.1f}s")
         return self.status()
@@ -394,7 +400,7 @@ class Lab:
         self._wait_ready(to_wait, boot_timeout)
 
     def _ensure_node_resources(self, name: str, rec: dict) -> None:
-        st = self.state
+        st = self._st()
         ndir = self._node_dir(name)
         ndir.mkdir(parents=True, exist_ok=True)
         conf_dir = ndir / "etc-clusterfw"
@@ -419,9 +425,9 @@ class Lab:
 
     def _run_setup(self, argv: list[str]) -> None:
         """A --setup-command: on the host, after the disk views exist, before boot."""
-        first = self.state["nodes"]["n1"]
-        subst = {"disk": first["loop"], "image": self.state["disk"]["image"],
-                 "nodes": str(len(self.state["nodes"])), "dir": str(self.dir)}
+        first = self._st()["nodes"]["n1"]
+        subst = {"disk": first["loop"], "image": self._st()["disk"]["image"],
+                 "nodes": str(len(self._st()["nodes"])), "dir": str(self.dir)}
         argv = [_subst(a, subst) for a in argv]
         if argv[0] == "clusterfw":
             argv = [*CLI_ARGV, *argv[1:]]
@@ -438,8 +444,8 @@ class Lab:
         as a new incarnation (docs/daemon.md).  With the event manager's unit
         among the nodes' units (it starts with clusterfw.service) the daemon
         waits for it to register before the join (docs/events.md)."""
-        units = self.state.get("units")
-        events = bool(units) and (Path(units) / "clusterfw-events.service").exists()
+        units = self._st().get("units")
+        events = bool(units) and (Path(str(units)) / "clusterfw-events.service").exists()
         return ("# written by `clusterfw lab up` for clusterfw.service; see docs/daemon.md\n"
                 f"CLUSTERFW_DISK={DISK_IN_NODE}\nCLUSTERFW_NODE={rec['name']}\n"
                 + ('CLUSTERFW_OPTIONS="--wait-for-subsystem events"\n' if events else "CLUSTERFW_OPTIONS=\n"))
@@ -452,8 +458,8 @@ class Lab:
         from ..ondisk.clusterdisk import ClusterDisk
         from ..ondisk.errors import NodeTableError
 
-        first = self.state["nodes"]["n1"]["loop"]
-        names = sorted(self.state["nodes"], key=lambda n: int(n[1:]))
+        first = self._st()["nodes"]["n1"]["loop"]
+        names = sorted(self._st()["nodes"], key=lambda n: int(n[1:]))
         if admin.probe(first) is None:
             log(f"formatting the shared disk for cluster 'lab' ({len(names)} nodes)")
             with BlockDevice(first) as dev:
@@ -473,7 +479,7 @@ class Lab:
         return ("# written by `clusterfw lab up`: KEY=VALUE lines for systemd's\n"
                 "# EnvironmentFile= and for POSIX sh.  See docs/lab.md.\n"
                 f"DISK={DISK_IN_NODE}\nNODE={rec['name']}\nNODE_ID={rec['index']}\n"
-                f"ADDRESS={rec['address']}\nLAB_MODE={self.state['mode']}\n")
+                f"ADDRESS={rec['address']}\nLAB_MODE={self._st()['mode']}\n")
 
     # ------------------------------------------------------------------- disk
     def _ensure_fuse(self, name: str, rec: dict) -> bool:
@@ -495,7 +501,7 @@ class Lab:
         with open(logf, "ab") as lf:
             p = subprocess.Popen(
                 [sys.executable, "-m", "clusterfw.lab.fusedisk",
-                 "--image", self.state["disk"]["image"], "--mount", fz["mount"],
+                 "--image", self._st()["disk"]["image"], "--mount", fz["mount"],
                  "--control", fz["control"], "--mode", rec.get("disk_mode", "pass"),
                  "--name", f"{self.hash}-{name}"],
                 stdin=subprocess.DEVNULL, stdout=lf, stderr=subprocess.STDOUT,
@@ -521,6 +527,8 @@ class Lab:
 
     def _ensure_loop(self, name: str, rec: dict) -> None:
         backing = self._backing(rec)
+        if backing is None:
+            raise LabError(f"node {name} has no FUSE-backed disk to attach a loop device to")
         mine = [d for d in loop_devices() if (d.get("back-file") or "").startswith(backing)]
         if rec["loop"] and any(d["name"] == rec["loop"] for d in mine):
             return
@@ -529,7 +537,7 @@ class Lab:
             self._save()
             return
         dev = run(["losetup", "--direct-io=on", "--sector-size",
-                   str(self.state["disk"]["sector_size"]), "--show", "-f", backing],
+                   str(self._st()["disk"]["sector_size"]), "--show", "-f", backing],
                   timeout=30).stdout.strip()
         rec["loop"] = dev
         self._save()
@@ -563,7 +571,7 @@ class Lab:
         cgroup_freeze(cg, False)
         ndir = self._node_dir(name)
         logf = ndir / "console.log"
-        if self.state["mode"] == "nspawn":
+        if self._st()["mode"] == "nspawn":
             argv = self._nspawn_argv(name, rec)
             env = dict(os.environ, SYSTEMD_COLORS="0")
         else:
@@ -584,7 +592,7 @@ class Lab:
         self._save()
 
     def _nspawn_argv(self, name: str, rec: dict) -> list[str]:
-        st = self.state
+        st = self._st()
         node_uuid = uuid.UUID(hashlib.sha256(f"{self.prefix}-{name}".encode()).hexdigest()[:32])
         argv = ["systemd-nspawn", "--quiet", "-D", st["rootfs"], "-b",
                 "--register=no", "--keep-unit", "-M", rec["machine"],
@@ -604,7 +612,7 @@ class Lab:
 
     def _node_command(self, name: str) -> list[str]:
         cmd = [_subst(a, {"disk": DISK_IN_NODE, "node": name})
-               for a in self.state["node_command"]]
+               for a in self._st()["node_command"]]
         if cmd[0] == "clusterfw":  # this very clusterfw, with this interpreter
             cmd = [*CLI_ARGV, *cmd[1:]]
         return cmd
@@ -637,7 +645,7 @@ class Lab:
         for pid in children(launcher.pid):
             if any_child:
                 pass
-            elif self.state["mode"] == "nspawn":
+            elif self._st()["mode"] == "nspawn":
                 try:
                     if Path(f"/proc/{pid}/comm").read_text().strip() != "systemd":
                         continue
@@ -662,7 +670,7 @@ class Lab:
         deadline = time.monotonic() + timeout
         while pending:
             for name in list(pending):
-                rec = self.state["nodes"][name]
+                rec = self._st()["nodes"][name]
                 launcher = self._ref(rec, "launcher")
                 if launcher is None or not launcher.alive():
                     if launcher:
@@ -677,7 +685,7 @@ class Lab:
                         continue
                     rec["init"] = init.to_json()
                     self._save()
-                if self.state["mode"] == "nspawn":
+                if self._st()["mode"] == "nspawn":
                     try:
                         state = self._boot_state(init)
                     except subprocess.TimeoutExpired:
@@ -696,7 +704,7 @@ class Lab:
 
     def _stop_nodes(self, names: list[str], graceful: bool, timeout: float) -> dict:
         """Stop nodes (graceful first if asked); returns {node: surviving PIDs}."""
-        nodes = self.state["nodes"]
+        nodes = self._st()["nodes"]
         for name in names:
             rec = nodes[name]
             self._cancel_pause(rec)
@@ -712,7 +720,7 @@ class Lab:
                     # never finished booting (e.g. interrupted up): killed below
                     continue
                 graceful_names.append(name)
-                if self.state["mode"] == "nspawn":
+                if self._st()["mode"] == "nspawn":
                     with contextlib.suppress(subprocess.TimeoutExpired, OSError):
                         subprocess.run(["nsenter", "-t", str(init.pid), "-a", "--",
                                         "systemctl", "poweroff", "--no-block"],
@@ -737,7 +745,7 @@ class Lab:
 
     def _kill_node(self, name: str) -> list[int]:
         """SIGKILL what is left of a node; returns PIDs that survived."""
-        rec = self.state["nodes"][name]
+        rec = self._st()["nodes"][name]
         hung = rec.get("disk_mode") == "hang"
         init = self._ref(rec, "init") or self._find_init(name, rec, any_child=True)
         if init:  # the kernel then SIGKILLs the whole PID namespace
@@ -776,7 +784,7 @@ class Lab:
 
     def _nspawn_leftovers(self, rec: dict) -> None:
         """Files nspawn leaves in /run when its container is killed."""
-        if self.state["mode"] != "nspawn":
+        if self._st()["mode"] != "nspawn":
             return
         prop = NSPAWN_RUN / "propagate" / rec["machine"]
         if prop.is_dir() and not is_mounted(prop):
@@ -784,7 +792,7 @@ class Lab:
 
     def _nspawn_lock_cleanup(self) -> None:
         """nspawn's lock file on the rootfs, if a killed nspawn left it."""
-        tree = self.state.get("rootfs")
+        tree = self._st().get("rootfs")
         if tree and os.path.isdir(tree) and not rootfs.rootfs_in_use(Path(tree)):
             s = os.stat(tree)
             (NSPAWN_RUN / "locks" / f"inode-{s.st_dev}:{s.st_ino}").unlink(missing_ok=True)
@@ -799,6 +807,7 @@ class Lab:
             if not self._node_running(rec):
                 raise LabError(f"node {name} is not running")
             init = self._ref(rec, "init")
+            assert init is not None  # _node_running checked it
             t0 = time.monotonic()
             init.signal(signal.SIGKILL)
             survivors = self._kill_node(name)
@@ -909,7 +918,7 @@ class Lab:
             raise LabError(f"node {name} is paused; it runs nothing until it is thawed "
                            f"(clusterfw lab resume {name})")
         return (["nsenter", "-t", str(init.pid), "-a", "-r", "-w", "--"],
-                _node_env(self.state["mode"]),
+                _node_env(self._st()["mode"]),
                 f"{rec['cgroup']}/exec")
 
     def exec(self, name: str, argv: list[str], *, timeout: float | None = None,
@@ -968,7 +977,7 @@ class Lab:
         else:
             disk["view"] = "down"
         out = {"name": name, "id": rec["index"], "state": state, "address": rec["address"],
-               "disk": disk, "init_pid": init.pid if running else None,
+               "disk": disk, "init_pid": init.pid if init is not None and running else None,
                "launcher_pid": launcher.pid if launcher and launcher.alive() else None,
                "fuse_pid": fuse_proc.pid if fuse_proc and fuse_proc.alive() else None,
                "netns": rec["netns"], "cgroup": rec["cgroup"],
@@ -997,7 +1006,7 @@ class Lab:
                 return {"dir": str(self.dir), "removed": False, "leftovers": []}
             t0 = time.monotonic()
             problems: list[str] = []
-            st = self.state
+            st = self._st()
             names = list(st["nodes"])
 
             def step(what, fn, *a):
@@ -1150,7 +1159,7 @@ class Lab:
         rec = self._node(name)
         if not rec.get("loop"):
             raise LabError(f"node {name} has no loop device")
-        st = self.state
+        st = self._st()
 
         def measure(dev: str) -> dict:
             fd = os.open(dev, os.O_RDONLY | os.O_DIRECT)

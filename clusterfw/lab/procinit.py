@@ -105,8 +105,8 @@ def build_root(args) -> str:
     with open(f"{up}/upper/clusterfw/node.conf", "w") as f:
         f.write(args.node_conf)
     if args.hosts:
-        with open(args.hosts) as src, open(f"{up}/upper/hosts", "w") as dst:
-            dst.write(src.read())
+        with open(args.hosts) as hosts_in, open(f"{up}/upper/hosts", "w") as hosts_out:
+            hosts_out.write(hosts_in.read())
     with open(f"{up}/upper/hostname", "w") as f:
         f.write(args.hostname + "\n")
     os.makedirs(f"{root}/etc")

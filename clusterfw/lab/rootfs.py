@@ -237,9 +237,9 @@ def build_tarball(cache_dir: Path, deps: list[str]) -> Path:
         launcher.write_text(LAUNCHER)
         launcher.chmod(0o755)
         _chroot(root, ["apt-get", "clean"])
-        for p in (root / "var/lib/apt/lists").glob("*"):
-            if p.is_file():
-                p.unlink()
+        for listed in (root / "var/lib/apt/lists").glob("*"):
+            if listed.is_file():
+                listed.unlink()
         (root / "etc/clusterfw-lab-rootfs").write_text(
             json.dumps({"key": cache_key(deps), "packages": list(PACKAGES),
                         "deps": deps, "format": FORMAT}) + "\n")
@@ -253,8 +253,8 @@ def build_tarball(cache_dir: Path, deps: list[str]) -> Path:
         return out
     finally:
         shutil.rmtree(work, ignore_errors=True)
-        for p in cache_dir.glob("*.tar.zst.tmp"):
-            p.unlink(missing_ok=True)
+        for partial in cache_dir.glob("*.tar.zst.tmp"):
+            partial.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

@@ -147,8 +147,8 @@ def from_disk(disk: ClusterDisk) -> dict[str, Any]:
         error = error_text(entry)
         if error is not None:
             damaged.append(Damage(NODE_TABLE, node_id, None, error, 0.0))
-    for node_id, entry in enumerate(raw_slots, start=1):
-        error = error_text(entry)
+    for node_id, slot_entry in enumerate(raw_slots, start=1):
+        error = error_text(slot_entry)
         if error is not None and node_id in names:  # slots of ids nobody added are ignored
             damaged.append(Damage(SLOT, node_id, None, error, 0.0))
     views: list[ViewRecord] = []

@@ -33,7 +33,7 @@ Pure apart from the calls to the device it is given.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from clusterfw.core.model import NodeConfig, SlotRecord, SuperBlock, ViewRecord
 
@@ -41,6 +41,10 @@ from . import codec
 from .errors import BlockError, BlockSizeMismatch, NotWritten
 from .layout import AREA_HEADER_BYTES, NODE_RECORD_BYTES, SUPERBLOCK_AREA_BYTES, VIEW_COPIES, AreaKind, Layout
 from .simdisk import Device
+
+if TYPE_CHECKING:
+    from clusterfw.core.dlm import LockEntry
+    from clusterfw.core.node import Unreadable
 
 AREA_VERSION = 1  # the reserved areas' contents version written by `disk init`
 
@@ -301,7 +305,7 @@ class ClusterDisk(Placement):
         offset, length = self.node_table_extent()
         return self.node_table_from_bytes(self.dev.read(offset, length))
 
-    def read_lock_area(self, read_bytes_max: int = 1 << 20) -> dict[int, dict[int, object]]:
+    def read_lock_area(self, read_bytes_max: int = 1 << 20) -> dict[int, dict[int, LockEntry | Unreadable]]:
         """Every stripe of the DLM lock area, decoded: stripe -> (node id ->
         ``LockEntry`` | ``Unreadable``), in reads of whole stripes of at most
         ``read_bytes_max`` bytes."""
@@ -309,7 +313,7 @@ class ClusterDisk(Placement):
 
         layout = self.layout
         per_read = max(1, read_bytes_max // layout.dlm_stripe_bytes)
-        out: dict[int, dict[int, object]] = {}
+        out: dict[int, dict[int, LockEntry | Unreadable]] = {}
         stripe = 0
         while stripe < layout.dlm_stripes_max:
             count = min(per_read, layout.dlm_stripes_max - stripe)

@@ -77,6 +77,13 @@ def _patch(owner: object, name: str, value: object) -> Callable[[], None]:
     return lambda: setattr(owner, name, original)
 
 
+def _undo_all(*undos: Callable[[], None]) -> Callable[[], None]:
+    def undo() -> None:
+        for one in reversed(undos):
+            one()
+    return undo
+
+
 def _watchdog_late() -> Callable[[], None]:
     """The watchdog resets a host three fence margins after the deadline
     instead of within one (a watchdog timeout longer than the margin)."""
@@ -112,7 +119,7 @@ def _resume_from_any_view() -> Callable[[], None]:
                 self.view, self._undelivered = saved
     undo_seen = _patch(node.NodeCore, "_seen_epochs", lambda self: {})
     undo = _patch(node.NodeCore, "_complete_takeover", complete_takeover)
-    return lambda: (undo(), undo_seen())  # type: ignore[func-returns-value]
+    return _undo_all(undo_seen, undo)
 
 
 def _blind_view_retry() -> Callable[[], None]:
@@ -155,7 +162,7 @@ def _takeover_reads_all_at_once() -> Callable[[], None]:
                 self._views_read[node_id] = view if isinstance(view, node.ViewRecord) else None
     undo_notes = _patch(node.NodeCore, "_note_views", note_views)
     undo_poll = _no_takeover_heartbeat()
-    return lambda: (undo_poll(), undo_notes())  # type: ignore[func-returns-value]
+    return _undo_all(undo_notes, undo_poll)
 
 
 def _skip_terms_blind() -> Callable[[], None]:
@@ -163,31 +170,8 @@ def _skip_terms_blind() -> Callable[[], None]:
     ignores live proposals for the terms it skipped and decisions above its
     base."""
     from ..core import election
-
-    def conflict(self, leases, unreadable, dead=frozenset()):  # type: ignore[no-untyped-def]
-        if unreadable:
-            return True
-        me = self.lease
-        for node_id, other in leases.items():
-            if node_id == self.node_id:
-                continue
-            if other.term > me.term or other.committed_term >= me.term:
-                return True
-            if other.term == me.term and other.mbal > me.mbal:
-                return True
-        return False
-    original_advance = election.Election._advance
-
-    def advance(self, wrote, leases, unreadable, now_ms, fast_poll_ms, rng, dead=frozenset()):  # type: ignore[no-untyped-def]
-        base, self.base = self.base, self.lease.committed_term
-        try:
-            return original_advance(self, wrote, leases, unreadable, now_ms, fast_poll_ms, rng, dead)
-        finally:
-            if self.phase is not election.Phase.IDLE:
-                self.base = base
-    undo_c = _patch(election.Election, "_conflict", conflict)
-    undo_a = _patch(election.Election, "_advance", advance)
-    return lambda: (undo_a(), undo_c())  # type: ignore[func-returns-value]
+    return _undo_all(_patch(election.Election, "_past_base", lambda self, node_id, other, dead: False),
+                     _patch(election.Election, "_decided_above_base", lambda self: False))
 
 
 def _no_takeover_heartbeat() -> Callable[[], None]:

@@ -51,7 +51,7 @@ def run_seed(seed: int, nodes: int, faults: frozenset[str], mutation: str | None
         world = World(cfg)
         world.full_trace = [] if keep_trace else None
         digest = hashlib.sha256()
-        world.trace_sink = digest.update  # type: ignore[attr-defined]
+        world.trace_sink = digest.update
         result = world.run()
     out = SeedOutcome(seed=seed, ok=result.ok, converge_ms=result.converge_after_heal_ms,
                       events=result.events, stats=dict(result.stats), digest=digest.hexdigest()[:16])

@@ -111,9 +111,9 @@ def _command(st: _State, line: str) -> list[str]:
         st.world, st.emitted = w, 0
         return [f"{len(w.nodes)} nodes; levels " + ", ".join(
             f"{r.name}={r.level} barriers(join,leave,forced)={r.barriers}" for r in regs)]
-    w = st.world
-    if w is None:
+    if st.world is None:
         raise ScenarioError("the first command must be 'cluster'")
+    w = st.world
     if cmd == "start":
         for tok in plain:
             w.at(w.t, "start", _node_id(tok))
@@ -179,7 +179,7 @@ def _condition(w: World, words: list[str]):  # noqa: ANN202
         return all_joined
     if words[0] == "master":
         nid = _node_id(words[1])
-        return lambda: (w.nodes[nid].core is not None and w.nodes[nid].core.role is Role.MASTER)
+        return lambda: (core := w.nodes[nid].core) is not None and core.role is Role.MASTER
     if words[0] == "batch":
         nid, level_name = _node_id(words[1]), words[2]
         levels = {r.name: r.level for r in w.registrations}

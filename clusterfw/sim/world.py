@@ -40,7 +40,7 @@ import heapq
 import random
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..core import timing as timing_mod
 from ..core.coordinator import batch_label
@@ -145,7 +145,7 @@ class World:
         self.history: dict[int, list[tuple[float, int, bytes]]] = {}  # node -> landed slot writes (for replay)
         self.trace: deque[str] = deque(maxlen=cfg.trace_lines)
         self.full_trace: list[str] | None = None
-        self.trace_sink = None  # called with every trace line's bytes (for run digests)
+        self.trace_sink: Callable[[bytes], object] | None = None  # called with every trace line (run digests)
         self.registrations = cfg.registrations or self._random_registrations()
         self.nodes = {i: SimNode(i) for i in range(1, cfg.nodes + 1)}
         drift = "drift" in cfg.faults
