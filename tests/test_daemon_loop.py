@@ -39,12 +39,10 @@ NODES = ("n1", "n2", "n3")
 DISK_BYTES = 16 << 20
 DEAD_AFTER_S = 1.017  # lab timing: core.timing.derive(LAB).dead_after_ms
 
-pytestmark = [
-    pytest.mark.lab,
-    pytest.mark.skipif(os.geteuid() != 0 or shutil.which("losetup") is None
-                       or not os.path.exists("/dev/loop-control"),
-                       reason="needs root, losetup and loop devices"),
-]
+HAVE_LOOP = (os.geteuid() == 0 and shutil.which("losetup") is not None
+             and os.path.exists("/dev/loop-control"))
+needs_loop = pytest.mark.skipif(not HAVE_LOOP, reason="needs root, losetup and loop devices")
+pytestmark = [pytest.mark.lab, needs_loop]
 
 
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from test_daemon_loop import Cluster, formatted_cluster, wait_for
+from test_daemon_loop import HAVE_LOOP, needs_loop, Cluster, formatted_cluster, wait_for
 
 from clusterfw.core.model import SlotRecord
 from clusterfw.core.node import OpResult, WriteSlot
@@ -47,9 +47,6 @@ from clusterfw.node.sleep import SuspendDetector, clock_pair, suspended_ms
 from clusterfw.ondisk.blockdev import BlockDevice
 from clusterfw.ondisk.clusterdisk import ClusterDisk
 
-needs_loop = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("losetup") is None
-                                or not os.path.exists("/dev/loop-control"),
-                                reason="needs root, losetup and loop devices")
 
 FAKE_SYSTEMCTL = r"""#!/bin/sh
 # A stand-in for systemctl: systemd is not PID 1 on the test host.  Units are
@@ -152,7 +149,7 @@ def _hook(path: Path, body: str) -> str:
 @pytest.fixture(scope="module")
 def disk(lun_root) -> Iterator[Cluster]:
     """A formatted loop device (lab timing, nodes n1..n3) for the in-process daemons."""
-    if os.geteuid() != 0 or shutil.which("losetup") is None or not os.path.exists("/dev/loop-control"):
+    if not HAVE_LOOP:
         pytest.skip("needs root, losetup and loop devices")
     with formatted_cluster(lun_root, "safety", "safety") as c:
         yield c
@@ -336,17 +333,24 @@ def test_fence_hooks_are_bounded_by_the_profiles_fence_margin(disk, tmp_path):
     assert "fence: " + slow + " did not finish within 200 ms (the fence margin): killed" in journal.text()
 
 
-@needs_loop
-def test_a_fence_waits_until_the_killed_units_are_dead(disk, fake_systemd, tmp_path):
+def _fence_one_unit(disk, fake_systemd, tmp_path, unit):  # type: ignore[no-untyped-def]
+    """An in-process daemon (kill-units) managing one running fake unit
+    fences; returns the unit's process, how long the fence took, the journal."""
     with in_process(disk, tmp_path, "n1", fence_action="kill-units") as (d, journal):
         assert d.startup() is None, journal.text()
-        service = fake_systemd.start_unit("web.service")
-        (tmp_path / "run-n1" / "managed-units").write_text("web.service\n")
+        service = fake_systemd.start_unit(unit)
+        (tmp_path / "run-n1" / "managed-units").write_text(unit + "\n")
         start = time.monotonic()
-        d._fence("test: units to kill")
+        d._fence(f"test: fence with {unit} running")
         took = time.monotonic() - start
-        # systemctl kill returned before the process died; the fence waited for it
-        assert service.poll() is not None, journal.text()
+    return service, took, journal
+
+
+@needs_loop
+def test_a_fence_waits_until_the_killed_units_are_dead(disk, fake_systemd, tmp_path):
+    service, took, journal = _fence_one_unit(disk, fake_systemd, tmp_path, "web.service")
+    # systemctl kill returned before the process died; the fence waited for it
+    assert service.poll() is not None, journal.text()
     assert took < 0.5
     assert "fence: every managed unit is dead" in journal.text()
 
@@ -354,13 +358,7 @@ def test_a_fence_waits_until_the_killed_units_are_dead(disk, fake_systemd, tmp_p
 @needs_loop
 def test_a_fence_logs_the_units_that_outlive_the_margin(disk, fake_systemd, tmp_path):
     fake_systemd.ignore_kill()
-    with in_process(disk, tmp_path, "n1", fence_action="kill-units") as (d, journal):
-        assert d.startup() is None, journal.text()
-        service = fake_systemd.start_unit("stuck.service")
-        (tmp_path / "run-n1" / "managed-units").write_text("stuck.service\n")
-        start = time.monotonic()
-        d._fence("test: a unit that does not die")
-        took = time.monotonic() - start
+    service, took, journal = _fence_one_unit(disk, fake_systemd, tmp_path, "stuck.service")
     assert took < 0.6
     assert service.poll() is None
     assert any(p == "critical" and "1 managed units still run" in m and "stuck.service: active" in m

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 import pytest
-from test_daemon_loop import Cluster, cli, formatted_cluster, wait_for
+from test_daemon_loop import HAVE_LOOP, needs_loop, Cluster, cli, formatted_cluster, wait_for
 
 from clusterfw.core import node as core_node
 from clusterfw.core.model import SlotRecord
@@ -34,9 +34,6 @@ from clusterfw.ondisk.errors import NotWritten
 RUNNING = ("n1", "n2")  # the cluster of these tests; n3 is configured but mostly not running
 UNUSED_ID = 6  # a slot no node-table entry names (the disk has 8 ids, 3 nodes)
 
-needs_loop = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("losetup") is None
-                                or not os.path.exists("/dev/loop-control"),
-                                reason="needs root, losetup and loop devices")
 
 
 # --------------------------------------------------------------------------
@@ -178,6 +175,20 @@ def lines(cluster: Cluster, name: str, text: str) -> list[str]:
     return [line for line in cluster.logs[name].read_text(errors="replace").splitlines() if text in line]
 
 
+def logged_once_on_each(cluster: Cluster, text: str, settle_s: float) -> dict[str, str]:
+    """Wait until every running node logged ``text``, give them ``settle_s``
+    more, and check each logged it exactly once; returns each node's line."""
+    for name in RUNNING:
+        wait_for(f"{name} to log {text!r}", lambda name=name: lines(cluster, name, text), 5)
+    time.sleep(settle_s)
+    out = {}
+    for name in RUNNING:
+        found = lines(cluster, name, text)
+        assert len(found) == 1, found
+        out[name] = found[0]
+    return out
+
+
 def status_json(cluster: Cluster, name: str) -> dict[str, Any]:
     out = cli("status", "--json", "--socket", cluster.socket(name))
     assert out.returncode == 0, out.stderr
@@ -186,7 +197,7 @@ def status_json(cluster: Cluster, name: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def cluster(lun_root) -> Iterator[Cluster]:
-    if os.geteuid() != 0 or shutil.which("losetup") is None or not os.path.exists("/dev/loop-control"):
+    if not HAVE_LOOP:
         pytest.skip("needs root, losetup and loop devices")
     with formatted_cluster(lun_root, "integrity", "lab") as c:
         yield c
@@ -228,12 +239,8 @@ def test_a_damaged_slot_of_a_configured_node_is_logged_once_shown_counted_and_re
     assert "damage seen since the daemon started: slot 1" in text.stdout
     # restored: readable again, said once
     write_bytes(cluster.device, off3, saved3)
+    logged_once_on_each(cluster, "repaired: slot of node n3 (id 3) is readable again after", settle_s=0.5)
     for name in RUNNING:
-        wait_for(f"{name} to log the repair", lambda name=name: lines(cluster, name, "repaired: slot of node n3"), 5)
-    time.sleep(0.5)
-    for name in RUNNING:
-        repaired = lines(cluster, name, "repaired: slot of node n3 (id 3) is readable again after")
-        assert len(repaired) == 1, repaired
         status = status_json(cluster, name)
         assert status["integrity"]["damaged"] == [] and status["integrity"]["counts"]["slot"] == 1
     write_bytes(cluster.device, off_unused, bytes(size))
@@ -326,13 +333,9 @@ def test_a_slot_seq_going_back_is_logged_as_a_replay_once(cluster):
     replayed = disk.slot_from_bytes(3, old)
     assert isinstance(newest, SlotRecord) and isinstance(replayed, SlotRecord) and replayed.seq < newest.seq
     write_bytes(cluster.device, off3, old)
+    found = logged_once_on_each(cluster, "REPLAYED: slot of node n3 (id 3)", settle_s=1.0)
     for name in RUNNING:
-        wait_for(f"{name} to log the replay", lambda name=name: lines(cluster, name, "REPLAYED: slot of node n3"), 5)
-    time.sleep(1.0)
-    for name in RUNNING:
-        found = lines(cluster, name, "REPLAYED: slot of node n3 (id 3)")
-        assert len(found) == 1, found
-        seen = re.search(r"went back from seq (\d+) to (\d+) within incarnation ([0-9a-f]+)", found[0])
+        seen = re.search(r"went back from seq (\d+) to (\d+) within incarnation ([0-9a-f]+)", found[name])
         assert seen is not None, found  # the highest seq this observer read: newest, unless it missed the last
         assert replayed.seq < int(seen[1]) <= newest.seq and int(seen[2]) == replayed.seq
         assert seen[3] == f"{newest.incarnation:x}"

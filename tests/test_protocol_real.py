@@ -20,22 +20,19 @@ import time
 from typing import Iterator
 
 import pytest
-from test_daemon_loop import NODES, Cluster, formatted_cluster, wait_for
+from test_daemon_loop import HAVE_LOOP, needs_loop, NODES, Cluster, formatted_cluster, wait_for
 from test_dlm_daemon import locks_json, start_lock, wait_held
 from test_integrity import dd_random, layout, lines
 
 pytestmark = pytest.mark.lab
 UNUSED_ID = 6  # the disk has 8 ids and 3 nodes
 
-needs_loop = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("losetup") is None
-                                or not os.path.exists("/dev/loop-control"),
-                                reason="needs root, losetup and loop devices")
 
 
 @pytest.fixture
 def cluster(lun_root) -> Iterator[Cluster]:
     """A fresh disk per test: these tests leave damage and stale views behind."""
-    if os.geteuid() != 0 or shutil.which("losetup") is None:
+    if not HAVE_LOOP:
         pytest.skip("needs root, losetup and loop devices")
     with formatted_cluster(lun_root, "protocol", "lab") as c:
         yield c
@@ -51,6 +48,14 @@ def all_joined(cluster: Cluster, names: tuple[str, ...], timeout_s: float = 20) 
     wait_for(f"{', '.join(names)} joined", lambda: all(cluster.joined_view(n, names) for n in names), timeout_s, 0.1)
 
 
+def three_joined(cluster: Cluster) -> str:
+    """Start n1..n3, wait until all are joined; returns the master."""
+    for name in NODES:
+        cluster.start(name)
+    all_joined(cluster, NODES)
+    return cluster.master()
+
+
 def new_master(cluster: Cluster, survivors: tuple[str, ...], old: str, timeout_s: float = 10) -> str:
     def found() -> str | None:
         status = cluster.status(survivors[0])
@@ -63,10 +68,7 @@ def new_master(cluster: Cluster, survivors: tuple[str, ...], old: str, timeout_s
 
 @needs_loop
 def test_a_damaged_slot_nobody_owns_does_not_stop_the_election(cluster):
-    for name in NODES:
-        cluster.start(name)
-    all_joined(cluster, NODES)
-    master = cluster.master()
+    master = three_joined(cluster)
     off, size = layout(cluster.device).slot_extent(UNUSED_ID)
     dd_random(cluster.device, off, size)
     time.sleep(0.3)
@@ -81,10 +83,7 @@ def test_a_damaged_slot_nobody_owns_does_not_stop_the_election(cluster):
 
 @needs_loop
 def test_a_dead_nodes_damaged_slot_is_passed_over_and_the_term_skips_one(cluster):
-    for name in NODES:
-        cluster.start(name)
-    all_joined(cluster, NODES)
-    master = cluster.master()
+    master = three_joined(cluster)
     follower, survivor = [n for n in NODES if n != master]
     cluster.signal(follower, signal.SIGKILL)
     cluster.wait_exit(follower, 5)
