@@ -16,15 +16,13 @@ import signal
 import subprocess
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any, Iterator
 
 import pytest
 from test_daemon_loop import HAVE_LOOP, needs_loop, Cluster, cli, formatted_cluster, wait_for
 
-from clusterfw.core import node as core_node
 from clusterfw.core.model import SlotRecord
-from clusterfw.core.node import OpResult, ReadSlots, ReadView, Unreadable
+from clusterfw.core.node import OpResult, ReadSlots, ReadView, ReadViews, Unreadable
 from clusterfw.core.timing import derive
 from clusterfw.node.integrity import IntegrityTracker, printable
 from clusterfw.ondisk.blockdev import BlockDevice
@@ -45,15 +43,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@dataclass(frozen=True)
-class ReadViews:  # the shape of a per-node view-pair read, if the core has none of its own
-    first: int
-    count: int
-
-
-VIEW_PAIR_OP = getattr(core_node, "ReadViews", ReadViews)
 
 
 def _tracker(names: dict[int, str] | None = None) -> tuple[IntegrityTracker, Clock, list[tuple[str, str]]]:
@@ -121,7 +110,7 @@ def test_tracker_needs_two_reads_to_call_a_view_copy_damaged_and_reads_pair_resu
     tracker, clock, lines = _tracker()
     bad = Unreadable("BadChecksum: view: crc32c mismatch")
     blank = Unreadable("never written", never_written=True)
-    pair_op = VIEW_PAIR_OP(1, 3)
+    pair_op = ReadViews(1, 3)
     tracker.observe_result(OpResult(pair_op, True, 0.0, 1.0, {1: (bad, blank), 2: (blank, blank),
                                                                 UNUSED_ID: (bad, bad)}))
     tracker.flush()

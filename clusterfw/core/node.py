@@ -209,7 +209,7 @@ class NodeCore:
         self.final_write_reason = ""
         self.view_log: list[str] = []
         self._takeover_failures = 0
-        self._halted = ""  # why a won takeover waits (views lost), for status
+        self._halted = ""  # the last reason a takeover halted (logged once)
         self._slot_ids: tuple[int, ...] = ()  # every slot id of the last slot-area read
         self._views_todo: list[tuple[int, int, int]] = []  # takeover: (first, count, tries) to read
         self._views_read: dict[int, ViewRecord | None] = {}
@@ -406,9 +406,8 @@ class NodeCore:
             elif self.role is not Role.MASTER:
                 self.verify_view = None
             elif since is not None and now_ms - since >= self.timing.dead_after_ms:
-                self._halt(f"n{self.node_id} resigns as master of term {self.election.lease.committed_term}: "
-                           f"its own views have been unreadable for {self.timing.dead_after_ms} ms "
-                           f"({view_result.error if view_result is not None else 'no read'})", now_ms)
+                self._resign_for_views("its own views have been unreadable",
+                                       view_result.error if view_result is not None else "no read", now_ms)
                 return
         if self.role is Role.MASTER and slots_result is not None and slots_result.ok:
             self._master_step(now_ms)
@@ -627,6 +626,13 @@ class NodeCore:
         self._master_step(now_ms, force_write=True)
         self._schedule(now_ms)
 
+    def _resign_for_views(self, what: str, error: str, now_ms: float) -> None:
+        """Our view area keeps failing: hand over rather than hold the
+        cluster still (another master writes its own area)."""
+        self._view_failing_since = None
+        self._halt(f"n{self.node_id} resigns as master of term {self.election.lease.committed_term}: "
+                   f"{what} for {self.timing.dead_after_ms} ms ({error})", now_ms)
+
     def _seen_epochs(self) -> dict[int, int]:
         """The epoch each other node that is not dead says it has seen."""
         return {n: s.seen_epoch for n, s in self.slots.items()
@@ -666,12 +672,7 @@ class NodeCore:
             if self._view_failing_since is None:
                 self._view_failing_since = now_ms
             elif now_ms - self._view_failing_since >= self.timing.dead_after_ms:
-                # Our view area keeps failing: hand over rather than hold
-                # the cluster still (another master writes its own area).
-                self._view_failing_since = None
-                self.coordinator = None
-                self._halt(f"n{self.node_id} resigns as master of term {self.election.lease.committed_term}: "
-                           f"its view writes have failed for {self.timing.dead_after_ms} ms ({r.error})", now_ms)
+                self._resign_for_views("its view writes have failed", r.error, now_ms)
                 return
             # A write reported failed may still have landed (and followers
             # may act on it).  Rewriting the same copy blind could tear it

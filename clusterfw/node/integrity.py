@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from clusterfw.core.model import NodeConfig, SlotRecord, SuperBlock, ViewRecord
+from clusterfw.core.node import OpResult, ReadSlots, ReadView, ReadViews, WriteSlot, WriteView
 from clusterfw.ondisk.errors import BlockError, NotWritten
 
 SUPERBLOCK = "superblock"
@@ -224,26 +225,21 @@ class IntegrityTracker:
             del self._suspect[key]
 
     # -------------------------------------------------------------- inputs
-    def observe_result(self, result: object) -> None:
-        """One io-thread ``OpResult``, whatever its op: slot reads (a dict of
-        node id -> record or Unreadable), view reads (a record, a pair of
-        copies, a dict of node id -> record / Unreadable / pair, a list of
-        records).  Writes and failed reads carry no evidence."""
-        if not getattr(result, "ok", False):
+    def observe_result(self, result: OpResult) -> None:
+        """One io-thread ``OpResult``: slot reads (a dict of node id ->
+        record or Unreadable) and view reads (``ReadView``: a record;
+        ``ReadViews``: a dict of node id -> record, Unreadable or a pair of
+        copies).  Writes and failed reads carry no evidence."""
+        op, value = result.op, result.value
+        if not result.ok or value is None or isinstance(op, (WriteSlot, WriteView)):
             return
-        op = getattr(result, "op", None)
         name = type(op).__name__
-        if name.startswith("Write"):
-            return
-        value = getattr(result, "value", None)
-        if value is None:
-            return
         try:
-            if "Slot" in name:
+            if isinstance(op, ReadSlots):
                 if isinstance(value, Mapping):
                     self.observe_slots(value)
-            elif "View" in name:
-                self._observe_views_value(value, getattr(op, "node_id", None))
+            elif isinstance(op, (ReadView, ReadViews)):
+                self._observe_views_value(value, op.node_id if isinstance(op, ReadView) else None)
         except Exception as exc:  # noqa: BLE001 - tracking must never break the io thread
             with self._lock:
                 self._queue("warning", f"integrity tracking skipped a {name} result: {type(exc).__name__}: {exc}")

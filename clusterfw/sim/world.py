@@ -391,7 +391,6 @@ class World:
             offset, data, rec = node.inflight_write
             self._land(node, offset, data, rec)
         node.orphan = node.core.incarnation
-        node.orphan_token += 1
         fire_local = node.watchdog_local_ms
         self.checker.on_daemon_crash(node)
         self._daemon_exit(node, restart=True)
