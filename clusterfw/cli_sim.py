@@ -49,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _mutation(text: str) -> str:
     unknown = [n for n in text.split("+") if n not in MUTATIONS]
     if unknown:
-        raise argparse.ArgumentTypeError(f"unknown mutation {', '.join(unknown)}: choose from "
+        raise argparse.ArgumentTypeError(f"unknown mutation {', '.join(map(repr, unknown))}: choose from "
                                          + ", ".join(sorted(MUTATIONS)) + " (join several with '+')")
     return text
 

@@ -154,3 +154,13 @@ def test_cli_exit_codes() -> None:
     usage = subprocess.run([sys.executable, "-m", "clusterfw.cli", "sim", "--faults", "nope"],
                            capture_output=True, text=True, timeout=60)
     assert usage.returncode == 2 and "--faults" in usage.stderr
+
+
+def test_cli_mutations_join_with_plus_and_a_bad_name_is_named() -> None:
+    bad = subprocess.run([sys.executable, "-m", "clusterfw.cli", "sim", "--mutation", "skip-ack-wait+nope"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "unknown mutation 'nope'" in bad.stderr and "Traceback" not in bad.stderr
+    both = subprocess.run([sys.executable, "-m", "clusterfw.cli", "sim", "--seeds", "3", "--nodes", "3",
+                           "--mutation", "skip-ack-wait+leave-bottom-up"], capture_output=True, text=True,
+                          timeout=300)
+    assert both.returncode == 1 and "mutation: skip-ack-wait+leave-bottom-up" in both.stdout, both.stdout
