@@ -104,7 +104,8 @@ class Bench:
 
     def restart(self, node_id: int, new_incarnation: int, request: Request = Request.JOIN) -> None:
         old = self.slots[node_id]
-        self.slots[node_id] = replace(old, incarnation=new_incarnation, seq=1, request=request, acks=())
+        # A restarted daemon continues the sequence of the slot it found.
+        self.slots[node_id] = replace(old, incarnation=new_incarnation, seq=old.seq + 1, request=request, acks=())
         self.stopped.discard(node_id)
 
     def request(self, node_id: int, request: Request) -> None:

@@ -116,14 +116,14 @@ CASES: dict[str, list[tuple[Any, ...]]] = {
     ],
     "new incarnation: the old one is dead only dead_after after the new one was first seen": [
         read(0, 10, n2=(1, 5)),
-        read(100, 110, n2=(2, 1)),  # restarted; its old heartbeat last changed at 10
-        read(10 + DA, 11 + DA, n2=(2, 2)), not_dead(2, 1),  # DA after the *old* heartbeat: not yet
-        read(110 + DA - 1, 110 + DA, n2=(2, 3)), not_dead(2, 1),
-        read(110 + DA, 111 + DA, n2=(2, 4)), dead(2, 1), not_dead(2, 2), not_dead(2),
+        read(100, 110, n2=(2, 6)),  # restarted (the sequence goes on); its old heartbeat last changed at 10
+        read(10 + DA, 11 + DA, n2=(2, 7)), not_dead(2, 1),  # DA after the *old* heartbeat: not yet
+        read(110 + DA - 1, 110 + DA, n2=(2, 8)), not_dead(2, 1),
+        read(110 + DA, 111 + DA, n2=(2, 9)), dead(2, 1), not_dead(2, 2), not_dead(2),
     ],
     "new incarnation seen unchanged: the new one dies by its own heartbeat": [
-        read(0, 10, n2=(1, 5)), read(100, 110, n2=(2, 1)),
-        read(110 + DA, 111 + DA, n2=(2, 1)), dead(2, 1), dead(2, 2), dead(2),
+        read(0, 10, n2=(1, 5)), read(100, 110, n2=(2, 6)),
+        read(110 + DA, 111 + DA, n2=(2, 6)), dead(2, 1), dead(2, 2), dead(2),
     ],
     "never-decodable slot: dead after the observer's dead_after from its first area read": [
         not_dead(7),  # no area read yet
@@ -145,12 +145,12 @@ def test_liveness_table(name: str) -> None:
 
 
 def test_alive_needs_the_asked_incarnation_and_no_dead_verdict() -> None:
-    lv = run([read(0, 10, n2=(1, 1)), read(100, 110, n2=(2, 1))])
+    lv = run([read(0, 10, n2=(1, 1)), read(100, 110, n2=(2, 2))])
     assert lv.alive(2) and lv.alive(2, 2)
     assert not lv.alive(2, 1)  # replaced
     assert not lv.alive(9)  # never seen
     assert lv.incarnation(2) == 2 and lv.incarnation(9) is None
-    lv.observe(slot(2, 2, 1), 110 + DA, 111 + DA)
+    lv.observe(slot(2, 2, 2), 110 + DA, 111 + DA)
     assert not lv.alive(2)
 
 
@@ -167,7 +167,7 @@ def test_observe_reports_changes() -> None:
     assert lv.observe(slot(2, 1, 1), 0, 1) is Observed.NEW  # first sight
     assert lv.observe(slot(2, 1, 1), 5, 6) is Observed.SAME
     assert lv.observe(slot(2, 1, 2), 10, 11) is Observed.CHANGED
-    assert lv.observe(slot(2, 2, 2), 20, 21) is Observed.NEW  # same seq, new incarnation
+    assert lv.observe(slot(2, 2, 3), 20, 21) is Observed.NEW  # a new incarnation (the sequence goes on)
 
 
 def test_a_replayed_record_is_no_heartbeat() -> None:
@@ -178,30 +178,53 @@ def test_a_replayed_record_is_no_heartbeat() -> None:
     lv.note_area_read(0, 1)
     lv.observe(slot(2, 1, 5), 0, 1)
     assert lv.observe(slot(2, 1, 4), 10, 11) is Observed.REPLAYED
-    assert lv.observe(slot(2, 2, 1), 20, 21) is Observed.NEW
+    assert lv.observe(slot(2, 2, 6), 20, 21) is Observed.NEW  # a restart continues the sequence
     # the old incarnation's newest record comes back: still a replay
     assert lv.observe(slot(2, 1, 9), 30, 31) is Observed.REPLAYED
     assert lv.incarnation(2) == 2
-    # the replays did not restart the dead clock of incarnation 2
-    lv.note_area_read(21 + DA, 22 + DA)
-    lv.observe_unreadable(2, 21 + DA)
+    # the replay read at 30 counts once (it may hide a write), never again
+    lv.note_area_read(30, 31)
+    lv.observe_unreadable(2, 30, 31)
+    lv.note_area_read(31 + DA, 32 + DA)
+    lv.observe_unreadable(2, 31 + DA, 32 + DA)
     assert lv.is_dead(2, 2)
+
+
+def test_an_unknown_incarnation_with_a_lower_seq_counts_only_once_it_moves() -> None:
+    """The simulator found this (seed 106, 5 nodes): an observer that only
+    ever saw a node's new incarnation read a replay of its *old* one, took it
+    for a restart, retired the real incarnation and never admitted it again.
+    A restarted daemon continues its predecessor's sequence, so a lower seq
+    under an unknown incarnation is taken as new only once it moves."""
+    lv = Liveness(OWN_DA)
+    lv.note_area_read(0, 1)
+    lv.observe(slot(2, 7, 100), 0, 1)
+    assert lv.observe(slot(2, 3, 40), 10, 11) is Observed.REPLAYED  # the old incarnation, replayed
+    assert lv.observe(slot(2, 7, 101), 20, 21) is Observed.CHANGED  # the real one writes on
+    assert lv.incarnation(2) == 7
+    assert lv.observe(slot(2, 3, 40), 30, 31) is Observed.REPLAYED  # the same replay again: no move
+    # a daemon that could not read its old slot starts low, but heartbeats
+    assert lv.observe(slot(2, 9, 1), 40, 41) is Observed.REPLAYED
+    assert lv.observe(slot(2, 9, 2), 50, 51) is Observed.NEW
+    assert lv.incarnation(2) == 9
 
 
 def test_an_unreadable_slot_counts_as_unchanged() -> None:
     """A slot that decoded once and is now damaged is "no new heartbeat":
-    the node is dead dead_after after its last good change, exactly as if the
-    record had stayed the same.  (Before: a damaged slot was skipped, so its
-    last read time never moved and the node never became dead.)"""
+    the node is dead dead_after after the first damaged read (which may hide
+    a write nobody read), exactly as if the record had stayed the same from
+    then on.  (Before: a damaged slot was skipped, so its last read time
+    never moved and the node never became dead.)  The simulator found why
+    the first damaged read must count: seed 1812, 7 nodes."""
     lv = Liveness(OWN_DA)
     lv.note_area_read(0, 10)
     lv.observe(slot(2, 1, 1), 0, 10)
-    for t in range(100, int(10 + DA), 100):
+    for t in range(100, int(101 + DA), 100):
         lv.note_area_read(t, t + 1)
-        lv.observe_unreadable(2, t)
+        lv.observe_unreadable(2, t, t + 1)
     assert not lv.is_dead(2)
-    lv.note_area_read(10 + DA, 11 + DA)
-    lv.observe_unreadable(2, 10 + DA)
+    lv.note_area_read(101 + DA, 102 + DA)
+    lv.observe_unreadable(2, 101 + DA, 102 + DA)
     assert lv.is_dead(2, 1)
     # a repaired slot with a new seq is alive again
     lv.observe(slot(2, 1, 2), 20 + DA, 21 + DA)
@@ -224,7 +247,7 @@ def histories(draw: st.DrawFn) -> tuple[int, list[tuple[float, float, tuple[int,
         if what == "seq":
             seq += 1
         elif what == "restart":
-            incarnation, seq = incarnation + 1, 1
+            incarnation, seq = incarnation + 1, seq + 1  # a restart continues the sequence
         reads.append((t, t + duration, None if what == "corrupt" else (incarnation, seq)))
         t += duration
     return dead_after, reads

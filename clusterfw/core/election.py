@@ -24,12 +24,14 @@ read p's phase-2 block (and so adopted ``v``) or wrote ``mbal = b'`` before p's
 phase-2 read, which then saw it and aborted -- contradiction.  A block that
 cannot be decoded (other than never-written) makes a phase abort while its
 owner is alive: we never guess what an unreadable block holds.  A dead
-owner's unreadable block is passed over, and the proposal skips one term per
-such block (see ``on_cycle``).  Proposers that skipped differently propose
-different terms, so a proposal also aborts on a live node's block proposing
-a term between its base (the highest decision it knew at the start) and its
-own, and on any decision above its base: otherwise a higher-term proposal
-and a lower one would not see each other as conflicts and both could decide.
+owner's unreadable block is passed over: its owner has fenced and will never
+finish a phase, so it must not stop elections for good.  The term proposed
+stays ``committed + 1``.  (Skipping a term per such block was tried: two
+proposers that skipped differently proposed different terms, neither saw the
+other as a conflict, and both decided -- the simulator found two masters.)
+What the dead block may hide is a decision nobody learned; only its dead
+owner could have acted on that, unless the value it decided learned it
+first, and then that node's own block carries the decision.
 
 A new term is started only when the master of the highest decided term is
 judged dead on the proposer's clock, restarted (another incarnation), or
@@ -100,7 +102,6 @@ class Election:
         self.written_lease: Lease | None = None  # the lease in the write that completed this cycle
         self.aborts = 0
         self.decided: Decision | None = None
-        self.base = 0  # the highest decided term known when the current proposal started
 
     # -- the cycle ---------------------------------------------------------
     def lease_to_write(self) -> Lease:
@@ -108,20 +109,12 @@ class Election:
 
     def on_cycle(self, *, now_ms: float, wrote: Lease | None, leases: Mapping[int, Lease],
                  unreadable: frozenset[int], want_master: bool, rank: int,
-                 lower_proposing: bool, fast_poll_ms: int, rng: Callable[[], float],
-                 ignored: int = 0, dead: frozenset[int] = frozenset()) -> None:
+                 lower_proposing: bool, fast_poll_ms: int, rng: Callable[[], float]) -> None:
         """Advance after this cycle's write (``wrote``: the lease it carried,
         None if the write failed) and read (``leases``: every decodable block
-        including ours, ``unreadable``: ids of live nodes whose block failed
-        to decode -- these abort a phase; ``ignored``: how many blocks of
-        *dead* nodes failed to decode).
-
-        A dead node's unreadable block cannot block elections forever: its
-        owner has fenced and will never finish a phase.  What it held is
-        unknown, though: it may have decided a term nobody else learned.
-        So a proposal that passes over ``ignored`` such blocks skips that
-        many terms -- each unreadable block can hide at most one decision
-        that no readable block knows -- and no term is ever decided twice.
+        including ours, ``unreadable``: ids of *live* nodes whose block
+        failed to decode -- these abort a phase; the caller leaves out dead
+        nodes' unreadable blocks).
         """
         leases = dict(leases)
         leases[self.node_id] = self.lease
@@ -131,66 +124,45 @@ class Election:
             self.lease = replace(self.lease, committed_term=known.term, master=known.master,
                                  master_incarnation=known.master_incarnation)
         if self.phase is not Phase.IDLE:
-            self._advance(wrote, leases, unreadable, now_ms, fast_poll_ms, rng, dead)
+            self._advance(wrote, leases, unreadable, now_ms, fast_poll_ms, rng)
             return
         if not want_master or now_ms < self.not_before_ms or lower_proposing:
             return
-        self._start(leases, now_ms, rank, fast_poll_ms, rng, ignored)
+        self._start(leases, now_ms, rank, fast_poll_ms, rng)
 
     def _start(self, leases: Mapping[int, Lease], now_ms: float, rank: int, fast_poll_ms: int,
-               rng: Callable[[], float], ignored: int = 0) -> None:
-        self.base = self.lease.committed_term
-        term = self.base + 1 + ignored
+               rng: Callable[[], float]) -> None:
+        term = self.lease.committed_term + 1
         top = max((l.mbal for l in leases.values() if l.term == term), default=0)
         ballot = (top // BALLOT_STRIDE + 1) * BALLOT_STRIDE + self.node_id
-        # A node that resigned (a halted takeover) and proposes again no
-        # longer resigns: a term it wins must not read as handed over.
         if self.lease.term == term:
-            self.lease = replace(self.lease, mbal=ballot, resigned=False)
+            self.lease = replace(self.lease, mbal=ballot)
         else:
-            self.lease = replace(self.lease, term=term, mbal=ballot, bal=0, inp=0, inp_incarnation=0,
-                                 resigned=False)
+            self.lease = replace(self.lease, term=term, mbal=ballot, bal=0, inp=0, inp_incarnation=0)
         self.phase = Phase.PHASE1
         del rank, rng, now_ms, fast_poll_ms
 
-    def _conflict(self, leases: Mapping[int, Lease], unreadable: frozenset[int],
-                  dead: frozenset[int] = frozenset()) -> bool:
-        """Abort on a higher term, a decision above our base, a live node
-        proposing a term between our base and ours (a proposal that skipped
-        terms must never run beside one for a lower term: neither would see
-        the other as a conflict otherwise), or a higher ballot for ours."""
+    def _conflict(self, leases: Mapping[int, Lease], unreadable: frozenset[int]) -> bool:
         if unreadable:
             return True
         me = self.lease
         for node_id, other in leases.items():
             if node_id == self.node_id:
                 continue
-            if other.term > me.term or other.committed_term >= me.term or self._past_base(node_id, other, dead):
+            if other.term > me.term or other.committed_term >= me.term:
                 return True
             if other.term == me.term and other.mbal > me.mbal:
                 return True
         return False
 
-    def _past_base(self, node_id: int, other: Lease, dead: frozenset[int]) -> bool:
-        """``other`` decided above our base, or is a live node's proposal for
-        a term we skipped (always False for a proposal that skipped none)."""
-        if other.committed_term > self.base:
-            return True
-        return (node_id not in dead and self.base < other.term < self.lease.term and other.mbal > 0
-                and other.committed_term < other.term)
-
-    def _decided_above_base(self) -> bool:
-        return self.lease.committed_term > self.base
-
     def _advance(self, wrote: Lease | None, leases: Mapping[int, Lease], unreadable: frozenset[int],
-                 now_ms: float, fast_poll_ms: int, rng: Callable[[], float],
-                 dead: frozenset[int] = frozenset()) -> None:
-        if self.lease.committed_term >= self.lease.term or self._decided_above_base():
+                 now_ms: float, fast_poll_ms: int, rng: Callable[[], float]) -> None:
+        if self.lease.committed_term >= self.lease.term:
             self.phase = Phase.IDLE  # decided meanwhile (perhaps by us, perhaps not)
             return
         if wrote != self.lease:
             return  # this phase's write did not complete: write it again next cycle
-        if self._conflict(leases, unreadable, dead):
+        if self._conflict(leases, unreadable):
             self.phase = Phase.IDLE
             self.aborts += 1
             self.not_before_ms = now_ms + fast_poll_ms * (1 + 3 * rng())
@@ -206,8 +178,11 @@ class Election:
             self.phase = Phase.PHASE2
             return
         # Phase 2 succeeded: the value is decided.
+        # A node that resigned an earlier term (a halted takeover) does not
+        # resign this one: only a win clears the flag, never a new proposal,
+        # or the resigned term would read as ours again.
         self.lease = replace(self.lease, committed_term=self.lease.term, master=self.lease.inp,
-                             master_incarnation=self.lease.inp_incarnation)
+                             master_incarnation=self.lease.inp_incarnation, resigned=False)
         self.decided = Decision(self.lease.term, self.lease.inp, self.lease.inp_incarnation)
         self.phase = Phase.IDLE
 

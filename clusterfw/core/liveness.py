@@ -20,18 +20,27 @@ the observer's own ``dead_after_ms``, counted from the observer's first
 successful read of the slot area: it is dead once it has shown nothing valid
 for that long.
 
-A slot that decoded before and now does not (damaged sectors) counts as
-"unchanged" (``observe_unreadable``): a damaged record is no new heartbeat.
-This is safe because a node counts a heartbeat write as completed only when
-its own read of the slot area shows that record intact
-(``clusterfw.core.node``): a node whose slot stays unreadable misses its fence
-deadline and fences, so a damaged slot cannot make a running node look dead
-for longer than a dead timeout.  A one-off damage is repaired by the owner's
-next write, which is a change like any other.
+A slot that decoded before and now does not (damaged sectors), or shows a
+replay, counts as "unchanged" (``observe_unreadable``) -- except the first
+such read after a good one, which counts as a change: the damage may have
+destroyed a heartbeat this observer never read, one that renewed its
+writer's fence clock, so the clock starts again after the damage.  This is
+safe because a node counts a heartbeat write as completed only when its own
+read of the slot area shows that record intact (``clusterfw.core.node``): a
+node whose slot stays unreadable misses its fence deadline and fences, so a
+damaged slot makes a dead node look dead one read later, never a running
+node look dead.  A one-off damage is repaired by the owner's next write.
 
 A *replayed* record -- an older sequence number of the current incarnation,
 or an incarnation that was already replaced -- is no heartbeat either
-(``Observed.REPLAYED``): the caller treats it like a damaged block.
+(``Observed.REPLAYED``): the caller treats it like a damaged block.  A
+restarted daemon continues the sequence of the slot it found, so a new
+incarnation shows a higher sequence number than its predecessor.  A record of
+an unknown incarnation with a sequence number no higher than the current
+one's is therefore most likely a replay of an incarnation this observer never
+saw: it is taken as new only once a later read shows it moving (a real
+daemon that could not read its old slot heartbeats; a replayed record does
+not).
 
 Invariant: ``changed_ms`` and ``last_read_start_ms`` never go backwards.
 """
@@ -65,6 +74,8 @@ class Observation:
     incarnation_since_ms: float  # completion time of the read that first showed this incarnation
     last_read_start_ms: float  # start time of the newest successful read of this slot
     retired: list[int] = field(default_factory=list)  # replaced incarnations, newest last
+    pending: tuple[int, int] | None = None  # (incarnation, seq): another incarnation with a lower seq
+    hidden: bool = False  # the slot reads damaged or replayed since the last good read
 
 
 class Liveness:
@@ -93,9 +104,16 @@ class Liveness:
             return Observed.NEW
         if slot.incarnation in o.retired or (slot.incarnation == o.incarnation and slot.seq < o.seq):
             return Observed.REPLAYED
+        if slot.incarnation != o.incarnation and slot.seq <= o.seq:
+            moved = o.pending is not None and o.pending[0] == slot.incarnation and slot.seq > o.pending[1]
+            if not moved:
+                o.pending = (slot.incarnation, slot.seq)
+                return Observed.REPLAYED
+        o.hidden = False
         o.last_read_start_ms = max(o.last_read_start_ms, read_start_ms)
         o.dead_after_ms = slot.timing.dead_after_ms
         if slot.incarnation != o.incarnation:
+            o.pending = None
             o.retired = (o.retired + [o.incarnation])[-RETIRED_MAX:]
             o.incarnation, o.seq = slot.incarnation, slot.seq
             o.changed_ms = o.incarnation_since_ms = read_end_ms
@@ -106,12 +124,18 @@ class Liveness:
             return Observed.CHANGED
         return Observed.SAME
 
-    def observe_unreadable(self, node_id: int, read_start_ms: float) -> None:
+    def observe_unreadable(self, node_id: int, read_start_ms: float, read_end_ms: float) -> None:
         """A successful read of the slot area in which ``node_id``'s slot did
-        not decode (or was a replay): its heartbeat did not move."""
+        not decode (or was a replay): its heartbeat did not move -- but the
+        first such read after a good one may hide a write, so it restarts
+        the clock (see the module docstring)."""
         o = self._obs.get(node_id)
-        if o is not None:
-            o.last_read_start_ms = max(o.last_read_start_ms, read_start_ms)
+        if o is None:
+            return
+        if not o.hidden:
+            o.hidden = True
+            o.changed_ms = max(o.changed_ms, read_end_ms)
+        o.last_read_start_ms = max(o.last_read_start_ms, read_start_ms)
 
     def known(self, node_id: int) -> bool:
         return node_id in self._obs

@@ -456,7 +456,7 @@ class NodeCore:
                     continue
             elif not isinstance(rec, Unreadable) or rec.never_written:
                 continue
-            self.liveness.observe_unreadable(node_id, slots_result.start_ms)
+            self.liveness.observe_unreadable(node_id, slots_result.start_ms, slots_result.end_ms)
             if node_id in self.slots:
                 slots[node_id] = self.slots[node_id]
             if node_id != self.node_id:
@@ -511,8 +511,6 @@ class NodeCore:
             for n, l in leases.items() if n != self.node_id)
         rank = sum(1 for n in self.slots if n < self.node_id and self.liveness.alive(n))
         self.election.on_cycle(now_ms=now_ms, wrote=wrote, leases=leases, unreadable=unreadable,
-                               ignored=len(dead_unreadable),
-                               dead=frozenset(n for n in leases if self.liveness.is_dead(n)),
                                want_master=want, rank=rank, lower_proposing=lower_proposing,
                                fast_poll_ms=self.timing.fast_poll_ms, rng=self.rng)
         all_leases[self.node_id] = self.election.lease

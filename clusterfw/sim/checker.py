@@ -12,7 +12,8 @@ write, delivery, ack and fence, and after every simulator event.
 |                         | live participant's subsystem acked the previous one            |
 | fence-before-recovery   | a forced-leave notification about a node is issued only when   |
 |                         | that node is down (crashed/fenced) and its last heartbeat      |
-|                         | landed at least dead_after (slowest clock) before              |
+|                         | (the newest its writer counted as completed) landed at least   |
+|                         | dead_after (slowest clock) before                              |
 | deliver-after-commit    | a node delivers only batches that landed on the disk           |
 | no-write-after-fence    | a fenced node issues no write (checked where writes are issued)|
 | fence-on-disk-loss      | a running node past its fence deadline has fenced (its timer), |
@@ -68,6 +69,8 @@ class Checker:
         self.last_step: dict[tuple[int, int, Kind], _Step] = {}
         self.acked: dict[tuple[int, int, int], int] = {}  # (node, incarnation, level) -> batch id
         self.last_hb: dict[tuple[int, int], float] = {}  # (node, incarnation) -> real ms
+        self.last_hb_seq: dict[tuple[int, int], int] = {}  # the seq of that heartbeat
+        self.landed: dict[tuple[int, int], dict[int, float]] = {}  # recent seqs landed -> real ms
         self.status: dict[tuple[int, int], str] = {}  # running | fencing | down
         self.deliveries = 0
         self.adopted: dict[tuple[int, int], int] = {}  # (node, incarnation) -> highest epoch acted on
@@ -125,7 +128,10 @@ class Checker:
     def on_land(self, node: "SimNode", rec: Any) -> None:
         self.checks += 1
         if isinstance(rec, SlotRecord):
-            self.last_hb[(rec.node_id, rec.incarnation)] = self.w.t
+            recent = self.landed.setdefault((rec.node_id, rec.incarnation), {})
+            recent[rec.seq] = self.w.t
+            if len(recent) > 16:
+                del recent[min(recent)]
             lease = rec.lease
             if lease.committed_term:
                 value = (lease.master, lease.master_incarnation)
@@ -137,6 +143,17 @@ class Checker:
             self._on_view(rec)
             if self.dlm is not None:  # DLM hook: the newest landed view decides who counts
                 self.dlm.on_land_view(rec)
+
+    def on_renewed(self, node_id: int, incarnation: int, seq: int) -> None:
+        """The writer counted its heartbeat ``seq`` as completed (its fence
+        clock moved).  The timing rule runs from the last such write: a write
+        that landed but that its writer did not count (reported failed, or
+        not read back intact) does not extend when the writer fences."""
+        landed = self.landed.get((node_id, incarnation), {}).get(seq)
+        key = (node_id, incarnation)
+        if landed is not None and seq > self.last_hb_seq.get(key, -1):
+            self.last_hb_seq[key] = seq
+            self.last_hb[key] = landed
 
     def _on_view(self, view: ViewRecord) -> None:
         acted = [(epoch, n) for (n, inc), epoch in self.adopted.items()

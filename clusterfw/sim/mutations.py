@@ -165,15 +165,6 @@ def _takeover_reads_all_at_once() -> Callable[[], None]:
     return _undo_all(undo_notes, undo_poll)
 
 
-def _skip_terms_blind() -> Callable[[], None]:
-    """A proposal that skipped terms (past dead nodes' unreadable blocks)
-    ignores live proposals for the terms it skipped and decisions above its
-    base."""
-    from ..core import election
-    return _undo_all(_patch(election.Election, "_past_base", lambda self, node_id, other, dead: False),
-                     _patch(election.Election, "_decided_above_base", lambda self: False))
-
-
 def _no_takeover_heartbeat() -> Callable[[], None]:
     """A node taking over reads views without writing its slot."""
     from ..core import node
@@ -231,7 +222,6 @@ MUTATIONS: dict[str, Callable[[], Callable[[], None]]] = {
     "blind-view-retry": _blind_view_retry,
     "election-blocks-on-unreadable": _election_blocks_on_unreadable,
     "no-takeover-heartbeat": _no_takeover_heartbeat,
-    "skip-terms-blind": _skip_terms_blind,
     "takeover-reads-all-at-once": _takeover_reads_all_at_once,
     "ack-at-least": _ack_at_least,
 }

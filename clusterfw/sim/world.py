@@ -588,7 +588,12 @@ class World:
             return
         results, node.ops, node.results = node.results, [], []
         assert node.core is not None
+        renewed_before = node.core.last_ok_ms
         node.core.complete(node.local(self.t), results)
+        if node.core.last_ok_ms > renewed_before:
+            for r in results:
+                if isinstance(r.op, WriteSlot) and r.ok:
+                    self.checker.on_renewed(node.node_id, r.op.record.incarnation, r.op.record.seq)
         self._handle_events(node)
         if node.up:
             self._kick(node)
