@@ -85,17 +85,40 @@ def test_a_new_master_resumes_from_the_view_it_holds_when_the_masters_views_are_
     assert epoch_of(h2) > seen and row(h2, 3).state is S.JOINED
 
 
-def test_a_new_master_without_the_newest_view_halts_resigns_and_a_node_holding_it_takes_over() -> None:
-    """The newest view is nowhere on the disk and this node holds an older
-    one: it must not guess.  It says why, resigns, stays out of elections,
-    and the node that saw the newest view becomes master and resumes from it."""
-    d, h1, h2, h3 = three_joined()
-    seen = epoch_of(h3)
+def _lose_the_masters_views_and_make_n2_stale(d: Driver, h2: Host) -> None:
     for copy in (0, 1):
         d.disk.views.pop((1, copy), None)
     assert h2.core.view is not None
     h2.core.view = ViewRecord(node_id=1, incarnation=h2.core.view.incarnation, seq=1, term=1, epoch=1)
+
+
+def test_a_node_behind_the_newest_view_leaves_the_election_to_one_that_holds_it() -> None:
+    """The simulator found nodes without the newest view winning, halting
+    and resigning in turn while the nodes that held it, with higher ids,
+    never got to propose (seed 1322, 7 nodes).  A node that sees a live node
+    with a newer epoch does not propose."""
+    d, h1, h2, h3 = three_joined()
+    seen = epoch_of(h3)
+    _lose_the_masters_views_and_make_n2_stale(d, h2)
     del d.hosts[1]
+    d.run(lambda: h3.core.role is Role.MASTER, limit_ms=20 * TIMING.dead_after_ms)
+    assert not any(rec.lease.mbal for _, rec in slot_writes(h2)[-5:])  # n2 did not propose
+    assert not any("cannot resume" in line for line in h2.core.view_log)
+    assert any(f"resuming from epoch {seen} " in line for line in h3.core.view_log)
+    d.run(lambda: row(h3, 1).state is S.INACTIVE and row(h3, 2).state is S.JOINED)
+    assert h2.of(Fenced) == [] and h3.of(Fenced) == []
+
+
+def test_a_new_master_without_the_newest_view_halts_resigns_and_a_node_holding_it_takes_over() -> None:
+    """The newest view is nowhere on the disk and this node, already taking
+    over, holds an older one: it must not guess.  It says why, resigns, stays
+    out of elections, and the node that saw the newest view becomes master
+    and resumes from it."""
+    d, h1, h2, h3 = three_joined()
+    seen = epoch_of(h3)
+    del d.hosts[1]
+    d.run(lambda: h2.core.role is Role.TAKING_OVER)
+    _lose_the_masters_views_and_make_n2_stale(d, h2)
     d.run(lambda: h3.core.role is Role.MASTER, limit_ms=20 * TIMING.dead_after_ms)
     halted = [line for line in h2.core.view_log if "cannot resume" in line]
     assert halted and f"n3 saw epoch {seen}" in halted[0] and "resigns" in halted[0]

@@ -64,6 +64,7 @@ CAUGHT = [
     ("takeover-reads-all-at-once", 5, "badsector,crash", 2, "liveness"),
     ("skip-startup-cleanup", 5, "daemoncrash", 1, "fence-before-recovery"),
     ("watchdog-late", 5, "pause", 1, "fence-on-disk-loss"),
+    ("behind-may-propose", 7, "all", 1322, "liveness"),
 ]
 
 

@@ -497,7 +497,7 @@ class NodeCore:
         all_leases[self.node_id] = self.election.lease
         self.decision = highest_decision(all_leases)
         want = (self._master_unusable() and self.stopped is None and not self.final_write
-                and now_ms >= self._hold_off_until)
+                and now_ms >= self._hold_off_until and not self._behind())
         if want and self._no_master_since is None:
             self._no_master_since = now_ms
             alive_lower = sum(1 for n in self.slots if n < self.node_id and self.liveness.alive(n))
@@ -630,6 +630,12 @@ class NodeCore:
         self._view_failing_since = None
         self._halt(f"n{self.node_id} resigns as master of term {self.election.lease.committed_term}: "
                    f"{what} for {self.timing.dead_after_ms} ms ({error})", now_ms)
+
+    def _behind(self) -> bool:
+        """A live node has seen a newer view than we have: leave the election
+        to the nodes that hold it (a master must resume from it)."""
+        seen = self._seen()
+        return max(self._seen_epochs().values(), default=0) > (seen.epoch if seen is not None else 0)
 
     def _seen_epochs(self) -> dict[int, int]:
         """The epoch each other node that is not dead says it has seen."""

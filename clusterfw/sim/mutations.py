@@ -165,6 +165,13 @@ def _takeover_reads_all_at_once() -> Callable[[], None]:
     return _undo_all(undo_notes, undo_poll)
 
 
+def _behind_may_propose() -> Callable[[], None]:
+    """A node that has not seen the newest view a live node saw still
+    proposes itself as master."""
+    from ..core import node
+    return _patch(node.NodeCore, "_behind", lambda self: False)
+
+
 def _no_takeover_heartbeat() -> Callable[[], None]:
     """A node taking over reads views without writing its slot."""
     from ..core import node
@@ -222,6 +229,7 @@ MUTATIONS: dict[str, Callable[[], Callable[[], None]]] = {
     "blind-view-retry": _blind_view_retry,
     "election-blocks-on-unreadable": _election_blocks_on_unreadable,
     "no-takeover-heartbeat": _no_takeover_heartbeat,
+    "behind-may-propose": _behind_may_propose,
     "takeover-reads-all-at-once": _takeover_reads_all_at_once,
     "ack-at-least": _ack_at_least,
 }
