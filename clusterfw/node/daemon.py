@@ -95,9 +95,9 @@ from clusterfw.ondisk.errors import BlockError, BlockSizeMismatch, DeviceError, 
 from clusterfw.subsystems.base import Entry, Notification
 from clusterfw.subsystems.placeholders import default_subsystems
 
-from . import api, blockcheck, diskio, protocol
+from . import api, blockcheck, diskio, fencing, protocol
 from .dlm_service import AREA_READ_BYTES_MAX, DlmService, describe_area
-from .fencing import (EXIT_FENCED, FENCE_ACTIONS, STARTUP_KILL_WAIT_S, Fencer, Watchdog, read_managed_units,
+from .fencing import (EXIT_FENCED, FENCE_ACTIONS, Fencer, Watchdog, read_managed_units,
                       should_feed)
 from .hub import Hub, RegistrationError
 from .integrity import IntegrityTracker
@@ -298,7 +298,7 @@ class Daemon:
         else:
             self.log.notice(f"{len(units)} managed units are listed in {self.opts.runtime_dir}: making sure "
                             f"none of them runs before the join")
-        wait_s = STARTUP_KILL_WAIT_S
+        wait_s = fencing.STARTUP_KILL_WAIT_S  # read at call time: an operator or test may change it
         left = self.fencer.startup_cleanup(reason, wait_s)
         if left:
             raise StartupError(
