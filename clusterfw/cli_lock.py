@@ -217,8 +217,7 @@ def _locked_run(conn: Connection, args: argparse.Namespace, command: list[str]) 
         elif op == "denied":
             reason = str(message.get("reason"))
             if reason.startswith(("busy", "timeout")):
-                if args.verbose or args.timeout != 0:
-                    _say(f"'{args.name}' not acquired: {reason}")
+                _say(f"'{args.name}' not acquired: {reason}")
                 return args.conflict_exit_code
             _say(f"'{args.name}' not acquired: {reason}")
             return EXIT_UNAVAILABLE

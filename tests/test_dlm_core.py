@@ -530,6 +530,34 @@ def test_local_requests_on_one_stripe_queue_fifo_while_other_nodes_are_not_block
     assert [g[0] for g in granted(c[1])] == [2]
 
 
+def test_a_try_lock_behind_a_local_request_is_denied_at_once():
+    """A try-lock never queues behind a request of its own node (the holder
+    of the same lock, or another lock on the same stripe): it is busy now,
+    answered in the request call itself, with no I/O, naming the local pid."""
+    c = Cluster()
+    twin = _twin("vol-a", c.disk.layout.dlm_stripes_max)
+    c[1].core.request(1, "vol-a", EX, c.now, owner=4242)
+    c.settle()
+    assert [g[0] for g in granted(c[1])] == [1]
+    io = c[1].counts()
+    c[1].core.request(2, "vol-a", EX, c.now, try_only=True, owner=4343)
+    assert c[1].take(Denied) == [Denied(2, "busy: n1 (this node: pid 4242 holds it)")]
+    c[1].core.request(3, "vol-a", SH, c.now, try_only=True)
+    assert c[1].take(Denied) == [Denied(3, "busy: n1 (this node: pid 4242 holds it)")]
+    c[1].core.request(4, twin, EX, c.now, try_only=True)  # another name, the same sector
+    [denied] = c[1].take(Denied)
+    assert denied.req_id == 4 and denied.reason.startswith("busy: n1 (this node's lock sector on stripe ")
+    assert "in use by 'vol-a', pid 4242 holds it" in denied.reason
+    c.settle()
+    assert c[1].counts() == io  # nothing was written or read for them
+    assert [h.req_id for h in c[1].core.holdings()] == [1]
+    c[1].core.release(1, c.now)
+    c.settle()
+    c[1].core.request(5, "vol-a", EX, c.now, try_only=True)  # free again: granted
+    c.settle()
+    assert [g[0] for g in granted(c[1])] == [5]
+
+
 def test_holdings_show_waiters_with_their_tickets():
     c = Cluster()
     c[1].core.request(1, "vol-a", EX, c.now)

@@ -20,6 +20,8 @@ import pytest
 
 from test_daemon_loop import NODES, REPO, Cluster, _env, cli, formatted_cluster, wait_for
 
+from clusterfw.client import Connection
+
 pytestmark = pytest.mark.lab
 
 
@@ -264,3 +266,43 @@ def test_graceful_leave_revokes_held_locks_and_releases_them_at_once(dlm_cluster
     print(f"\n[measure] holder's node left gracefully -> waiter granted: {took * 1000:.0f} ms")
     assert c.wait_exit(victim, 15) == 0
     c.ensure_all_joined()
+
+
+def test_a_try_lock_on_the_holders_own_node_is_denied_at_once(dlm_cluster, tmp_path):
+    """--timeout 0 (timeout_ms 0 through the API) on the node that holds the
+    lock for another client: busy at once, naming the holder; CMD never runs."""
+    c = dlm_cluster
+    c.ensure_all_joined()
+    ran = tmp_path / "ran"
+    holder = start_lock(c, "n1", "tl", "sleep", "30")
+    try:
+        wait_held(c, "tl", "n1")
+        begun = time.monotonic()
+        run_lock(c, "n1", "tl", "true", opts=("--socket", str(tmp_path / "none.sock")))
+        startup = time.monotonic() - begun  # the same command up to its first request, answered at once
+        begun = time.monotonic()
+        busy = run_lock(c, "n1", "tl", "sh", "-c", f"echo x > {ran}",
+                        opts=("--timeout", "0", "--conflict-exit-code", "9"), timeout=10)
+        cli_s = time.monotonic() - begun
+        assert busy.returncode == 9, busy.stderr
+        assert "not acquired: busy: n1" in busy.stderr and f"pid {holder.pid} holds it" in busy.stderr, busy.stderr
+        assert cli_s - startup < 0.5, (cli_s, startup)
+        with Connection(c.socket("n1"), timeout_s=5) as conn:
+            begun = time.monotonic()
+            conn.send({"op": "lock", "id": 1, "name": "tl", "timeout_ms": 0})
+            assert conn.receive()["op"] == "lock-queued"
+            conn.settimeout(1.0)
+            answer = conn.receive()
+            api_s = time.monotonic() - begun
+        assert answer["op"] == "denied" and answer["reason"].startswith("busy: n1"), answer
+        assert f"pid {holder.pid}" in answer["reason"]
+        assert api_s < 0.5, api_s
+        print(f"\n[measure] try-lock on the holder's node: CLI {cli_s * 1000:.0f} ms "
+              f"(start-up {startup * 1000:.0f} ms), API {api_s * 1000:.1f} ms")
+        assert not ran.exists()
+        assert holder.poll() is None  # the holder is untouched
+    finally:
+        holder.send_signal(signal.SIGTERM)
+        holder.wait(15)
+    assert run_lock(c, "n1", "tl", "true", opts=("--timeout", "0")).returncode == 0
+

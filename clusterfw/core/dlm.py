@@ -31,7 +31,8 @@ and are not both SHARED.  Entries for different names on one stripe never
 conflict across nodes (docs/dlm.md: the bakery's safety argument is
 pairwise, so each pair of requests may use its own conflict relation); on
 one node, one request per stripe is active at a time (the node has one
-sector there) and further local requests on that stripe wait FIFO in memory.
+sector there) and further local requests on that stripe wait FIFO in memory;
+a try-lock that would have to wait there is denied at once instead.
 
 Which entries count comes from the agreed membership view, never from local
 memory: an entry counts iff its writer (node id, incarnation) is in the view
@@ -551,10 +552,15 @@ class DlmCore:
         stripe = stripe_of(name, self.stripes_max)
         if isinstance(owner, bool) or not isinstance(owner, int) or not 0 <= owner <= 0xFFFFFFFF:
             raise DlmMisuse(f"owner {owner!r}: must be a process id (0..2**32-1)")
+        queue = self._stripes.setdefault(stripe, deque())
+        if try_only and queue:
+            # Another local request owns this node's sector on the stripe: a
+            # try-lock would have to wait for it to end, so it is busy now.
+            self._events.append(Denied(req_id, self._local_busy_reason(name, mode, queue)))
+            return
         req = _Request(req_id, name, mode, stripe, try_only,
                        None if timeout_ms is None else now_ms + timeout_ms, now_ms, next_ms=now_ms, owner=owner)
         self._requests[req_id] = req
-        queue = self._stripes.setdefault(stripe, deque())
         queue.append(req)
         if len(queue) == 1:
             self._move(req, Phase.CHOOSING)
@@ -882,6 +888,26 @@ class DlmCore:
                 if req.req_id < 0 or req.phase in (Phase.RELEASING, Phase.WITHDRAWING):
                     continue
                 self._abandon(req, reason, now_ms)
+
+    def _local_busy_reason(self, name: str, mode: LockMode, queue: deque[_Request]) -> str:
+        """A try-lock's denial when local requests own the sector it needs:
+        the local holders (or askers) of the same lock that conflict with it,
+        else the local request that occupies the stripe (one sector per stripe
+        per node: local requests on one stripe take turns, docs/dlm.md §2)."""
+        def who(req: _Request) -> str:
+            state = {Phase.HELD: "holds it", Phase.QUEUED: "queued", Phase.RELEASING: "releasing it",
+                     Phase.WITHDRAWING: "withdrawing"}.get(req.phase, "waiting for it")
+            return f"pid {req.owner} {state}" if req.owner else state
+
+        mine = [r for r in queue if r.req_id >= 0 and r.abandon is None]
+        rivals = [r for r in mine if conflicts(r.name, r.mode, name, mode)]
+        if rivals:
+            return f"busy: n{self.node_id} (this node: {', '.join(who(r) for r in rivals)})"
+        active = queue[0]
+        if active.req_id < 0:
+            return f"busy: n{self.node_id} (this node is rewriting its lock sector on stripe {active.stripe})"
+        return (f"busy: n{self.node_id} (this node's lock sector on stripe {active.stripe} is in use by "
+                f"'{active.name}', {who(active)}: local requests on one stripe take turns)")
 
     def _blockers(self, req: _Request, entries: Mapping[int, object]) -> tuple[Blocker, ...]:
         out = []
