@@ -17,13 +17,34 @@ If the node loses the lock while CMD runs -- the daemon reports
 or the daemon does not renew the lock's validity in time (the grant and a
 ``valid`` message every heartbeat interval say for how long the node's
 fence deadline vouches for it: a paused or hung daemon stops renewing)
--- the lock can no longer be vouched for: CMD and its children are killed
-(SIGKILL, at once: another node may be granted the lock once this node is
-forced out) and ``lock`` exits 75.
+-- the lock can no longer be vouched for: CMD and everything it started
+are killed (SIGKILL, at once: another node may be granted the lock once
+this node is forced out) and ``lock`` exits 75.
+
+CMD runs in a process group of its own, so that one ``killpg`` stops all
+of it at once: killing process by process, children first, let a shell run
+its next statement after LOST.  ``lock`` is also a child subreaper
+(PR_SET_CHILD_SUBREAPER): whatever CMD started stays below ``lock`` even if
+its parent exits, so a descendant that moved to a process group or session
+of its own (``setsid``, a daemon's double fork) is found and killed too, in
+rounds until no descendant is left.  Only processes started outside CMD's
+tree on its behalf (``systemd-run``, ``at``, ``ssh``) escape; they would
+escape a cgroup of ``lock``'s as well.
+
+The terminal: CMD keeps the session (and so its controlling terminal).  When
+``lock`` runs in the terminal's foreground, it hands the foreground to CMD's
+group while CMD runs, as a shell does, so an interactive CMD reads the
+terminal and gets its interrupt and quit keys directly; when CMD stops
+(Ctrl-Z), ``lock`` takes the terminal back and stops itself, and on
+``fg``/``bg`` it continues CMD (after checking that the lock is still
+valid).  Signals sent
+to ``lock`` itself (SIGINT, SIGTERM, SIGHUP, SIGQUIT) go to CMD's whole
+group.
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import selectors
@@ -46,6 +67,10 @@ EXIT_NOPERM = 77  # EX_NOPERM
 EXIT_CANNOT_EXEC = 126
 EXIT_NOT_FOUND = 127
 RELEASE_WAIT_S = 5.0
+KILL_WAIT_S = 2.0
+"""On LOST, how long ``lock`` keeps killing descendants that appear (forks
+racing with the kill) before it gives up and reports the survivors."""
+_PR_SET_CHILD_SUBREAPER = 36
 LOCK_EXIT_HELP = f"""exit codes:
   CMD's exit status, or 128+N if CMD died of signal N
   {EXIT_CONFLICT}    the lock was not acquired: it is busy (--timeout 0) or the timeout
@@ -54,7 +79,7 @@ LOCK_EXIT_HELP = f"""exit codes:
   {EXIT_UNAVAILABLE}   no daemon on this host, this node is not joined at the DLM level,
        or the request was refused (the message says why)
   {EXIT_LOST}   the lock was lost while CMD ran (node fenced or leaving, daemon gone):
-       CMD and its children were killed
+       CMD and everything it started were killed
   {EXIT_NOPERM}   permission denied: locks need root or the 'clusterfw' group
   {EXIT_CANNOT_EXEC}  CMD cannot be executed;  {EXIT_NOT_FOUND}  CMD not found
 
@@ -227,8 +252,10 @@ def _locked_run(conn: Connection, args: argparse.Namespace, command: list[str]) 
     env = dict(os.environ, CLUSTERFW_LOCK_NAME=args.name, CLUSTERFW_LOCK_MODE=mode,
                CLUSTERFW_LOCK_TOKEN=str(token), CLUSTERFW_LOCK_NODE=node)
     sock_fd = conn.fileno()
+    orphans = _become_subreaper()
     try:
-        child = subprocess.Popen(command, env=env, pass_fds=(sock_fd,))
+        # A process group of its own: on LOST one killpg reaches all of it.
+        child = subprocess.Popen(command, env=env, pass_fds=(sock_fd,), process_group=0)
     except FileNotFoundError:
         _say(f"{command[0]}: command not found")
         return EXIT_NOT_FOUND
@@ -238,9 +265,10 @@ def _locked_run(conn: Connection, args: argparse.Namespace, command: list[str]) 
     except OSError as exc:
         _say(f"{command[0]}: cannot run it: {exc}")
         return EXIT_CANNOT_EXEC
-    status, lost = _supervise(conn, child, _valid_until(message, "valid_ms", received))
+    status, lost = _supervise(conn, child, _valid_until(message, "valid_ms", received), orphans=orphans)
     if lost is not None:
-        _say(f"'{args.name}' LOST while the command ran ({lost}): killed it (pid {child.pid})")
+        _say(f"'{args.name}' LOST while the command ran ({lost}): killed it and everything it started "
+             f"(pid {child.pid}, process group {child.pid})")
         return EXIT_LOST
     _release(conn, args)
     return status
@@ -261,28 +289,53 @@ def _valid_until(message: dict[str, Any], key: str, received: float) -> float:
     return min(by_receipt, by_clock)
 
 
-def _supervise(conn: Connection, child: subprocess.Popen, valid_until: float) -> tuple[int, str | None]:
+def _become_subreaper() -> bool:
+    """Make this process the child subreaper of what it starts (Linux): an
+    orphaned descendant of CMD is re-parented here, not to init, so LOST
+    finds it however it changed its process group or session."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _supervise(conn: Connection, child: subprocess.Popen, valid_until: float,
+               orphans: bool = False) -> tuple[int, str | None]:
     """Wait for CMD; returns (its status, None) or (-, why the lock was lost).
     The lock is lost when the daemon says so, goes away, or does not renew
     the lock's validity in time.  Validity is judged only after everything
     the daemon already sent has been read: a renewal that arrived in time
-    counts even if this process was not scheduled to read it at once."""
+    counts even if this process was not scheduled to read it at once.
+
+    CMD leads its own process group (``process_group=0``).  ``orphans``:
+    this process is a child subreaper, so every other child it has is an
+    orphaned descendant of CMD: reaped while CMD runs, killed on LOST."""
     forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+    job = _Job(child, orphans)
 
     def forward(signum: int, _frame: object) -> None:
+        job.signal(signum)
+
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def child_changed(_signum: int, _frame: object) -> None:
         try:
-            os.kill(child.pid, signum)
-        except ProcessLookupError:
+            os.write(wake_w, b"c")
+        except OSError:
             pass
 
     previous = {sig: signal.signal(sig, forward) for sig in forwarded}
+    previous[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, child_changed)
     pidfd = os.pidfd_open(child.pid)
     selector = selectors.DefaultSelector()
     until = [valid_until]
 
     def lose(why: str) -> tuple[int, str | None]:
-        _kill_tree(child)
-        child.wait()
+        survivors = job.kill_all()
+        if survivors:  # e.g. stuck in uninterruptible I/O: SIGKILL is pending on them
+            why += (f"; still alive {KILL_WAIT_S:g} s after SIGKILL: pid "
+                    f"{', '.join(str(pid) for pid in survivors)}")
         return 0, why
 
     def drain() -> str | None:
@@ -293,32 +346,215 @@ def _supervise(conn: Connection, child: subprocess.Popen, valid_until: float) ->
                 return lost
         return None
 
+    def catch_up() -> str | None:
+        """Read everything the daemon sent while we were stopped."""
+        lost = drain()
+        while lost is None and _readable(conn.fileno()):
+            lost = _read_daemon(conn, until) or drain()
+        return lost
+
     try:
+        job.to_foreground()
         selector.register(pidfd, selectors.EVENT_READ, "child")
         selector.register(conn.fileno(), selectors.EVENT_READ, "daemon")
+        selector.register(wake_r, selectors.EVENT_READ, "sigchld")
         lost = drain()
         if lost is not None:
             return lose(lost)
         while True:
             left = until[0] - time.monotonic()
             ready = selector.select(max(left, 0.0))
-            for key, _mask in ready:
-                if key.data == "child":
-                    return _status(child.wait()), None
-            if ready:  # the daemon sent something (a renewal, a revocation, EOF)
+            if any(key.data == "child" for key, _mask in ready):
+                return _status(child.wait()), None
+            daemon = any(key.data == "daemon" for key, _mask in ready)
+            if any(key.data == "sigchld" for key, _mask in ready):
+                _drain_pipe(wake_r)
+                job.reap_orphans()
+                if job.stopped():
+                    # Ctrl-Z stopped CMD: stop with it, as a shell job; once
+                    # continued, check the lock, then continue CMD.
+                    job.suspend_self()
+                    lost = catch_up()
+                    if lost is None and until[0] - time.monotonic() <= 0:
+                        lost = "the daemon did not renew the lock in time: node paused, hung or fenced"
+                    if lost is not None:
+                        return lose(lost)
+                    job.resume()
+                    continue
+            if daemon:  # the daemon sent something (a renewal, a revocation, EOF)
                 lost = _read_daemon(conn, until) or drain()
                 if lost is not None:
                     return lose(lost)
+                continue
+            if ready:
                 continue
             if until[0] - time.monotonic() <= 0:
                 if child.poll() is not None:
                     return _status(child.returncode), None
                 return lose("the daemon did not renew the lock in time: node paused, hung or fenced")
     finally:
+        job.take_terminal()
         selector.close()
         os.close(pidfd)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        os.close(wake_r)
+        os.close(wake_w)
+
+
+def _readable(fd: int) -> bool:
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        return bool(sel.select(0))
+
+
+def _drain_pipe(fd: int) -> None:
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass
+
+
+class _Job:
+    """CMD's process group, and the terminal it may have: the job control a
+    shell would do for it."""
+
+    def __init__(self, child: subprocess.Popen, orphans: bool) -> None:
+        self.child = child
+        self.pgid = child.pid  # process_group=0: CMD leads its own group
+        try:
+            self.group = os.getpgid(child.pid) == child.pid
+        except ProcessLookupError:
+            self.group = True  # already gone: nothing left to signal anyway
+        self.orphans = orphans
+        self.tty: int | None = None  # a descriptor of our controlling terminal
+        self.handed = False  # CMD's group has the terminal's foreground from us
+        for fd in (0, 1, 2):
+            try:
+                os.tcgetpgrp(fd)  # fails unless fd is our controlling terminal
+            except OSError:
+                continue
+            self.tty = fd
+            break
+
+    def signal(self, signum: int) -> None:
+        """To CMD's whole group (to CMD alone if it shares our group)."""
+        try:
+            if self.group:
+                os.killpg(self.pgid, signum)
+            elif self.child.returncode is None:
+                os.kill(self.child.pid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def _set_foreground(self, pgid: int) -> None:
+        assert self.tty is not None
+        # Blocked SIGTTOU: a background process may set the foreground group.
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTTOU})
+        try:
+            os.tcsetpgrp(self.tty, pgid)
+        except OSError:
+            pass
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+    def to_foreground(self) -> None:
+        """Give CMD the terminal if we have it; continue CMD in case it read
+        the terminal before it had it (SIGTTIN stopped it)."""
+        if self.tty is None or not self.group:
+            return
+        try:
+            if os.tcgetpgrp(self.tty) != os.getpgrp():
+                return  # we were moved to the background: so is CMD
+        except OSError:
+            return
+        self._set_foreground(self.pgid)
+        self.handed = True
+        self.signal(signal.SIGCONT)
+        self.stopped()  # a stop before the hand-over is over
+
+    def take_terminal(self) -> None:
+        """Take the terminal's foreground back if CMD's group has it from us."""
+        if self.handed:
+            self._set_foreground(os.getpgrp())
+            self.handed = False
+
+    def stopped(self) -> bool:
+        """CMD was stopped by job control (Ctrl-Z, or it used the terminal
+        from the background); the stop is consumed, an exit is left for
+        wait.  Without a terminal, or for SIGSTOP, whoever stopped CMD
+        continues it."""
+        if self.tty is None:
+            return False
+        try:
+            info = os.waitid(os.P_PID, self.child.pid, os.WSTOPPED | os.WNOHANG)
+        except ChildProcessError:
+            return False
+        return (info is not None and info.si_code == os.CLD_STOPPED
+                and info.si_status in (signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU))
+
+    def suspend_self(self) -> None:
+        self.take_terminal()
+        os.kill(os.getpid(), signal.SIGTSTP)  # returns once we are continued (fg or bg)
+
+    def resume(self) -> None:
+        self.to_foreground()
+        self.signal(signal.SIGCONT)
+
+    def reap_orphans(self) -> None:
+        """Reap exited orphans re-parented here (never CMD: Popen waits for it)."""
+        if not self.orphans:
+            return
+        while True:
+            try:
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return
+            if info is None or info.si_pid == self.child.pid:
+                return
+            try:
+                os.waitpid(info.si_pid, 0)
+            except ChildProcessError:
+                pass
+
+    def kill_all(self) -> list[int]:
+        """SIGKILL CMD's whole group at once, then every other descendant (a
+        process that left the group), in rounds until none is left; reap.
+        Returns the pids that still lived after ``KILL_WAIT_S``."""
+        import psutil
+
+        try:  # before the group dies: below a dead process nothing can be found
+            stray = psutil.Process(self.child.pid).children(recursive=True)
+        except psutil.Error:
+            stray = []
+        self.signal(signal.SIGKILL)
+        self.take_terminal()
+        me = psutil.Process()
+        deadline = time.monotonic() + KILL_WAIT_S
+        while True:
+            if self.orphans:
+                try:
+                    stray += me.children(recursive=True)
+                except psutil.Error:
+                    pass
+            alive = []
+            for proc in stray:
+                try:
+                    if proc.status() != psutil.STATUS_ZOMBIE:
+                        proc.kill()
+                        alive.append(proc)
+                except psutil.Error:
+                    pass
+            self.child.poll()
+            self.reap_orphans()
+            if not alive or time.monotonic() > deadline:
+                break
+            stray = alive if not self.orphans else []
+            time.sleep(0.005)
+        self.child.wait()
+        self.reap_orphans()
+        return [proc.pid for proc in alive]
 
 
 def _read_daemon(conn: Connection, valid_until: list[float]) -> str | None:
@@ -339,24 +575,6 @@ def _read_daemon(conn: Connection, valid_until: list[float]) -> str | None:
     if message.get("op") == "valid":
         valid_until[0] = _valid_until(message, "for_ms", received)
     return None
-
-
-def _kill_tree(child: subprocess.Popen) -> None:
-    import psutil
-
-    try:
-        victims = psutil.Process(child.pid).children(recursive=True)
-    except psutil.Error:
-        victims = []
-    for proc in [*victims]:
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
-    try:
-        child.kill()
-    except ProcessLookupError:
-        pass
 
 
 def _status(code: int) -> int:

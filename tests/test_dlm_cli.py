@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket as socketlib
 import subprocess
+import sys
 import time
 
 import pytest
+from test_daemon_loop import _env
 
 from clusterfw import cli_lock
 from clusterfw.client import Connection
@@ -178,3 +181,208 @@ def test_revoked_loses_the_lock_at_once(daemon_pair):
     send(peer, op="revoked", id=1, reason="node fenced")
     _status, lost = cli_lock._supervise(conn, child, time.monotonic() + 30)
     assert lost == "revoked: node fenced"
+
+
+# ------------------------------------------- LOST: nothing of CMD survives
+LOST_REPEATS = 50
+# The issue's case (the statement after the killed sleep), a grandchild in
+# CMD's group, and one that left it for a session of its own and whose
+# parent exited (a daemon's double fork): none of them may write.
+LOST_CMD = ('echo $$ > started; (sleep 1; echo x > grandchild) & '
+            '(setsid sh -c "echo \\$\\$ > escaped.pid; sleep 1; echo x > escaped" &); '
+            'sleep 30; echo x > next-statement')
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Processes of group ``pgid`` that are not zombies."""
+    import psutil
+
+    out = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+                out.append(proc.pid)
+        except (OSError, psutil.Error):
+            pass
+    return out
+
+
+def _wait_file(path, timeout_s: float = 10.0) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_text().strip():
+            return path.read_text().strip()
+        time.sleep(0.005)
+    raise AssertionError(f"{path} was not written within {timeout_s} s")
+
+
+def _grant_then_revoke(server, run_dir) -> tuple[int, int]:
+    """Serve one `clusterfw lock` as its daemon would: queue, grant, and once
+    CMD and its escaped grandchild run, revoke.  Returns (CMD's pid, the
+    escaped grandchild's pid)."""
+    peer, _ = server.accept()
+    with peer:
+        peer.settimeout(10)
+        line = b""
+        while not line.endswith(b"\n"):
+            chunk = peer.recv(4096)
+            assert chunk, "the lock command closed the connection before asking"
+            line += chunk
+        ask = json.loads(line)
+        assert ask["op"] == "lock" and ask["name"] == "lost"
+        send(peer, ok=True, op="lock-queued", id=ask["id"], name="lost", node="n1")
+        send(peer, op="granted", id=ask["id"], name="lost", mode="exclusive", token=7, valid_ms=60_000,
+             until_boot_ms=boot_ms() + 60_000)
+        pid = int(_wait_file(run_dir / "started"))
+        escaped = int(_wait_file(run_dir / "escaped.pid"))
+        send(peer, op="revoked", id=ask["id"], name="lost", reason="node fenced")
+        return pid, escaped
+
+
+def test_a_lost_lock_kills_everything_cmd_started_50_times(tmp_path):
+    """LOST kills CMD's process group at once and every descendant that left
+    it: the shell runs no next statement, no grandchild writes -- checked
+    right after LOST and again 3 s after the last of 50 runs."""
+    path = str(tmp_path / "d.sock")
+    server = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM)
+    server.bind(path)
+    server.listen(1)
+    server.settimeout(15)
+    started: list[int] = []
+    procs: list[subprocess.Popen] = []
+    try:
+        begun = time.monotonic()
+        for i in range(LOST_REPEATS):
+            run_dir = tmp_path / f"run{i}"
+            run_dir.mkdir()
+            proc = subprocess.Popen([sys.executable, "-m", "clusterfw.cli", "lock", "lost", "--socket", path,
+                                     "--", "sh", "-c", LOST_CMD], cwd=run_dir, env=_env(), stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            procs.append(proc)
+            pid, escaped = _grant_then_revoke(server, run_dir)
+            started += [pid, escaped]
+            _out, err = proc.communicate(timeout=15)
+            assert proc.returncode == cli_lock.EXIT_LOST, err
+            assert "LOST" in err and f"process group {pid}" in err, err
+            # the moment `clusterfw lock` reports LOST, nothing of CMD runs
+            assert _group_members(pid) == [], f"run {i}: CMD's group survived LOST"
+            assert not _alive(escaped), f"run {i}: a grandchild in a session of its own survived LOST"
+            assert not list(run_dir.glob("next-statement")), f"run {i}: the shell ran its next statement"
+        took = time.monotonic() - begun
+        time.sleep(3.0)  # the grandchildren would have written 1 s after they started
+        written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.glob("run*/*")
+                         if p.name in ("next-statement", "grandchild", "escaped"))
+        assert written == [], f"written after LOST: {written}"
+        print(f"\n[measure] {LOST_REPEATS} LOST runs (grant, CMD started, revoked, all killed): {took:.1f} s")
+    finally:
+        server.close()
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+        import psutil
+        for pid in started:
+            if _alive(pid):
+                psutil.Process(pid).kill()
+
+
+# ------------------------------------------ an interactive CMD, job control
+def _serve_one_lock(server, seen: dict) -> None:
+    """A stand-in daemon for one `clusterfw lock`: grant (valid for a
+    minute), answer the unlock, note the client's pid."""
+    try:
+        peer, _ = server.accept()
+    except OSError:
+        return
+    with peer:
+        creds = peer.getsockopt(socketlib.SOL_SOCKET, socketlib.SO_PEERCRED, 12)
+        seen["pid"] = int.from_bytes(creds[:4], sys.byteorder)
+        stream = peer.makefile("rb")
+        for line in stream:
+            ask = json.loads(line)
+            if ask["op"] == "lock":
+                send(peer, ok=True, op="lock-queued", id=ask["id"], name=ask["name"], node="n1")
+                send(peer, op="granted", id=ask["id"], name=ask["name"], mode="exclusive", token=3,
+                     valid_ms=60_000, until_boot_ms=boot_ms() + 60_000)
+            elif ask["op"] == "unlock":
+                send(peer, ok=True, op="unlocking", id=ask["id"])
+                send(peer, op="released", id=ask["id"], name="tty")
+                seen["released"] = True
+
+
+def _expect(fd: int, text: str, seen: bytearray, timeout_s: float = 10.0) -> None:
+    import select
+
+    deadline = time.monotonic() + timeout_s
+    while text.encode() not in seen:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"the terminal never showed {text!r}; it showed:\n{seen.decode(errors='replace')}")
+        if select.select([fd], [], [], left)[0]:
+            try:
+                seen += os.read(fd, 4096)
+            except OSError:  # the terminal closed
+                raise AssertionError(f"the terminal closed before {text!r}:\n{seen.decode(errors='replace')}")
+
+
+def test_an_interactive_cmd_gets_the_terminal_and_ctrl_z_stops_the_job(tmp_path):
+    """In an interactive shell, CMD (in its own process group) reads the
+    terminal, Ctrl-Z stops the job as a whole, `fg` continues it, and Ctrl-C
+    reaches CMD: the lock command exits with CMD's status, 130."""
+    import pty
+    import threading
+
+    import psutil
+
+    path = str(tmp_path / "d.sock")
+    server = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM)
+    server.bind(path)
+    server.listen(1)
+    seen: dict = {}
+    thread = threading.Thread(target=_serve_one_lock, args=(server, seen), daemon=True)
+    thread.start()
+    env = {**_env(), "PS1": "$ ", "TERM": "dumb"}
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: an interactive shell with job control on the terminal
+        try:
+            os.execve("/bin/bash", ["bash", "--norc", "--noprofile", "-i"], env)
+        finally:
+            os._exit(127)
+    out = bytearray()
+    try:
+        _expect(fd, "$ ", out)
+        os.write(fd, f"{sys.executable} -m clusterfw.cli lock tty --socket {path} -- "
+                     f"sh -c 'echo rea''dy; read l; echo got-$l; sleep 30'\n".encode())
+        _expect(fd, "ready", out)
+        time.sleep(0.3)  # CMD waits in read, with the terminal
+        os.write(fd, b"\x1a")  # Ctrl-Z
+        _expect(fd, "Stopped", out)
+        assert psutil.Process(seen["pid"]).status() == psutil.STATUS_STOPPED  # the lock command stopped too
+        os.write(fd, b"fg\n")
+        time.sleep(0.3)
+        os.write(fd, b"hello\n")
+        _expect(fd, "got-hello", out)
+        time.sleep(0.2)
+        os.write(fd, b"\x03")  # Ctrl-C: to CMD's group, which has the terminal
+        os.write(fd, b"echo rc=$?\n")
+        _expect(fd, "rc=130", out)
+        assert seen.get("released")
+    finally:
+        server.close()
+        for proc in psutil.Process(pid).children(recursive=True) if psutil.pid_exists(pid) else []:
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        os.close(fd)

@@ -306,3 +306,34 @@ def test_a_try_lock_on_the_holders_own_node_is_denied_at_once(dlm_cluster, tmp_p
         holder.wait(15)
     assert run_lock(c, "n1", "tl", "true", opts=("--timeout", "0")).returncode == 0
 
+
+def test_a_paused_daemon_lost_lock_leaves_nothing_of_cmd_running(dlm_cluster, tmp_path):
+    """End to end: the holder's daemon is paused, the validity runs out, and
+    CMD's group and the grandchild that left it are killed; nothing writes."""
+    from test_dlm_cli import LOST_CMD, _alive, _group_members
+
+    c = dlm_cluster
+    c.ensure_all_joined()
+    victim = next(n for n in NODES if n != c.master())
+    holder = subprocess.Popen(lock_cmd(c, victim, "lost-e2e", "sh", "-c", LOST_CMD), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=_env(), cwd=tmp_path)
+    try:
+        pid = int(wait_for("CMD", lambda: (tmp_path / "started").exists() and (tmp_path / "started").read_text(),
+                           10, 0.01))
+        escaped = int(wait_for("the grandchild", lambda: (tmp_path / "escaped.pid").exists()
+                               and (tmp_path / "escaped.pid").read_text(), 10, 0.01))
+        c.signal(victim, signal.SIGSTOP)
+        try:
+            assert holder.wait(5) == 75
+            assert _group_members(pid) == [], "CMD's process group survived LOST"
+            assert not _alive(escaped), "a grandchild in a session of its own survived LOST"
+            time.sleep(3.0)
+            assert not [p.name for p in tmp_path.iterdir() if p.name in ("next-statement", "grandchild", "escaped")]
+            assert "renew" in holder.communicate()[1]
+        finally:
+            c.signal(victim, signal.SIGCONT)
+        assert c.wait_exit(victim, 10) == 75  # it wakes up forced out and fences itself
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait(5)
