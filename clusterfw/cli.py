@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # Modules that contribute subcommands.  A module that is missing is skipped so
@@ -42,6 +43,23 @@ class CliError(Exception):
     def __init__(self, message: str, exit_code: int = EXIT_FAILED):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+SOCKET_ENV = "CLUSTERFW_SOCKET"
+
+
+def client_socket(given: str | None, default: str) -> tuple[str, str | None]:
+    """The daemon socket a client command uses: ``--socket``, else
+    ``$CLUSTERFW_SOCKET``, else ``default``; and who chose it (None for the
+    default).  A command may look elsewhere (a lab node) only when nobody
+    chose the socket: a socket someone named that does not answer is an
+    error, never a reason to ask another daemon."""
+    if given:
+        return given, "--socket"
+    from_env = os.environ.get(SOCKET_ENV)
+    if from_env:
+        return from_env, f"${SOCKET_ENV}"
+    return default, None
 
 
 def build_parser(modules: tuple[str, ...] = COMMAND_MODULES) -> argparse.ArgumentParser:

@@ -54,7 +54,7 @@ import sys
 import time
 from typing import Any
 
-from clusterfw.cli import CliError
+from clusterfw.cli import CliError, client_socket
 from clusterfw.client import Client, ClientError, Connection, DaemonUnavailable, RequestFailed
 from clusterfw.node import protocol
 
@@ -109,7 +109,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--all", action="store_true",
                    help="also show entries that no longer count (left behind by a node that was forced out "
                         "or restarted: the protocol ignores them)")
-    q.add_argument("--socket", default=protocol.DEFAULT_SOCKET, help="the daemon's socket")
+    q.add_argument("--socket", default=None,
+                   help=f"the daemon's socket (default $CLUSTERFW_SOCKET or {protocol.DEFAULT_SOCKET}); without "
+                        f"either, a host running 'clusterfw lab' asks a lab node")
     q.set_defaults(func=cmd_locks)
 
 
@@ -603,9 +605,13 @@ def _release(conn: Connection, args: argparse.Namespace) -> None:
 
 # ------------------------------------------------------------------ locks
 def cmd_locks(args: argparse.Namespace) -> int:
+    path, chosen_by = client_socket(args.socket, protocol.DEFAULT_SOCKET)
     try:
-        reply = Client(args.socket, timeout_s=15).request("locks")
+        reply = Client(path, timeout_s=15).request("locks")
     except DaemonUnavailable as exc:
+        if chosen_by is not None:
+            raise CliError(f"{exc}: check the socket given by {chosen_by} (is the daemon running? "
+                           f"'systemctl status clusterfw')") from None
         lab = _locks_from_lab(args)
         if lab is None:
             raise CliError(f"{exc}: is the daemon running ('systemctl status clusterfw')?") from None

@@ -20,7 +20,7 @@ import sys
 import time
 from typing import Any
 
-from clusterfw.cli import EXIT_USAGE, CliError
+from clusterfw.cli import EXIT_USAGE, CliError, client_socket
 from clusterfw.client import Client, ClientError, DaemonUnavailable, RequestFailed
 from clusterfw.node import protocol
 from clusterfw.node.fencing import FENCE_ACTIONS
@@ -115,8 +115,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "running here, read the shared disk directly (heartbeat ages are then unknown).",
         epilog=CLIENT_EXIT_CODES)
     st.add_argument("--json", action="store_true", help="print one JSON object")
-    st.add_argument("--socket", default=CLIENT_SOCKET, metavar="PATH",
-                    help=f"the daemon's socket (default $CLUSTERFW_SOCKET or {protocol.DEFAULT_SOCKET})")
+    st.add_argument("--socket", default=None, metavar="PATH",
+                    help=f"the daemon's socket (default $CLUSTERFW_SOCKET or {protocol.DEFAULT_SOCKET}); "
+                         f"without either, a host running 'clusterfw lab' asks a lab node")
     st.add_argument("--disk", metavar="DEVICE", help="read DEVICE directly when no daemon answers")
     st.set_defaults(func=cmd_status)
 
@@ -196,9 +197,14 @@ def format_status(status: dict[str, Any]) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    path, chosen_by = client_socket(args.socket, protocol.DEFAULT_SOCKET)
     try:
-        status = Client(args.socket).status()
+        status = Client(path).status()
     except DaemonUnavailable as exc:
+        if not args.disk and chosen_by is not None:
+            raise CliError(f"{exc}: check the socket given by {chosen_by} (is the daemon running? "
+                           f"'systemctl status clusterfw'); to read the shared disk directly, add --disk "
+                           f"DEVICE") from None
         if not args.disk:
             lab_status = _status_from_lab()
             if lab_status is None:
@@ -210,7 +216,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         else:
             status = _status_from_disk(args.disk)
             if not args.json:
-                print(f"no local daemon answers on {args.socket}: read {args.disk} directly "
+                print(f"no local daemon answers on {path}: read {args.disk} directly "
                       f"(heartbeat ages unknown: one read cannot tell a live node from a dead one)")
     except ClientError as exc:
         raise CliError(str(exc)) from None

@@ -77,12 +77,15 @@ class Cluster:
         self.logs: dict[str, Path] = {}
         self.starts: dict[str, int] = {}
         self.watchdogs: dict[str, Path] = {}  # the watchdog file of each node's current daemon
+        self.socket_dir: Path | None = None  # set: every daemon's socket is socket_dir/NAME.sock
 
     # -- processes ------------------------------------------------------------
     def runtime_dir(self, name: str) -> Path:
         return self.work / f"run-{name}"
 
     def socket(self, name: str) -> str:
+        if self.socket_dir is not None:
+            return str(self.socket_dir / f"{name}.sock")
         return str(self.runtime_dir(name) / "clusterfw.sock")
 
     def start(self, name: str, *extra: str, env: dict[str, str] | None = None,
@@ -94,6 +97,8 @@ class Cluster:
         args = [sys.executable, "-m", "clusterfw.cli", "daemon", "--disk", self.device, "--node", name,
                 "--fence-action", "exit", "--runtime-dir", str(runtime_dir or self.runtime_dir(name)),
                 "--watchdog", str(watchdog), *extra]
+        if self.socket_dir is not None and runtime_dir is None:
+            args += ["--socket", self.socket(name)]
         with open(log, "wb") as out:
             proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                     env={**_env(), **(env or {})}, cwd=REPO)

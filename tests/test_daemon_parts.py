@@ -7,6 +7,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -168,6 +169,7 @@ class _EchoHandler:
 
     def __init__(self) -> None:
         self.disconnects = 0
+        self.holding: set[int] = set()  # connections that hold something (as a lock request)
 
     def handle(self, peer: api.Peer, request: protocol.Request) -> dict:
         if request.op == "status":
@@ -177,10 +179,15 @@ class _EchoHandler:
             return {"ok": True, "op": "registered"}
         if request.op == "ack" and request.batch == 13:
             raise RuntimeError("a bug in the handler")
+        if request.op == "lock":
+            self.holding.add(peer.conn_id)
         return {"ok": True, "op": request.op}
 
     def disconnected(self, peer: api.Peer) -> None:
         self.disconnects += 1
+
+    def holds(self, peer: api.Peer) -> bool:
+        return peer.conn_id in self.holding
 
 
 @pytest.fixture
@@ -255,6 +262,38 @@ def test_server_bounds_the_number_of_clients(server):
     assert Client(srv.path).status()
 
 
+def test_partial_lines_and_idle_connections_are_closed_but_holders_and_subscribers_are_kept(tmp_path):
+    handler = _EchoHandler()
+    srv = api.ApiServer(str(tmp_path / "api.sock"), handler, lambda *_: None, partial_line_timeout_s=0.5,
+                        idle_timeout_s=1.0)
+    srv.start()
+    conns: list[Connection] = []
+    try:
+        partial, idle, holder, subscriber = (Connection(srv.path) for _ in range(4))
+        conns += [partial, idle, holder, subscriber]
+        partial._sock.sendall(b'{"v":1,"op":"sta')
+        idle.send({"op": "status"})
+        holder.send({"op": "lock", "id": 1, "name": "x"})
+        subscriber.send({"op": "register", "level": 25, "name": "x"})
+        for conn in (idle, holder, subscriber):
+            assert conn.receive()["ok"]
+        started = time.monotonic()
+        reply = partial.receive()
+        assert reply is not None and "no complete line" in reply["error"] and partial.receive() is None
+        assert 0.4 <= time.monotonic() - started < 1.0
+        reply = idle.receive()
+        assert reply is not None and "idle for 1 s" in reply["error"] and idle.receive() is None
+        assert 0.8 <= time.monotonic() - started < 2.0
+        time.sleep(1.0)  # holder and subscriber stay, idle or not
+        for conn in (holder, subscriber):
+            conn.send({"op": "status"})
+            assert conn.receive()["ok"]
+    finally:
+        for conn in conns:
+            conn.close()
+        srv.close(0.2)
+
+
 def test_unprivileged_peers_may_only_ask_for_status():
     if os.geteuid() != 0:
         pytest.skip("needs root to act as another user")
@@ -276,6 +315,57 @@ def test_unprivileged_peers_may_only_ask_for_status():
     status, leave = [json.loads(line) for line in out.stdout.split("\n") if line.strip()]
     assert status["ok"] and status["status"]["privileged"] is False
     assert leave["ok"] is False and "permission denied" in leave["error"] and "clusterfw" in leave["error"]
+
+
+def test_unprivileged_peers_cannot_take_the_slots_of_root_and_wait_for_their_rate():
+    if os.geteuid() != 0:
+        pytest.skip("needs root to act as another user")
+    directory = tempfile.mkdtemp(prefix="clusterfw-api-")
+    os.chmod(directory, 0o755)  # reachable by uid 65534
+    srv = api.ApiServer(os.path.join(directory, "api.sock"), _EchoHandler(), lambda *_: None, clients_max=8,
+                        unprivileged_max=4, unprivileged_rate_per_s=20)
+    srv.start()
+    code = ("import os, sys, json, socket, time\n"
+            "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
+            "held = []\n"
+            "for _ in range(6):\n"
+            "    s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.settimeout(5); held.append(s)\n"
+            "refused = []\n"
+            "for s in held:\n"
+            "    s.settimeout(0.5)\n"
+            "    try:\n"
+            "        refused.append(b'too many clients' in s.recv(4096))\n"
+            "    except TimeoutError:\n"
+            "        refused.append(False)\n"
+            "    s.settimeout(5)\n"
+            "t0 = time.monotonic()\n"
+            "held[0].sendall(b'{\"v\":1,\"op\":\"status\"}\\n' * 30)\n"
+            "f = held[0].makefile('rb')\n"
+            "replies = [json.loads(f.readline()) for _ in range(30)]\n"
+            "print(json.dumps({'refused': refused, 'took': time.monotonic() - t0,\n"
+            "                  'ok': all(r['ok'] for r in replies)}))\n"
+            "sys.stdout.flush(); time.sleep(3)\n")
+    child = subprocess.Popen([sys.executable, "-c", code, srv.path], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    roots: list[Connection] = []
+    try:
+        assert child.stdout is not None
+        line = child.stdout.readline()
+        result = json.loads(line) if line else {"stderr": child.stderr.read() if child.stderr else ""}
+        assert result.get("refused") == [False] * 4 + [True] * 2, result
+        assert result["ok"] and result["took"] >= 0.4, result  # 30 requests at 20 a second after the first 4
+        for _ in range(4):  # the four slots kept for privileged peers, while the four others are taken
+            roots.append(Connection(srv.path))
+            roots[-1].send({"op": "status"})
+            assert roots[-1].receive()["ok"]
+    finally:
+        for conn in roots:
+            conn.close()
+        if child.poll() is None:
+            os.kill(child.pid, signal.SIGKILL)
+        child.wait(10)
+        srv.close(0.2)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def test_pushes_reach_their_connection_in_order(server):

@@ -84,6 +84,41 @@ def test_lock_usage_errors_exit_64(capsys):
     assert "1..48" in capsys.readouterr().err
 
 
+# ------------------------------------------------- a socket that was named
+def test_a_named_socket_that_does_not_answer_fails_and_never_asks_a_lab(tmp_path, monkeypatch, capsys):
+    from clusterfw import cli, cli_node
+
+    asked: list[list[str]] = []
+
+    def lab_node(argv, timeout):
+        asked.append(argv)
+        return None  # no lab answers: the command fails the old way
+
+    monkeypatch.setattr(cli_node, "ask_lab_node", lab_node)
+    monkeypatch.setattr(protocol, "DEFAULT_SOCKET", str(tmp_path / "default.sock"))
+    monkeypatch.delenv("CLUSTERFW_SOCKET", raising=False)
+    stale = tmp_path / "stale.sock"  # a socket file nobody listens on
+    s = socketlib.socket(socketlib.AF_UNIX)
+    s.bind(str(stale))
+    s.close()
+    missing = str(tmp_path / "missing.sock")
+    for command in ("status", "locks"):
+        for path in (missing, str(stale)):
+            assert cli.main([command, "--socket", path]) == 1
+            err = capsys.readouterr().err
+            assert f"no clusterfw daemon answers on {path}" in err and "--socket" in err, err
+            assert "Traceback" not in err
+        monkeypatch.setenv("CLUSTERFW_SOCKET", missing)
+        assert cli.main([command]) == 1
+        assert "$CLUSTERFW_SOCKET" in capsys.readouterr().err
+        monkeypatch.delenv("CLUSTERFW_SOCKET")
+        assert asked == []
+        assert cli.main([command]) == 1  # nobody named a socket: the default may fall back to a lab
+        assert len(asked) == 1
+        asked.clear()
+        capsys.readouterr()
+
+
 # --------------------------------------------------------------- the table
 def test_describe_area_marks_entries_of_departed_incarnations_stale():
     held = LockEntry(1, 0xA1, 4, 7, "db", EntryState.HELD, LockMode.EXCLUSIVE, 5, 12, owner=321,

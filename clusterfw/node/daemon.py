@@ -39,9 +39,12 @@ Threads, and the one lock (``_lock``) that guards NodeCore:
 * **suspend-watch** fences at once when the host was suspended (CLOCK_BOOTTIME
   ran ahead of CLOCK_MONOTONIC, node/sleep.py); the io and fence-timer
   threads look too, every turn.
-* **api** serves the socket (node/api.py); **subsystem** threads run the
-  in-process subsystems; the **main** thread waits for signals (SIGTERM,
-  SIGINT: graceful leave) and for the end.
+* **api** serves the socket (node/api.py) and never waits for the disk:
+  the ``locks`` request is answered by the **lock-table** thread
+  (node/slowreads.py); lock grants and validity renewals are pushed by the
+  DLM's own threads straight to the holder's socket (node/dlm_service.py).
+  **subsystem** threads run the in-process subsystems; the **main** thread
+  waits for signals (SIGTERM, SIGINT: graceful leave) and for the end.
 
 Every write is guarded twice: NodeCore produces writes only while the node
 can still write, and the device asks the daemon again right before the
@@ -103,6 +106,7 @@ from .hub import Hub, RegistrationError
 from .integrity import IntegrityTracker
 from .journal import Journal
 from .notify import Notifier
+from .slowreads import LockTableReader
 from .sleep import SUSPEND_THRESHOLD_MS, SuspendDetector, clock_pair
 from .status import add_integrity, render, timing_json
 
@@ -216,6 +220,8 @@ class Daemon:
         self._last_write: tuple[float, float] | None = None  # (issued, completed) of the last slot write
         self.hub = Hub(ack_core=self._ack_core, send=self._send_notification, log=self._log)
         self.server = api.ApiServer(opts.socket_path, self, self._log)
+        self.lock_table = LockTableReader(self._read_lock_table, self._finish_lock_table, self.server.reply,
+                                          self._log)
         self.watchdog: Watchdog | None = None
         self.fencer: Fencer | None = None
         self.dlm: DlmService | None = None
@@ -426,6 +432,7 @@ class Daemon:
                     else:
                         self.hub.add_local(sub)
             self.server.start()
+            self.lock_table.start()
         except StartupError as exc:
             self.log.error(str(exc), NODE=self.opts.node)
             return exc.exit_code
@@ -590,6 +597,7 @@ class Daemon:
             final = {"op": "fenced", "reason": self._fence_reason, "exit": code}
         if self.dlm is not None:
             self.dlm.stop(self._fence_reason and f"fenced: {self._fence_reason}" or f"the daemon exits: {reason}")
+        self.lock_table.stop(f"the daemon exits: {reason}")
         self.server.broadcast(final, "watcher")
         self.server.close(LEAVE_FLUSH_S)
         self.hub.stop()
@@ -950,7 +958,7 @@ class Daemon:
             self.server.broadcast({"op": "fenced", "reason": reason}, "watcher")
 
     # ------------------------------------------------------------ api handler
-    def handle(self, peer: api.Peer, request: protocol.Request) -> dict[str, Any]:
+    def handle(self, peer: api.Peer, request: protocol.Request) -> dict[str, Any] | api.Deferred:
         if request.op == "status":
             return {"ok": True, "op": "status", "status": self.status()}
         if request.op == "leave":
@@ -984,15 +992,19 @@ class Daemon:
             return {"ok": True, "op": "acked", "batch": request.batch}
         return protocol.error(f"unknown op {request.op!r}")
 
+    def holds(self, peer: api.Peer) -> bool:
+        return self.dlm is not None and self.dlm.has_requests(peer.conn_id)
+
     def disconnected(self, peer: api.Peer) -> None:
         if peer.role == "subsystem":
             self.hub.detach(peer.conn_id)
         if self.dlm is not None:
             self.dlm.disconnected(peer.conn_id)
 
-    def _handle_lock(self, peer: api.Peer, request: protocol.Request) -> dict[str, Any]:
+    def _handle_lock(self, peer: api.Peer, request: protocol.Request) -> dict[str, Any] | api.Deferred:
         if request.op == "locks":
-            return {"ok": True, "op": "locks", **self.locks()}
+            self.lock_table.submit(peer.conn_id, peer.privileged)  # read off the API thread
+            return api.DEFERRED
         if self.dlm is None:
             return protocol.error("this daemon runs without the DLM (--no-placeholder-subsystems): start it "
                                   "without that option to use cluster locks", request.op)
@@ -1012,8 +1024,13 @@ class Daemon:
     def locks(self) -> dict[str, Any]:
         """The lock table of the whole cluster, read from the disk now, and
         this node's requests with their local clients."""
+        return self._finish_lock_table(self._read_lock_table())
+
+    def _read_lock_table(self) -> dict[str, Any]:
+        """The part of ``locks`` read from the disk (on the lock-table thread,
+        never the API thread; slowreads.py)."""
         assert self.disk is not None
-        out: dict[str, Any] = {"cluster": self.cluster, "node": self.opts.node, "read_unix_ms": int(time.time() * 1000)}
+        out: dict[str, Any] = {"read_unix_ms": int(time.time() * 1000)}
         try:
             with BlockDevice(self.opts.disk, readonly=True, io_timeout_ms=max(self.timing.io_timeout_ms, 1000)) as dev:
                 area = ClusterDisk(dev, self.disk.layout, self.disk.cluster_uuid).read_lock_area(AREA_READ_BYTES_MAX)
@@ -1022,6 +1039,10 @@ class Daemon:
         except (OSError, DeviceError) as exc:
             out["locks"] = []
             out["error"] = f"cannot read the lock area of {self.opts.disk}: {exc}"
+        return out
+
+    def _finish_lock_table(self, part: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {"cluster": self.cluster, "node": self.opts.node, **part}
         out["local"] = self.dlm.local_requests() if self.dlm is not None else []
         out["dlm"] = "running" if self.dlm is not None else "not running (--no-placeholder-subsystems)"
         return out

@@ -27,6 +27,10 @@ How this works
 * **Validity.**  A grant and then, every heartbeat interval, a ``valid``
   push tell the holder for how long the lock is vouched for: until the
   node's fence deadline (its last completed heartbeat write + fence_after).
+  The renewals come from a thread of their own ("dlm-renew"), not from the
+  DLM's I/O loop, and a push goes straight to the holder's socket (node/
+  api.py), so neither a slow lock-area operation nor anything a client
+  asks of the API can postpone them.
   Other nodes recover the lock only after the dead timeout, which is later
   by the watchdog margin; ``clusterfw lock`` kills its command when the
   validity runs out unrenewed -- a paused, hung or fenced daemon stops its
@@ -124,8 +128,10 @@ class DlmService(LocalSubsystem):
         self._node_name = node_name
         self._logf = log
         self._deadline_of = deadline_of or (lambda: float("inf"))
-        self._next_keepalive = 0.0
         self._lock = threading.Lock()
+        # Held around each request's pushes (granted, valid, the final one)
+        # so that no renewal goes out before the grant or after the end.
+        self._order = threading.Lock()
         self.core = DlmCore(node_id=node_id, incarnation=incarnation, stripes_max=layout.dlm_stripes_max,
                             nodes_max=layout.nodes_max, now_ms=diskio.clock_ms(),
                             can_write=lambda _now: guard() is None,
@@ -136,6 +142,7 @@ class DlmService(LocalSubsystem):
         self._kick = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._renew_thread: threading.Thread | None = None
         self._dev: BlockDevice | None = None
         self._ack: Callable[[int], None] | None = None
         self.stats = {"reads": 0, "writes": 0, "failed": 0, "grants": 0}
@@ -152,6 +159,8 @@ class DlmService(LocalSubsystem):
         self._dev = diskio.GuardedBlockDevice(self.path, guard=self._guard, io_timeout_ms=self.timing.io_timeout_ms)
         self._thread = threading.Thread(target=self._run, name="dlm", daemon=True)
         self._thread.start()
+        self._renew_thread = threading.Thread(target=self._renew_loop, name="dlm-renew", daemon=True)
+        self._renew_thread.start()
 
     def deliver(self, notification: Notification) -> None:
         """A level-10 notification (called by the hub, under its lock)."""
@@ -175,6 +184,9 @@ class DlmService(LocalSubsystem):
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(self.timing.io_timeout_ms / 1000.0 * 4 + 1.0)
+        renew = self._renew_thread
+        if renew is not None and renew is not threading.current_thread():
+            renew.join(1.0)
         if self._dev is not None and (thread is None or not thread.is_alive()):
             self._dev.close()
 
@@ -239,6 +251,11 @@ class DlmService(LocalSubsystem):
         if released:
             self._kick.set()
 
+    def has_requests(self, conn_id: int) -> bool:
+        """Whether the connection has a lock request (waiting or held)."""
+        with self._lock:
+            return any(r.conn_id == conn_id for r in self._requests.values())
+
     def local_requests(self) -> list[dict[str, Any]]:
         """This node's requests as the core sees them, with their clients."""
         with self._lock:
@@ -284,11 +301,8 @@ class DlmService(LocalSubsystem):
                 events = core.take_events()
                 wake = core.wakeup_ms()
             self._dispatch(events)
-            self._keepalive(now)
             self.integrity.flush()
             if not ops:
-                if any(r.granted_unix_ms for r in list(self._requests.values())):
-                    wake = min(wake, self._next_keepalive)
                 self._kick.wait(min(max(0.0, (wake - now) / 1000.0), WAIT_MAX_S))
                 continue
             results = []
@@ -312,20 +326,28 @@ class DlmService(LocalSubsystem):
             return 0
         return int(max(0.0, min(self._deadline_of() - now, 3_600_000.0)))
 
-    def _keepalive(self, now: float) -> None:
+    def _renew_loop(self) -> None:
         """Every heartbeat interval, tell each holder how long its lock is
         still vouched for; ``clusterfw lock`` kills its command when that
         runs out without a renewal (a paused or fenced daemon stops them)."""
-        if now < self._next_keepalive:
-            return
-        self._next_keepalive = now + self.timing.heartbeat_interval_ms
-        holders = [r for r in list(self._requests.values()) if r.granted_unix_ms]
-        if not holders:
-            return
-        valid = self.valid_for_ms(now)
-        for req in holders:
-            self._push(req.conn_id, {"op": "valid", "id": req.client_id, "for_ms": valid,
-                                     "until_boot_ms": now + valid})
+        interval_s = self.timing.heartbeat_interval_ms / 1000.0
+        due = time.monotonic()
+        while not self._stopping.wait(max(0.0, due - time.monotonic())):
+            due = max(due + interval_s, time.monotonic())
+            try:
+                self._renew(diskio.clock_ms())
+            except Exception as exc:  # noqa: BLE001 - holders then time out, which is safe
+                self._logf("error", f"dlm: renewing failed: {type(exc).__name__}: {exc}")
+
+    def _renew(self, now: float) -> None:
+        with self._order:
+            holders = [r for r in list(self._requests.values()) if r.granted_unix_ms]
+            if not holders:
+                return
+            valid = self.valid_for_ms(now)
+            for req in holders:
+                self._push(req.conn_id, {"op": "valid", "id": req.client_id, "for_ms": valid,
+                                         "until_boot_ms": now + valid})
 
     def _perform(self, op: Any) -> DlmResult:
         start = diskio.clock_ms()
@@ -369,13 +391,14 @@ class DlmService(LocalSubsystem):
             if req is None:
                 continue  # an internal withdrawal, or a request of a closed connection
             if isinstance(ev, Granted):
-                req.granted_unix_ms, req.token = _unix_ms(), ev.token
-                self.stats["grants"] += 1
-                now = diskio.clock_ms()
-                valid = self.valid_for_ms(now)
-                self._push(req.conn_id, {"op": "granted", "id": req.client_id, "name": ev.name,
-                                         "mode": ev.mode.name.lower(), "token": ev.token,
-                                         "valid_ms": valid, "until_boot_ms": now + valid})
+                with self._order:
+                    req.granted_unix_ms, req.token = _unix_ms(), ev.token
+                    self.stats["grants"] += 1
+                    now = diskio.clock_ms()
+                    valid = self.valid_for_ms(now)
+                    self._push(req.conn_id, {"op": "granted", "id": req.client_id, "name": ev.name,
+                                             "mode": ev.mode.name.lower(), "token": ev.token,
+                                             "valid_ms": valid, "until_boot_ms": now + valid})
             elif isinstance(ev, Recovered):
                 who = self._node_name(ev.from_node)
                 self._logf("notice", f"dlm: lock '{ev.name}' of {who} incarnation {ev.incarnation:x} recovered "
@@ -393,10 +416,11 @@ class DlmService(LocalSubsystem):
                     final = {"op": "revoked", "id": req.client_id, "name": req.name, "reason": ev.reason}
                 else:
                     continue
-                with self._lock:
-                    self._requests.pop(ev.req_id, None)
-                    self._by_client.pop((req.conn_id, req.client_id), None)
-                self._push(req.conn_id, final)
+                with self._order:
+                    with self._lock:
+                        self._requests.pop(ev.req_id, None)
+                        self._by_client.pop((req.conn_id, req.client_id), None)
+                    self._push(req.conn_id, final)
 
 
 def _unix_ms() -> int:
