@@ -569,3 +569,43 @@ def test_a_suspend_fences_the_daemon_at_once(disk, tmp_path):
         took = time.monotonic() - start
         assert "the host was suspended for 5000 ms" in d._fence_reason
     assert took < 0.2, f"noticed {took * 1000:.0f} ms after the resume"
+
+
+def test_locks_counts_entries_by_the_dlms_rule_not_only_the_view(disk, tmp_path):
+    """`clusterfw locks` asks the running DLM whether an entry counts: a live
+    later incarnation shows as counted under a view that still names the old
+    one; with no DLM the view decides."""
+    from clusterfw.core.dlm import EntryState, LockEntry, LockMode
+    from clusterfw.node.dlm_service import describe_area
+    from clusterfw.ondisk import dlm_codec
+
+    class Dlm:
+        """The DLM's counting rule (core.counts) stands in for a running DLM."""
+        asked: list[tuple[int, int]] = []
+
+        def describe_area(self, area: Any, view: Any) -> list[dict[str, Any]]:
+            def counts(node_id: int, incarnation: int) -> bool:
+                self.asked.append((node_id, incarnation))
+                return (node_id, incarnation) == (2, 0xBEEF)
+            return describe_area(area, view, lambda n: f"n{n}", counted=counts)
+
+    with in_process(disk, tmp_path, "n1") as (d, journal):
+        assert d.startup() is None, journal.text()
+        assert d.disk is not None
+        entry = LockEntry(2, 0xBEEF, 1, 3, "mx", EntryState.HELD, LockMode.EXCLUSIVE, 1, 7, 4242)
+        offset, data = dlm_codec.entry_bytes(entry, d.disk.cluster_uuid, d.disk.layout)
+        with BlockDevice(disk.device) as dev:
+            try:
+                dev.write(offset, data)
+                without = [r for r in d._read_lock_table()["locks"] if r["name"] == "mx"]
+                d.dlm = Dlm()  # type: ignore[assignment]
+                try:
+                    with_dlm = [r for r in d._read_lock_table()["locks"] if r["name"] == "mx"]
+                finally:
+                    d.dlm = None
+            finally:
+                dev.write(offset, dlm_codec.entry_bytes(LockEntry(2, 0xBEEF, 2, 3), d.disk.cluster_uuid,
+                                                        d.disk.layout)[1])
+    assert [r["counts"] for r in without] == [False]  # the view does not name incarnation beef
+    assert [r["counts"] for r in with_dlm] == [True]
+    assert (2, 0xBEEF) in Dlm.asked

@@ -1034,7 +1034,12 @@ class Daemon:
         try:
             with BlockDevice(self.opts.disk, readonly=True, io_timeout_ms=max(self.timing.io_timeout_ms, 1000)) as dev:
                 area = ClusterDisk(dev, self.disk.layout, self.disk.cluster_uuid).read_lock_area(AREA_READ_BYTES_MAX)
-            out["locks"] = describe_area(area, self._current_view(), self._node_name)
+            view = self._current_view()
+            dlm = self.dlm
+            # The DLM's own counting rule when it runs: a live later incarnation
+            # counts even under a view that went back.
+            out["locks"] = (dlm.describe_area(area, view) if dlm is not None
+                            else describe_area(area, view, self._node_name))
             out["error"] = None
         except (OSError, DeviceError) as exc:
             out["locks"] = []
