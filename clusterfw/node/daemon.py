@@ -100,7 +100,7 @@ from .dlm_service import AREA_READ_BYTES_MAX, DlmService, describe_area
 from .fencing import (EXIT_FENCED, FENCE_ACTIONS, Fencer, Watchdog, read_managed_units,
                       should_feed)
 from .hub import Hub, RegistrationError
-from .integrity import IntegrityTracker
+from .integrity import IntegrityTracker, printable
 from .journal import Journal
 from .notify import Notifier
 from .sleep import SUSPEND_THRESHOLD_MS, SuspendDetector, clock_pair
@@ -545,7 +545,7 @@ class Daemon:
         rng = random.Random(secrets.randbits(64))
         core = NodeCore(node_id=self.node_id, incarnation=self.incarnation, timing=self.timing,
                         registrations=registrations, rng=rng.random, now_ms=now,
-                        previous_slot=self.previous_slot)
+                        previous_slot=self.previous_slot, name_of=lambda n: printable(self._node_name(n)))
         with self._lock:
             self.core = core
             self._write_deadline_ms = core.fence_deadline_ms()
