@@ -161,6 +161,9 @@ def cmd_lock(args: argparse.Namespace) -> int:
     if not 1 <= size <= protocol.LOCK_NAME_BYTES_MAX:
         _say(f"lock name {args.name!r}: {size} bytes of UTF-8, must be 1..{protocol.LOCK_NAME_BYTES_MAX}")
         return EXIT_USAGE
+    if not 0 <= args.conflict_exit_code <= 255:
+        _say(f"--conflict-exit-code {args.conflict_exit_code}: an exit code is 0..255")
+        return EXIT_USAGE
     if args.timeout is not None and not 0 <= args.timeout <= protocol.LOCK_TIMEOUT_MS_MAX / 1000:
         _say(f"--timeout {args.timeout}: must be 0 or more seconds")
         return EXIT_USAGE
