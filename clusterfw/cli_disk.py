@@ -11,7 +11,10 @@ user error becomes a ``CliError`` that names the bad input and the fix:
 * exit 3 (refused): the device holds data (``disk init`` without
   ``--force``), a duplicate node name or id;
 * exit 1 (failed): I/O errors, a device that is not a clusterfw disk
-  (``dump``, ``node add``, ``probe``).
+  (``dump``, ``node add``, ``probe``; a superblock that does not decode is
+  explained by ``admin.unreadable_superblock_advice``: initialise a device
+  that holds no clusterfw record, but never advise a plain ``disk init`` for
+  a damaged one).
 
 ``probe`` prints udev-style ``KEY=VALUE`` lines, for an
 ``IMPORT{program}`` rule.
@@ -29,10 +32,11 @@ from dataclasses import fields, is_dataclass
 from typing import Any, Iterable
 
 from clusterfw.cli import EXIT_FAILED, EXIT_REFUSED, EXIT_USAGE, CliError
+from clusterfw.core import timing
 from clusterfw.core.model import NODES_MAX, NodeConfig, SlotRecord, ViewRecord
 from clusterfw.ondisk import admin, codec
 from clusterfw.ondisk.blockdev import BlockDevice
-from clusterfw.ondisk.clusterdisk import ClusterDisk, best_view_copy
+from clusterfw.ondisk.clusterdisk import ClusterDisk, best_view_copy, read_superblock_from
 from clusterfw.ondisk.errors import (
     BlockError,
     BlockSizeMismatch,
@@ -50,6 +54,7 @@ DEFAULT_MAX_NODES = 16
 DEFAULT_HEARTBEAT_MS = 100
 DEFAULT_IO_TIMEOUT_MS = 200
 COPY_NAMES = ("A", "B")
+TIMING_OPTIONS = {"heartbeat_interval_ms": "--heartbeat-ms", "io_timeout_ms": "--io-timeout-ms"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -68,9 +73,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     init.add_argument("--max-nodes", type=int, default=DEFAULT_MAX_NODES, metavar="N",
                       help=f"node ids the disk has room for, 1..{NODES_MAX} (default {DEFAULT_MAX_NODES})")
     init.add_argument("--heartbeat-ms", type=int, default=DEFAULT_HEARTBEAT_MS, metavar="MS",
-                      help=f"heartbeat interval (default {DEFAULT_HEARTBEAT_MS})")
+                      help=f"heartbeat interval, at least {timing.HEARTBEAT_MIN_MS} (default {DEFAULT_HEARTBEAT_MS})")
     init.add_argument("--io-timeout-ms", type=int, default=DEFAULT_IO_TIMEOUT_MS, metavar="MS",
-                      help=f"disk I/O timeout all other timeouts derive from (default {DEFAULT_IO_TIMEOUT_MS})")
+                      help=f"disk I/O timeout all other timeouts derive from, at least {timing.IO_TIMEOUT_MIN_MS} "
+                           f"(default {DEFAULT_IO_TIMEOUT_MS})")
     init.add_argument("--force", action="store_true", help="destroy whatever the device holds")
     init.set_defaults(func=cmd_disk_init)
 
@@ -130,9 +136,10 @@ def _open_cluster(dev: BlockDevice) -> ClusterDisk:
     try:
         return ClusterDisk.open(dev)
     except BlockError as exc:
-        raise CliError(f"{dev.path} is not a clusterfw disk ({type(exc).__name__}: {exc}); "
-                       f"initialise it with 'clusterfw disk init {dev.path} --cluster NAME'") from None
-    except (BlockSizeMismatch, DeviceTooSmall) as exc:
+        raise CliError(admin.unreadable_superblock_advice(dev, exc)) from None
+    except DeviceTooSmall as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    except BlockSizeMismatch as exc:
         raise CliError(f"{dev.path}: {exc}") from None
 
 
@@ -188,10 +195,13 @@ def cmd_disk_init(args: argparse.Namespace) -> int:
         raise CliError(f"--cluster: {exc}", EXIT_USAGE) from None
     if not 1 <= args.max_nodes <= NODES_MAX:
         raise CliError(f"--max-nodes {args.max_nodes} is out of range: use 1..{NODES_MAX}", EXIT_USAGE)
-    for option, value in (("--heartbeat-ms", args.heartbeat_ms), ("--io-timeout-ms", args.io_timeout_ms)):
-        if not 1 <= value <= codec.U32_MAX:
-            raise CliError(f"{option} {value} is out of range: use a positive number of milliseconds",
-                           EXIT_USAGE)
+    try:
+        timing.check_settings(args.heartbeat_ms, args.io_timeout_ms)
+    except timing.SettingOutOfRange as exc:
+        option = TIMING_OPTIONS[exc.setting]
+        raise CliError(f"{option} {exc.value} is out of range: use {exc.low}..{exc.high} ms ({exc.why}); the "
+                       f"defaults are --heartbeat-ms {DEFAULT_HEARTBEAT_MS} --io-timeout-ms {DEFAULT_IO_TIMEOUT_MS}",
+                       EXIT_USAGE) from None
     dev = _open(args.device, readonly=False)
     try:
         sb = admin.format_disk(dev, args.cluster, args.max_nodes, args.heartbeat_ms, args.io_timeout_ms,
@@ -525,11 +535,19 @@ _UDEV_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 def cmd_probe(args: argparse.Namespace) -> int:
     try:
         found = admin.probe(args.device)
+        if found is None:
+            with BlockDevice(args.device, readonly=True, io_timeout_ms=admin.PROBE_IO_TIMEOUT_MS) as dev:
+                try:
+                    read_superblock_from(dev)
+                    advice = f"{args.device} changed while it was probed: probe it again"
+                except BlockError as exc:
+                    # udev runs this on every device: judge by the superblock's bytes alone, no scan
+                    advice = admin.unreadable_superblock_advice(dev, exc, scan=False)
+            raise CliError(advice, EXIT_FAILED)
+    except DeviceTooSmall as exc:
+        raise CliError(str(exc), EXIT_FAILED) from None
     except DeviceError as exc:
         raise CliError(f"cannot probe {args.device}: {exc}", EXIT_FAILED) from None
-    if found is None:
-        raise CliError(f"{args.device} is not a clusterfw disk (no valid clusterfw superblock); "
-                       f"'clusterfw disk init' makes one", EXIT_FAILED)
     print(f"CLUSTERFW_CLUSTER={_UDEV_UNSAFE.sub('_', found['cluster_name'])}")
     print(f"CLUSTERFW_UUID={found['cluster_uuid']}")
     print(f"CLUSTERFW_FORMAT_VERSION={found['format_version']}")

@@ -43,7 +43,7 @@ def cmd_up(args):
                 autostart=args.autostart, boot_timeout=args.boot_timeout,
                 rebuild=args.rebuild_rootfs, wipe_disk=args.wipe_disk,
                 keep_on_failure=args.keep_on_failure, setup_commands=args.setup_command,
-                prepare_disk=args.prepare_disk)
+                prepare_disk=args.prepare_disk, image_dir=args.image_dir)
     joined = _wait_joined(lab, args) if args.autostart and lab.state.get("units") else None
     if args.json:
         _print({**st, "cluster": joined})
@@ -213,6 +213,10 @@ def register(subparsers) -> None:
     p.add_argument("--sector-size", type=int, choices=(512, 4096), default=512,
                    help="logical sector size of the nodes' loop devices")
     p.add_argument("--wipe-disk", action="store_true", help="recreate disk.img (zeroed)")
+    p.add_argument("--image-dir", metavar="DIR",
+                   help="where a new lab puts disk.img (default: the lab directory if it is on a tmpfs, "
+                        "else /dev/shm/clusterfw-lab-HASH); not a tmpfs: a warning, as O_DSYNC writes to an "
+                        "image on the host's disk stall past the fence deadline when the host is busy")
     p.add_argument("--node-command", default=DEFAULT_NODE_COMMAND,
                    help="process mode: what each node runs, split like a shell line, "
                         "{node} and {disk} substituted (default %(default)r)")

@@ -188,6 +188,9 @@ def cmd_lock(args: argparse.Namespace) -> int:
     if not 1 <= size <= protocol.LOCK_NAME_BYTES_MAX:
         _say(f"lock name {args.name!r}: {size} bytes of UTF-8, must be 1..{protocol.LOCK_NAME_BYTES_MAX}")
         return EXIT_USAGE
+    if not 0 <= args.conflict_exit_code <= 255:
+        _say(f"--conflict-exit-code {args.conflict_exit_code}: an exit code is 0..255")
+        return EXIT_USAGE
     if args.timeout is not None and not 0 <= args.timeout <= protocol.LOCK_TIMEOUT_MS_MAX / 1000:
         _say(f"--timeout {args.timeout}: must be 0 or more seconds")
         return EXIT_USAGE
@@ -669,21 +672,23 @@ def _state_text(r: dict[str, Any]) -> str:
 
 
 def format_locks(reply: dict[str, Any], show_all: bool = False) -> str:
+    from clusterfw.core.text import printable  # lock and node names: control characters escaped
+
     now = int(reply.get("read_unix_ms") or time.time() * 1000)
     rows = [r for r in reply.get("locks", []) if show_all or _shown(r)]
     stale = sum(1 for r in reply.get("locks", []) if not _shown(r))
     damaged = [r for r in reply.get("locks", []) if r.get("state") == "damaged"]
-    lines = [f"cluster {reply.get('cluster')}: lock table read by node {reply.get('node')} "
+    lines = [f"cluster {printable(reply.get('cluster'))}: lock table read by node {printable(reply.get('node'))} "
              f"at {time.strftime('%H:%M:%S', time.localtime(now / 1000))}"]
     if reply.get("error"):
-        lines.append(f"ERROR: {reply['error']}")
+        lines.append(f"ERROR: {printable(reply['error'])}")
     if not rows:
         lines.append("no lock is held or asked for")
     else:
         table = [["LOCK", "MODE", "STATE", "NODE", "PID", "TOKEN", "TICKET", "SINCE"]]
         for r in rows:
             state = _state_text(r)
-            table.append([r["name"], r["mode"], state, r["node"], str(r.get("pid") or "-"),
+            table.append([printable(r["name"]), r["mode"], state, printable(r["node"]), str(r.get("pid") or "-"),
                           "-" if r.get("token") is None else str(r["token"]), str(r["ticket"]),
                           _ago(r.get("since_unix_ms"), now)])
         widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
@@ -691,7 +696,6 @@ def format_locks(reply: dict[str, Any], show_all: bool = False) -> str:
     if stale and not show_all:
         lines.append(f"({stale} stale entr{'y' if stale == 1 else 'ies'} of departed nodes hidden: --all)")
     if damaged:
-        from clusterfw.node.integrity import printable
         lines.append(f"{len(damaged)} damaged lock sector{'' if len(damaged) == 1 else 's'} (does not decode; its "
                      "node's DLM rewrites it):")
         for r in damaged:
@@ -699,8 +703,9 @@ def format_locks(reply: dict[str, Any], show_all: bool = False) -> str:
                          f"{printable(r.get('error'))}")
     waiting = [r for r in reply.get("local", []) if r.get("waiting_for")]
     for r in waiting:
-        whom = ", ".join(f"{w['node']} ({w['why']}" + (f": its lock sector on stripe {w.get('stripe')} does not "
-                                                     "decode" if w.get("why") == "damaged" else "") + ")"
-                         for w in r["waiting_for"])
-        lines.append(f"pid {r.get('pid')} on {reply.get('node')} waits for '{r['name']}' behind: {whom}")
+        whom = ", ".join(f"{printable(w['node'])} ({w['why']}" + (f": its lock sector on stripe {w.get('stripe')} "
+                                                                "does not decode" if w.get("why") == "damaged" else "")
+                         + ")" for w in r["waiting_for"])
+        lines.append(f"pid {r.get('pid')} on {printable(reply.get('node'))} waits for '{printable(r['name'])}' "
+                     f"behind: {whom}")
     return "\n".join(lines)

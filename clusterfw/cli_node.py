@@ -28,13 +28,15 @@ from clusterfw.node.fencing import FENCE_ACTIONS
 DAEMON_EXIT_CODES = """\
 exit codes:
   0   left the cluster gracefully (SIGTERM, SIGINT or 'clusterfw leave')
-  1   failed: the disk could not be opened or read, or a wait timed out
+  1   failed: the disk is missing or could not be read (it may come back), or a wait timed out
   2   bad usage
   75  fenced: the node stopped its services and wrote nothing more (systemd restarts it;
       the new incarnation can rejoin once the cluster has forced the old one out)
-  78  refused (configuration): the node is not in the node table, the disk is not a
-      clusterfw disk, another daemon or host runs this node, or the join was rejected;
-      a restart cannot help (clusterfw.service: RestartPreventExitStatus=78)"""
+  78  refused (configuration): the node is not in the node table, the disk path is not a
+      device, the device is too small or not a clusterfw disk, its timings cannot be run,
+      the runtime directory, socket or watchdog cannot be used, another daemon or host
+      runs this node, or the join was rejected; the message names the path; a restart
+      cannot help (clusterfw.service: RestartPreventExitStatus=78)"""
 
 CLIENT_EXIT_CODES = """\
 exit codes:
@@ -257,7 +259,8 @@ def _status_from_disk(path: str) -> dict[str, Any]:
     from clusterfw.node.status import from_disk
     from clusterfw.ondisk.blockdev import BlockDevice
     from clusterfw.ondisk.clusterdisk import ClusterDisk
-    from clusterfw.ondisk.errors import BlockError, DeviceError, SetupError
+    from clusterfw.ondisk import admin
+    from clusterfw.ondisk.errors import BlockError, DeviceError, DeviceTooSmall, SetupError
 
     try:
         dev = BlockDevice(path, readonly=True, io_timeout_ms=DISK_READ_TIMEOUT_MS)
@@ -266,7 +269,9 @@ def _status_from_disk(path: str) -> dict[str, Any]:
     try:
         return from_disk(ClusterDisk.open(dev))
     except BlockError as exc:
-        raise CliError(f"--disk {path} is not a clusterfw disk ({type(exc).__name__}: {exc})") from None
+        raise CliError(f"--disk: {admin.unreadable_superblock_advice(dev, exc)}") from None
+    except DeviceTooSmall as exc:
+        raise CliError(f"--disk: {exc}", EXIT_USAGE) from None
     except (DeviceError, SetupError) as exc:
         raise CliError(f"reading {path} failed: {exc}; check the device and its connection") from None
     finally:

@@ -66,6 +66,9 @@ def cmd_sim(args: argparse.Namespace) -> int:
         raise CliError(f"--nodes {args.nodes}: use 1..255", EXIT_USAGE)
     if args.seeds < 1:
         raise CliError(f"--seeds {args.seeds}: use at least 1", EXIT_USAGE)
+    if args.jobs < 0:
+        raise CliError(f"--jobs {args.jobs}: use a number of worker processes of at least 1 (0 or no --jobs: "
+                       f"one per core)", EXIT_USAGE)
     single = args.seed is not None and (args.trace or "--seeds" not in sys.argv)
     if single:
         out = run_seed(args.seed, args.nodes, faults, args.mutation, args.fault_ms, keep_trace=True)

@@ -644,3 +644,17 @@ def test_forced_leave_of_a_reversed_join_stops_at_the_highest_notified_level() -
     b.crash(2)
     b.step_until(lambda: b.m(2).state is S.INACTIVE, hold=hold_at((2, 10)))
     assert b.log(2, F) == [(0, 0), (10, 0)]
+
+
+def test_master_log_lines_name_nodes_by_their_node_table_name() -> None:
+    """The master's reasons are for people: a node called web2 is web2 there,
+    not n2 (the daemon passes its node table's names in)."""
+    b = two_nodes_joining()
+    b.co.name_of = {1: "db1", 2: "web2"}.__getitem__
+    lines: list[str] = []
+    for _ in range(60):
+        b.ack_all(hold_nothing)
+        lines += b.step().log
+    assert "web2 joining" in lines and "web2 joined" in lines
+    assert any(line.startswith("batch ") and "web2 joining#0 to db1,web2" in line for line in lines), lines
+    assert not any("n1" in line or "n2" in line for line in lines), lines

@@ -544,7 +544,7 @@ def test_journal_native_protocol_carries_the_fields(tmp_path, monkeypatch):
             "TRANSITION=joining->joined", "SYSLOG_IDENTIFIER=clusterfw"} <= set(first)
     assert not any(line.startswith("LEVEL=") for line in first)
     second = rx.recv(65536)
-    assert b"MESSAGE\n" + (9).to_bytes(8, "little") + b"two\nlines\n" in second
+    assert b"MESSAGE=two\\nlines\n" in second  # escaped: one line, also in `journalctl -o cat`
 
 
 def test_journal_falls_back_to_stderr_lines(capsys):
@@ -552,3 +552,13 @@ def test_journal_falls_back_to_stderr_lines(capsys):
     Journal("n2", use_journal=False).warning("disk slow", EPOCH=3)
     err = capsys.readouterr().err
     assert "clusterfw[n2] warning: disk slow (EPOCH=3)" in err
+
+
+def test_journal_keeps_every_entry_on_one_line_with_control_characters_escaped(capsys):
+    """A lock name (from any local client) with a newline and an ANSI escape
+    cannot split an entry or reach the reader's terminal."""
+    from clusterfw.node.journal import Journal
+    Journal("n2", use_journal=False).info("dlm: lock 'db\nfake entry \x1b[31mred\x7f\x9b' released", LOCK="a\nb")
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "\x1b" not in err and "\x7f" not in err and "\x9b" not in err
+    assert "lock 'db\\nfake entry \\x1b[31mred\\x7f\\x9b' released (LOCK=a\\nb)" in err

@@ -421,3 +421,12 @@ def test_an_interactive_cmd_gets_the_terminal_and_ctrl_z_stops_the_job(tmp_path)
         os.kill(pid, 9)
         os.waitpid(pid, 0)
         os.close(fd)
+def test_locks_table_escapes_control_characters_in_lock_and_node_names():
+    held = LockEntry(7, 0xA1, 5, 12, "db\n\x1b[2Jx", EntryState.HELD, LockMode.EXCLUSIVE, 1_000, 321)
+    rows = describe_area({7: {1: held}}, _view({1: 0xA1}), lambda n: "web\x1b[31m1")
+    text = cli_lock.format_locks({"cluster": "c", "node": "web\x1b[31m1", "read_unix_ms": 5_000, "locks": rows,
+                                  "local": [{"name": "db\n\x1b[2Jx", "pid": 654,
+                                             "waiting_for": [{"node": "web\x1b[31m1", "why": "held"}]}]})
+    assert "\x1b" not in text
+    assert all(not line.startswith("x") for line in text.splitlines())  # the newline did not split a row
+    assert "db\\n\\x1b[2Jx" in text and "web\\x1b[31m1" in text

@@ -646,3 +646,13 @@ def test_the_core_loads_nothing_that_touches_the_world():
     assert not roots & {"threading", "socket", "subprocess", "time", "random", "crc32c", "asyncio", "select",
                         "mmap", "fcntl", "ctypes"}, sorted(roots)
     assert not [m for m in modules if m.startswith(("clusterfw.ondisk", "clusterfw.sim", "clusterfw.node"))]
+
+
+def test_a_try_lock_denial_names_the_holder_by_its_node_name():
+    c = Cluster()
+    c[2].core.name_of = {1: "web1", 2: "web2", 3: "web3"}.__getitem__
+    c[1].core.request(1, "vol-a", EX, c.now)
+    c.settle()
+    c[2].core.request(2, "vol-a", SH, c.now, try_only=True)
+    c.settle()
+    assert c[2].take(Denied) == [Denied(2, "busy: web1")]

@@ -233,7 +233,7 @@ def test_a_damaged_lock_sector_is_logged_once_named_busy_shown_and_repaired():
     assert svc.lock(7, 4242, 1, "mx", EX, None, True) is None
     _pump(svc, 0.0)
     [denied] = [p for p in pushes if p.get("op") == "denied"]
-    assert denied["reason"].startswith("busy: n3's lock sector on stripe") and "damaged" in denied["reason"]
+    assert denied["reason"].startswith("busy: a3's lock sector on stripe") and "damaged" in denied["reason"]
     # clusterfw locks shows it, human and JSON, counted.
     area = {stripe: dlm_codec.decode_stripe(disk.read(layout.dlm_stripe_offset(stripe), layout.dlm_stripe_bytes),
                                             stripe, cluster_uuid=UUID, layout=layout)}

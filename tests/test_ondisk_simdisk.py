@@ -334,3 +334,76 @@ def test_clusterdisk_notices_a_reinitialised_disk():
 def test_codec_pad_to():
     assert codec.pad_to(b"", 512) == bytes(512)
     assert len(codec.pad_to(b"x" * 513, 512)) == 1024
+
+
+def _place(kind: str, disk: SimDisk) -> int:
+    """Write one record of ``kind`` where a cluster of 8 nodes keeps it (another
+    layout than the one formatted below) and nothing else; its offset."""
+    from clusterfw.core.dlm import EntryState, LockEntry, LockMode
+    from clusterfw.ondisk import dlm_codec
+
+    layout = Layout(disk.block_size_bytes, 8)
+    placement = Placement(layout, UUID)
+    if kind == "node-table entry":
+        record_offset, _ = placement.node_record_bytes(NodeConfig(3, "web2"))
+        block = record_offset - record_offset % disk.block_size_bytes
+        offset, data = placement.node_block_bytes(NodeConfig(3, "web2"), disk.read(block, disk.block_size_bytes))
+        disk.write(offset, data)
+        return record_offset
+    elif kind == "slot":
+        offset, data = placement.slot_bytes(slot(2, 7))
+    elif kind == "view copy":
+        offset, data = placement.view_bytes(view(4, 3), 1)
+    elif kind == "area header":
+        offset, data = placement.area_header_bytes(AreaKind.SERVICE_REGISTRY)
+    else:
+        entry = LockEntry(5, 11, 1, 1, "db", EntryState.HELD, LockMode.EXCLUSIVE, 0, 0)
+        offset = layout.dlm_entry_offset(100, 5)
+        data = codec.pad_to(dlm_codec.encode_lock_entry(entry, UUID), disk.block_size_bytes)
+    disk.write(offset, codec.pad_to(data, disk.block_size_bytes))
+    return offset
+
+
+@pytest.mark.parametrize("sector", [512, 4096])
+@pytest.mark.parametrize("kind", ["node-table entry", "slot", "view copy", "area header", "lock sector"])
+def test_format_refuses_any_clusterfw_record_even_without_a_superblock(kind, sector):
+    """A disk whose superblock was zeroed or overwritten may be a running
+    cluster's: one record of any kind anywhere in the metadata is enough to
+    refuse, named with its offset; --force still formats it."""
+    disk = SimDisk(16 * MIB, sector)
+    offset = _place(kind, disk)
+    before = disk.snapshot()
+    with pytest.raises(FormatRefused) as info:
+        format_disk(disk, "lab", 16, 100, 200)
+    message = str(info.value)
+    assert f"1 {kind}" in message and f"offset {offset}" in message
+    assert "--force destroys" in message and "stop" in message
+    assert disk.snapshot() == before  # nothing was written
+    format_disk(disk, "lab", 16, 100, 200, force=True)
+
+
+def test_format_refuses_a_damaged_superblock_and_counts_the_live_records():
+    disk, cdisk = formatted()
+    add_node(cdisk, "web2")
+    cdisk.write_slot(slot(1, 5))
+    cdisk.write_view(view(1, 2), 0)
+    raw = bytearray(disk.read(0, 512))
+    raw[70] ^= 0xFF
+    disk.write(0, bytes(raw))
+    before = disk.snapshot()
+    with pytest.raises(FormatRefused) as info:
+        format_disk(disk, "lab", 8, 100, 200)
+    assert "damaged clusterfw superblock" in str(info.value)
+    assert "1 node-table entry, 1 slot, 1 view copy, 3 area headers" in str(info.value)
+    assert disk.snapshot() == before
+
+
+@pytest.mark.parametrize("hb,io,setting", [(1, 200, "heartbeat_interval_ms"), (0xFFFF_FFFF, 200, "heartbeat_interval_ms"),
+                                          (1000, 1, "io_timeout_ms")])
+def test_format_refuses_timings_no_node_can_run(hb, io, setting):
+    from clusterfw.core.timing import SettingOutOfRange
+
+    disk = SimDisk(16 * MIB)
+    with pytest.raises(SettingOutOfRange, match=setting):
+        format_disk(disk, "lab", 8, hb, io)
+    assert disk.snapshot() == SimDisk(16 * MIB).snapshot()

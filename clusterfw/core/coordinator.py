@@ -40,6 +40,7 @@ from typing import Mapping
 from .liveness import Liveness
 from .model import (REASON_MAX, Batch, BatchEntry, Kind, LEVELS_MAX, LevelSpec, MemberEntry, NodeState,
                     Registration, Rejection, SlotRecord, Timing, ViewRecord)
+from .text import NameOf, node_id_name
 
 LIVE = (NodeState.JOINING, NodeState.JOINED, NodeState.LEAVING)
 
@@ -104,8 +105,9 @@ class Coordinator:
     """The master's working copy of the view and the rules that move it."""
 
     def __init__(self, view: ViewRecord, timing: Timing, now_ms: float,
-                 min_batch_id: int = 1) -> None:
+                 min_batch_id: int = 1, name_of: NameOf = node_id_name) -> None:
         self.timing = timing
+        self.name_of = name_of  # how the log lines name a node (only text for people; never in the view)
         self.term = view.term
         self.epoch = view.epoch
         # Ids of this term start above every id of an earlier term.
@@ -227,39 +229,39 @@ class Coordinator:
         n = m.node_id
         if m.barrier + 1 < self._barriers(level, m.kind):
             self.members[n] = replace(m, barrier=m.barrier + 1)
-            self._change(f"n{n} {m.kind.notification} level {level} barrier {m.barrier} done", epoch=False)
+            self._change(f"{self.name_of(n)} {m.kind.notification} level {level} barrier {m.barrier} done", epoch=False)
             return
         if m.kind is Kind.JOIN:
             if m.leave_requested:
                 self.members[n] = replace(m, state=NodeState.LEAVING, kind=Kind.LEAVE, barrier=0,
                                           leave_requested=False)
-                self._change(f"n{n} reverses its join into a leave after level {level}")
+                self._change(f"{self.name_of(n)} reverses its join into a leave after level {level}")
                 return
             nxt = self._next_up(level)
             if nxt is None:
                 self.members[n] = replace(m, state=NodeState.JOINED, kind=None, cursor=-1, barrier=0)
-                self._change(f"n{n} joined")
+                self._change(f"{self.name_of(n)} joined")
             else:
                 self.members[n] = replace(m, cursor=nxt, barrier=0)
-                self._change(f"n{n} joining: level {level} done, next {nxt}", epoch=False)
+                self._change(f"{self.name_of(n)} joining: level {level} done, next {nxt}", epoch=False)
         elif m.kind is Kind.LEAVE:
             nxt = self._next_down(level)
             if nxt is None:
                 self.members[n] = replace(m, state=NodeState.INACTIVE, kind=None, cursor=-1, barrier=0,
                                           top_level=-1, forced=False)
-                self._change(f"n{n} left")
+                self._change(f"{self.name_of(n)} left")
             else:
                 self.members[n] = replace(m, cursor=nxt, barrier=0)
-                self._change(f"n{n} leaving: level {level} done, next {nxt}", epoch=False)
+                self._change(f"{self.name_of(n)} leaving: level {level} done, next {nxt}", epoch=False)
         else:
             nxt = self._next_up(level, limit=m.top_level)
             if nxt is None:
                 self.members[n] = replace(m, state=NodeState.INACTIVE, kind=None, cursor=-1, barrier=0,
                                           top_level=-1, forced=True, ready=False)
-                self._change(f"n{n} forced out: recovery complete")
+                self._change(f"{self.name_of(n)} forced out: recovery complete")
             else:
                 self.members[n] = replace(m, cursor=nxt, barrier=0)
-                self._change(f"n{n} forced-leaving: level {level} recovered, next {nxt}", epoch=False)
+                self._change(f"{self.name_of(n)} forced-leaving: level {level} recovered, next {nxt}", epoch=False)
 
     # -- failures -------------------------------------------------------------
     def _force(self, m: MemberEntry, why: str) -> None:
@@ -282,7 +284,7 @@ class Coordinator:
                     batch, participants=tuple(p for p in batch.participants if p != m.node_id))
         if self._is_me(m):
             self._out.self_forced = True
-        self._change(f"n{m.node_id} forced out: {why}")
+        self._change(f"{self.name_of(m.node_id)} forced out: {why}")
 
     def _detect_failures(self, now_ms: float, liveness: Liveness) -> None:
         for n in sorted(self.members):
@@ -316,10 +318,10 @@ class Coordinator:
             if first is None:
                 self.members[n] = replace(m, state=NodeState.INACTIVE, kind=None, cursor=-1,
                                           top_level=-1, forced=True)
-                self._change(f"n{n} forced out: dead, no level to recover")
+                self._change(f"{self.name_of(n)} forced out: dead, no level to recover")
             else:
                 self.members[n] = replace(m, ready=True, cursor=first, barrier=0)
-                self._change(f"n{n} dead for its dead timeout: recovery starts at level {first}", epoch=False)
+                self._change(f"{self.name_of(n)} dead for its dead timeout: recovery starts at level {first}", epoch=False)
 
     # -- requests -------------------------------------------------------------
     def _take_requests(self, liveness: Liveness) -> None:
@@ -343,7 +345,7 @@ class Coordinator:
                 if problem is not None:
                     level, reason = problem
                     self.rejections[n] = Rejection(n, s.incarnation, level, _bounded(reason))
-                    self._change(f"n{n} join refused: {reason}")
+                    self._change(f"{self.name_of(n)} join refused: {reason}")
                     continue
                 first = min((r.level for r in s.registrations), default=None)
                 first_cluster = self._next_up(-1)
@@ -357,20 +359,20 @@ class Coordinator:
                 for reg in s.registrations:
                     self.levels.setdefault(reg.level, LevelSpec(reg.level, reg.barriers))
                 self.levels = dict(sorted(self.levels.items()))
-                self._change(f"n{n} joining")
+                self._change(f"{self.name_of(n)} joining")
             elif s.request is Request.LEAVE and m is not None and m.incarnation == s.incarnation:
                 if m.state is NodeState.JOINED:
                     top = max(self.levels, default=None)
                     if top is None:
                         self.members[n] = replace(m, state=NodeState.INACTIVE, forced=False)
-                        self._change(f"n{n} left")
+                        self._change(f"{self.name_of(n)} left")
                     else:
                         self.members[n] = replace(m, state=NodeState.LEAVING, kind=Kind.LEAVE,
                                                   cursor=top, barrier=0, top_level=top)
-                        self._change(f"n{n} leaving")
+                        self._change(f"{self.name_of(n)} leaving")
                 elif m.state is NodeState.JOINING and not m.leave_requested:
                     self.members[n] = replace(m, leave_requested=True)
-                    self._change(f"n{n} asked to leave while joining", epoch=False)
+                    self._change(f"{self.name_of(n)} asked to leave while joining", epoch=False)
 
     def _check_registrations(self, s: SlotRecord) -> tuple[int, str] | None:
         seen: set[int] = set()
@@ -404,11 +406,11 @@ class Coordinator:
             if prev is None:
                 self.members[n] = replace(m, state=NodeState.INACTIVE, kind=None, cursor=-1, barrier=0,
                                           top_level=-1, forced=False, leave_requested=False)
-                self._change(f"n{n} left before any level processed its join")
+                self._change(f"{self.name_of(n)} left before any level processed its join")
             else:
                 self.members[n] = replace(m, state=NodeState.LEAVING, kind=Kind.LEAVE, cursor=prev,
                                           barrier=0, leave_requested=False)
-                self._change(f"n{n} reverses its join into a leave from level {prev}")
+                self._change(f"{self.name_of(n)} reverses its join into a leave from level {prev}")
 
     # -- issuing --------------------------------------------------------------
     def _desired(self, level: int) -> tuple[BatchEntry, ...]:
@@ -462,8 +464,8 @@ class Coordinator:
                     if m.kind is Kind.JOIN and level > m.top_level:
                         self.members[e.node_id] = replace(m, top_level=level)
                 self._change(f"batch {batch_label(batch.batch_id)} at level {level}: "
-                             + ", ".join(f"n{e.node_id} {e.kind.notification}#{e.barrier}" for e in desired)
-                             + f" to {','.join('n%d' % p for p in participants)}", epoch=False)
+                             + ", ".join(f"{self.name_of(e.node_id)} {e.kind.notification}#{e.barrier}" for e in desired)
+                             + f" to {','.join(self.name_of(p) for p in participants)}", epoch=False)
             if not moved:
                 return
         raise AssertionError("batch issuing did not settle")  # a broken invariant: crash

@@ -85,6 +85,7 @@ from typing import Callable, Mapping, Sequence
 from .coordinator import level_state
 from .model import BatchEntry, Kind, MemberEntry, NodeState, ViewRecord
 from .node import Unreadable
+from .text import NameOf, node_id_name, printable
 
 DLM_LEVEL = 10
 """The DLM registers at level 10 (docs/protocol.md §9)."""
@@ -202,14 +203,14 @@ def conflicts(name_a: str, mode_a: LockMode, name_b: str, mode_b: LockMode) -> b
     return name_a == name_b and not (mode_a is LockMode.SHARED and mode_b is LockMode.SHARED)
 
 
-def busy_reason(blockers: Sequence["Blocker"]) -> str:
-    """A try-lock's denial: who holds or asks for the lock, and which lock
-    sectors are damaged (a damaged sector of a counted node blocks its
-    stripe until its node rewrites it)."""
-    held = sorted({f"n{b.node_id}" for b in blockers if b.why != "damaged"})
+def busy_reason(blockers: Sequence["Blocker"], name_of: NameOf = node_id_name) -> str:
+    """A try-lock's denial: who holds or asks for the lock (nodes named by
+    ``name_of``), and which lock sectors are damaged (a damaged sector of a
+    counted node blocks its stripe until its node rewrites it)."""
+    held = [name_of(n) for n in sorted({b.node_id for b in blockers if b.why != "damaged"})]
     damaged = sorted({(b.node_id, b.stripe, b.detail) for b in blockers if b.why == "damaged"})
-    parts = list(held) + [f"n{n}'s lock sector on stripe {s} is damaged ({d or 'does not decode'}): "
-                          f"n{n} rewrites it" for n, s, d in damaged]
+    parts = held + [f"{name_of(n)}'s lock sector on stripe {s} is damaged ({printable(d) if d else 'does not decode'}): "
+                    f"{name_of(n)} rewrites it" for n, s, d in damaged]
     return "busy: " + ", ".join(parts)
 
 
@@ -465,7 +466,7 @@ class DlmCore:
                  own_sectors: Mapping[int, LockEntry | Unreadable] | None = None,
                  can_write: Callable[[float], bool] | None = None,
                  poll_min_ms: float = 20.0, poll_max_ms: float = 100.0,
-                 scrub_ms: float | None = SCRUB_MS) -> None:
+                 scrub_ms: float | None = SCRUB_MS, name_of: NameOf = node_id_name) -> None:
         if not 1 <= node_id <= nodes_max:
             raise DlmMisuse(f"node_id={node_id}: must be 1..{nodes_max}")
         if stripes_max < 1:
@@ -476,6 +477,7 @@ class DlmCore:
             raise DlmMisuse("scrub_ms: must be > 0 or None")
         self.node_id = node_id
         self.incarnation = incarnation
+        self.name_of = name_of  # how a denial names the nodes that hold or ask for the lock
         self.stripes_max = stripes_max
         self.nodes_max = nodes_max
         self.poll_min_ms = poll_min_ms
@@ -902,12 +904,13 @@ class DlmCore:
         mine = [r for r in queue if r.req_id >= 0 and r.abandon is None]
         rivals = [r for r in mine if conflicts(r.name, r.mode, name, mode)]
         if rivals:
-            return f"busy: n{self.node_id} (this node: {', '.join(who(r) for r in rivals)})"
+            return f"busy: {self.name_of(self.node_id)} (this node: {', '.join(who(r) for r in rivals)})"
         active = queue[0]
         if active.req_id < 0:
-            return f"busy: n{self.node_id} (this node is rewriting its lock sector on stripe {active.stripe})"
-        return (f"busy: n{self.node_id} (this node's lock sector on stripe {active.stripe} is in use by "
-                f"'{active.name}', {who(active)}: local requests on one stripe take turns)")
+            return (f"busy: {self.name_of(self.node_id)} (this node is rewriting its lock sector on stripe "
+                    f"{active.stripe})")
+        return (f"busy: {self.name_of(self.node_id)} (this node's lock sector on stripe {active.stripe} is in use by "
+                f"'{printable(active.name)}', {who(active)}: local requests on one stripe take turns)")
 
     def _blockers(self, req: _Request, entries: Mapping[int, object]) -> tuple[Blocker, ...]:
         out = []
@@ -1108,7 +1111,7 @@ class DlmCore:
         if req.try_only:
             only_choosing = all(b.why == "choosing" for b in blockers)
             if not only_choosing or req.choosing_rereads <= 0:
-                self._abandon(req, busy_reason(blockers), now_ms)
+                self._abandon(req, busy_reason(blockers, self.name_of), now_ms)
                 return
             req.choosing_rereads -= 1
         if blockers != req.blockers:

@@ -37,6 +37,7 @@ from .election import Decision, Election, highest_decision
 from .liveness import Liveness, Observed
 from .model import (BatchEntry, Lease, NodeState, Registration, Request, SlotRecord, Timing,
                     ViewRecord, ACKS_MAX, REGISTRATIONS_MAX)
+from .text import NameOf, node_id_name
 
 HEARTBEAT_MISSED = "no heartbeat write completed"
 """How the reason of a fence for a missed fence deadline begins."""
@@ -171,12 +172,13 @@ class _Cycle:
 class NodeCore:
     def __init__(self, *, node_id: int, incarnation: int, timing: Timing,
                  registrations: Sequence[Registration], rng: Callable[[], float], now_ms: float,
-                 previous_slot: SlotRecord | None = None) -> None:
+                 previous_slot: SlotRecord | None = None, name_of: NameOf = node_id_name) -> None:
         if len(registrations) > REGISTRATIONS_MAX:
             raise ValueError(f"at most {REGISTRATIONS_MAX} registrations per node")
         self.node_id = node_id
         self.incarnation = incarnation
         self.timing = timing
+        self.name_of = name_of  # how lines for people name a node (the daemon: its node-table name)
         self.registrations = tuple(sorted(registrations, key=lambda r: r.level))
         self.rng = rng
         self.seq = (previous_slot.seq if previous_slot else 0)
@@ -445,7 +447,7 @@ class NodeCore:
                     and rec.incarnation != self.incarnation and wrote is not None):
                 # We wrote our slot this cycle, yet it shows another
                 # incarnation: another host runs this node.  Both fence.
-                self._fence(f"another host is writing node n{self.node_id}'s slot "
+                self._fence(f"another host is writing node {self.name_of(self.node_id)}'s slot "
                             f"(incarnation {rec.incarnation:x})")
                 return
             if isinstance(rec, SlotRecord):
@@ -529,7 +531,7 @@ class NodeCore:
             # dead, so by the timing rule we must already have stopped.
             self.role = Role.FOLLOWER
             self.coordinator = None
-            self._fence(f"deposed: term {d.term} was decided for n{d.master}")
+            self._fence(f"deposed: term {d.term} was decided for {self.name_of(d.master)}")
 
     def _reset_view_reads(self) -> None:
         self._views_todo, self._views_read, self._views_lost = [], {}, set()
@@ -598,10 +600,10 @@ class NodeCore:
         have = best.epoch if best is not None else 0
         if newest_seen > have:
             saw = sorted(n for n, e in evidence.items() if e > have)
-            why = (f"n{self.node_id} won term {self.decision.term} but cannot resume: the newest view "
-                   f"it can read is epoch {have}, and " + ", ".join(f"n{n}" for n in saw)
+            why = (f"{self.name_of(self.node_id)} won term {self.decision.term} but cannot resume: the newest view "
+                   f"it can read is epoch {have}, and " + ", ".join(self.name_of(n) for n in saw)
                    + f" saw epoch {newest_seen}"
-                   + (f" (unreadable view areas: {', '.join(f'n{n}' for n in lost)})" if lost else "")
+                   + (f" (unreadable view areas: {', '.join(self.name_of(n) for n in lost)})" if lost else "")
                    + "; it resigns so that a node holding that view takes over")
             self._halt(why, now_ms)
             return
@@ -612,12 +614,12 @@ class NodeCore:
                               term=self.decision.term, epoch=0)
         self.resumed_from = (best.term, best.epoch)
         base = replace(best, term=self.decision.term, epoch=best.epoch + 1)
-        self.coordinator = Coordinator(base, self.timing, now_ms, min_batch_id=min_batch)
+        self.coordinator = Coordinator(base, self.timing, now_ms, min_batch_id=min_batch, name_of=self.name_of)
         self.role = Role.MASTER
         self._undelivered = None
-        resumed = (f"n{self.node_id} master of term {self.decision.term}, "
+        resumed = (f"{self.name_of(self.node_id)} master of term {self.decision.term}, "
                    f"resuming from epoch {best.epoch} of term {best.term}"
-                   + (f" (unreadable view areas: {', '.join(f'n{n}' for n in lost)}; "
+                   + (f" (unreadable view areas: {', '.join(self.name_of(n) for n in lost)}; "
                       f"no live node saw a newer epoch)" if lost else ""))
         self.view_log.append(resumed)
         self._pending_log += (resumed,)  # logged with the first view it writes
@@ -628,7 +630,7 @@ class NodeCore:
         """Our view area keeps failing: hand over rather than hold the
         cluster still (another master writes its own area)."""
         self._view_failing_since = None
-        self._halt(f"n{self.node_id} resigns as master of term {self.election.lease.committed_term}: "
+        self._halt(f"{self.name_of(self.node_id)} resigns as master of term {self.election.lease.committed_term}: "
                    f"{what} for {self.timing.dead_after_ms} ms ({error})", now_ms)
 
     def _behind(self) -> bool:

@@ -50,7 +50,8 @@ writes are atomic.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Callable
 
 from .model import Timing
 
@@ -72,6 +73,10 @@ class Profile:
     """A member that does not ack a notification within this is forced out."""
 
 
+FAST_POLL_MIN_MS = 10
+"""No node polls faster than this, however short its heartbeat."""
+
+
 LAB = Profile()
 SAN = Profile(heartbeat_interval_ms=1000, io_timeout_ms=10_000, fence_margin_ms=10_000,
               transition_timeout_ms=120_000)
@@ -90,7 +95,7 @@ def derive(profile: Profile = LAB, clock_drift: float = CLOCK_DRIFT_MAX) -> Timi
                            * (1 + clock_drift))
     # While a transition or an election is in flight, nodes poll faster so a
     # level costs a few tens of milliseconds instead of a few heartbeats.
-    fast_poll = max(10, hb // 5)
+    fast_poll = max(FAST_POLL_MIN_MS, hb // 5)
     return Timing(
         heartbeat_interval_ms=hb,
         io_timeout_ms=io,
@@ -112,3 +117,103 @@ def check(timing: Timing, fence_margin_ms: int, clock_drift: float = CLOCK_DRIFT
             f"io_timeout_ms={timing.io_timeout_ms}, clock drift {clock_drift:.1%})")
     if timing.fence_after_ms <= timing.io_timeout_ms:
         raise ValueError("fence_after_ms must exceed io_timeout_ms, or no write could ever be issued")
+
+
+# ----------------------------------------------------------------------------
+# The two settings a disk carries (``disk init --heartbeat-ms/--io-timeout-ms``)
+# and the ranges a node can run them in.
+
+HEARTBEAT_MIN_MS = FAST_POLL_MIN_MS
+"""A node polls at ``fast_poll_ms`` (at least ``FAST_POLL_MIN_MS``) while a
+transition runs and at the heartbeat interval otherwise, and the DLM polls
+between the two: a heartbeat shorter than the fastest poll has no such
+range (the DLM refuses to start)."""
+IO_TIMEOUT_MIN_MS = 50
+"""The rule assumes every I/O completes within ``io_timeout``.  The longest
+a node makes are its DLM's 1 MiB reads of the lock area at the join and
+O_DSYNC writes; below 50 ms they time out even on an idle disk, the DLM never
+acks the join, and the master forces the node out after the transition
+timeout."""
+TIMING_MS_MAX = 0xFFFF_FFFF
+"""Every derived timeout is written into the node's slot as a u32 of
+milliseconds (docs/ondisk.md): one that does not fit cannot be written, and
+the node cannot heartbeat."""
+PROFILES = (LAB, SAN)
+
+
+class SettingOutOfRange(ValueError):
+    """``setting`` (``heartbeat_interval_ms`` or ``io_timeout_ms``) is
+    ``value``; allowed, with the other setting as given: ``low..high``."""
+
+    def __init__(self, setting: str, value: int, low: int, high: int, why: str) -> None:
+        super().__init__(f"{setting}={value} is out of range: use {low}..{high} ms ({why})")
+        self.setting = setting
+        self.value = value
+        self.low = low
+        self.high = high
+        self.why = why
+
+
+def _runs(heartbeat_interval_ms: int, io_timeout_ms: int, profiles: tuple[Profile, ...]) -> bool:
+    """Every timeout derived from the two settings, under each profile, fits
+    its u32 and keeps the rule."""
+    for profile in profiles:
+        t = derive(replace(profile, heartbeat_interval_ms=heartbeat_interval_ms, io_timeout_ms=io_timeout_ms))
+        if max(t.heartbeat_interval_ms, t.io_timeout_ms, t.fence_after_ms, t.dead_after_ms,
+               t.transition_timeout_ms, t.fast_poll_ms) > TIMING_MS_MAX:
+            return False
+        check(t, profile.fence_margin_ms)
+    return True
+
+
+def _largest(low: int, fits: Callable[[int], bool]) -> int:
+    """The largest value in low..TIMING_MS_MAX for which ``fits`` holds
+    (``fits`` is monotone: true up to some value, false beyond); ``low - 1``
+    if none."""
+    if not fits(low):
+        return low - 1
+    good, bad = low, TIMING_MS_MAX + 1
+    while bad - good > 1:
+        mid = (good + bad) // 2
+        if fits(mid):
+            good = mid
+        else:
+            bad = mid
+    return good
+
+
+def heartbeat_range(io_timeout_ms: int, profiles: tuple[Profile, ...] = PROFILES) -> tuple[int, int]:
+    """The heartbeat intervals a node can run with ``io_timeout_ms``."""
+    io = max(io_timeout_ms, 1)
+    return HEARTBEAT_MIN_MS, _largest(HEARTBEAT_MIN_MS, lambda hb: _runs(hb, io, profiles))
+
+
+def io_timeout_range(heartbeat_interval_ms: int, profiles: tuple[Profile, ...] = PROFILES) -> tuple[int, int]:
+    """The I/O timeouts a node can run with ``heartbeat_interval_ms``."""
+    hb = max(heartbeat_interval_ms, HEARTBEAT_MIN_MS)
+    return IO_TIMEOUT_MIN_MS, _largest(IO_TIMEOUT_MIN_MS, lambda io: _runs(hb, io, profiles))
+
+
+def check_settings(heartbeat_interval_ms: int, io_timeout_ms: int,
+                   profiles: tuple[Profile, ...] = PROFILES) -> None:
+    """Raise ``SettingOutOfRange`` unless a node can run with these two
+    settings under every profile in ``profiles`` (``disk init`` checks both
+    shipped profiles: the daemon picks one at start)."""
+    hb, io = heartbeat_interval_ms, io_timeout_ms
+    if hb < HEARTBEAT_MIN_MS:
+        raise SettingOutOfRange("heartbeat_interval_ms", hb, *heartbeat_range(io, profiles),
+                                f"no node polls faster than {FAST_POLL_MIN_MS} ms")
+    if io < IO_TIMEOUT_MIN_MS:
+        raise SettingOutOfRange("io_timeout_ms", io, *io_timeout_range(hb, profiles),
+                                "shorter I/O timeouts fail the disk's own I/O")
+    if _runs(hb, io, profiles):
+        return
+    why = (f"every timeout derived from the heartbeat and the I/O timeout, up to the transition timeout of "
+           f"4 x dead_after, must fit the slot's 32-bit field of milliseconds")
+    hb_low, hb_high = heartbeat_range(io, profiles)
+    if hb_high >= hb_low:  # some heartbeat runs with this I/O timeout: this one is too long
+        raise SettingOutOfRange("heartbeat_interval_ms", hb, hb_low, hb_high, f"with an I/O timeout of {io} ms {why}")
+    io_low, io_high = io_timeout_range(hb, profiles)
+    if io_high >= io_low:
+        raise SettingOutOfRange("io_timeout_ms", io, io_low, io_high, f"with a heartbeat of {hb} ms {why}")
+    raise SettingOutOfRange("io_timeout_ms", io, *io_timeout_range(HEARTBEAT_MIN_MS, profiles), why)

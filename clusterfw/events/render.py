@@ -11,13 +11,19 @@ How this works
 (the time in this host's local time zone; SEEN ON is the node whose event
 manager recorded it).  ``format_row`` formats one record with fixed column
 widths, for ``--follow``, where later rows are not known when the first is
-printed.  ``json_line`` is the record itself, one compact object a line.
+printed.  Every cell is escaped (``printable``): a node name or event taken
+from the log cannot break the table or reach the terminal as an escape
+sequence.  ``json_line`` is the record itself, one compact object a line
+(JSON escapes C0 controls itself; DEL, C1 controls and other non-printable
+characters are written as ``\\u`` escapes too).
 """
 from __future__ import annotations
 
 import json
 import time
 from typing import Any
+
+from clusterfw.core.text import printable
 
 HEADER = ("TIME", "NODE", "EVENT", "EPOCH", "BATCH", "SEEN ON")
 FOLLOW_WIDTHS = (23, 8, 12, 6, 6, 0)
@@ -32,8 +38,9 @@ def cells(record: dict[str, Any]) -> tuple[str, ...]:
     event = str(record.get("event", "?"))
     if record.get("barrier"):
         event += f"#{record['barrier']}"
-    return (local_time(float(record.get("ts", 0))), str(record.get("node", "?")), event,
-            str(record.get("epoch", "?")), str(record.get("batch", "?")), str(record.get("observer", "?")))
+    return (local_time(float(record.get("ts", 0))), printable(record.get("node", "?")), printable(event),
+            printable(record.get("epoch", "?")), printable(record.get("batch", "?")),
+            printable(record.get("observer", "?")))
 
 
 def _join(row: tuple[str, ...], widths: tuple[int, ...]) -> str:
@@ -54,5 +61,15 @@ def format_row(record: dict[str, Any]) -> str:
     return _join(cells(record), FOLLOW_WIDTHS)
 
 
+def _json_escape(ch: str) -> str:
+    code = ord(ch)
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    code -= 0x10000
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+
+
 def json_line(record: dict[str, Any]) -> str:
-    return json.dumps(record, separators=(",", ":"), ensure_ascii=False)
+    text = json.dumps(record, separators=(",", ":"), ensure_ascii=False)
+    # Outside strings JSON is printable ASCII: every non-printable character is inside one.
+    return "".join(ch if ch.isprintable() else _json_escape(ch) for ch in text)

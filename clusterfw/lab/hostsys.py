@@ -375,3 +375,31 @@ def wait_for(pred, timeout: float, interval: float = 0.05) -> bool:
         if time.monotonic() >= deadline:
             return False
         time.sleep(interval)
+
+
+TMPFS_MAGIC = 0x01021994  # statfs(2) f_type of a tmpfs (linux/magic.h)
+
+
+def fs_type(path: str | Path) -> int:
+    """statfs(2) ``f_type`` of the filesystem holding ``path``."""
+    import ctypes
+    import ctypes.util
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    buf = ctypes.create_string_buffer(256)  # struct statfs: f_type (a C long) comes first
+    if libc.statfs(str(path).encode(), buf) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), str(path))
+    return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
+
+
+def is_tmpfs(path: str | Path) -> bool:
+    """Whether ``path`` -- or, while it does not exist yet, its nearest
+    existing parent -- is on a tmpfs."""
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return fs_type(p) == TMPFS_MAGIC
+    except OSError:
+        return False

@@ -6,7 +6,9 @@ A lab lives in a directory DIR (default ``/var/lib/clusterfw-lab``):
 
     DIR/lab.json        the state file: every resource, recorded BEFORE it is made
     DIR/lab.lock        flock taken by every command that changes the lab
-    DIR/disk.img        the shared disk image (sparse)
+    IMAGE/disk.img      the shared disk image (sparse), on a tmpfs: IMAGE is DIR
+                        when DIR is on a tmpfs, else /dev/shm/clusterfw-lab-<hash>
+                        (``--image-dir`` chooses another; not a tmpfs: a warning)
     DIR/shared/         seen by every node at /lab/shared
     DIR/hosts           /etc/hosts of the nodes (n1..nN -> 198.18.0.k)
     DIR/app/<sha>/      nspawn mode: the project wheel, unpacked
@@ -28,6 +30,13 @@ node itself:
   ``payload``).  The container's systemd is the node's init.
 * ``process`` mode: ``nsenter --net`` + ``unshare`` (mount, UTS, IPC, PID) run
   procinit.py as PID 1, which builds the node's root and runs the node command.
+
+The image is on a tmpfs because the nodes' O_DSYNC heartbeat writes reach it
+(through the FUSE view) as ``fdatasync`` of the image file: on the host's
+ext4 each one waits for that filesystem's journal and the local disk's cache
+flush, which on a busy host stall past the fence deadline -- every node
+fences at once, with no fault injected.  A SAN's latency does not depend on
+the host's local disk; a tmpfs image's does not either.
 
 Names are ``<prefix>-nK`` / ``<prefix>-sw`` (netns, machine) and
 ``clusterfw-lab-<hash>-nK`` (cgroups), where prefix/hash come from DIR's path,
@@ -65,11 +74,12 @@ from . import fusedisk, netns, rootfs
 from .hostsys import (LabError, ProcRef, cgroup_create, cgroup_hierarchies,
                       missing_prerequisites, cgroup_enter, cgroup_freeze,
                       cgroup_freeze_requested, cgroup_frozen, cgroup_kill, cgroup_pids,
-                      cgroup_remove, children, is_mounted, log, mountinfo, reap,
+                      cgroup_remove, children, is_mounted, is_tmpfs, log, mountinfo, reap,
                       require_root, run, wait_for)
 
 DEFAULT_DIR = Path(os.environ.get("CLUSTERFW_LAB_DIR", "/var/lib/clusterfw-lab"))
 DEFAULT_CACHE = Path(os.environ.get("CLUSTERFW_LAB_CACHE", str(rootfs.DEFAULT_CACHE)))
+IMAGE_TMPFS = Path("/dev/shm")  # where the disk image goes when DIR is not on a tmpfs
 MODES = ("nspawn", "process")
 DISK_IN_NODE = "/dev/clusterfw-disk"
 DEFAULT_NODE_COMMAND = "clusterfw daemon --disk {disk} --node {node}"
@@ -184,6 +194,18 @@ def loop_devices() -> list[dict]:
         return []
 
 
+def image_dir_warning(directory: str | Path) -> str | None:
+    """The warning ``up`` prints when the disk image's directory is not on a
+    tmpfs (see the module docstring); ``None`` when it is."""
+    if is_tmpfs(directory):
+        return None
+    return (f"warning: the lab's disk image directory {directory} is not on a tmpfs: every O_DSYNC heartbeat "
+            f"write of the nodes then waits for that filesystem's journal and the local disk's cache flush, "
+            f"which on a busy host stall past the fence deadline and fence every node at once; create the "
+            f"lab with an image directory on a tmpfs ('clusterfw lab up --image-dir /dev/shm/NAME', the "
+            f"default when {IMAGE_TMPFS} is a tmpfs)")
+
+
 class Lab:
     """One lab directory and everything its state file records."""
 
@@ -195,6 +217,23 @@ class Lab:
         self.prefix = f"cfl-{h}"
         self.state_path = self.dir / "lab.json"
         self.state: dict | None = self._load()
+
+    def default_image_dir(self) -> Path:
+        """Where a new lab puts disk.img: on a tmpfs (see the module
+        docstring) -- DIR itself if it is on one, else a directory of its own
+        under /dev/shm; DIR when no tmpfs is there (``up`` then warns)."""
+        if is_tmpfs(self.dir) or not is_tmpfs(IMAGE_TMPFS):
+            return self.dir
+        return IMAGE_TMPFS / f"clusterfw-lab-{self.hash}"
+
+    def _image_dirs(self) -> list[str]:
+        """Path prefixes that hold this lab's files: DIR, and the image's
+        directory when that lies elsewhere."""
+        dirs = [str(self.dir) + "/"]
+        image = ((self.state or {}).get("disk") or {}).get("image")
+        if image and not str(image).startswith(dirs[0]):
+            dirs.append(str(Path(image).parent) + "/")
+        return dirs
 
     # ------------------------------------------------------------------ state
     def _load(self) -> dict | None:
@@ -277,7 +316,8 @@ class Lab:
            sector_size: int = 512, node_command: str = DEFAULT_NODE_COMMAND,
            autostart: bool = True, boot_timeout: float = 90, rebuild: bool = False,
            wipe_disk: bool = False, keep_on_failure: bool = False,
-           setup_commands: list[str] | None = None, prepare_disk: bool = True) -> dict:
+           setup_commands: list[str] | None = None, prepare_disk: bool = True,
+           image_dir: str | Path | None = None) -> dict:
         if mode not in MODES:
             raise LabError(f"unknown mode {mode!r} (nspawn or process)", 2)
         if not 1 <= nodes <= 250:
@@ -296,7 +336,7 @@ class Lab:
         try:
             with self.locked():
                 self._up_locked(nodes, mode, disk_size, sector_size, cmd, autostart,
-                                boot_timeout, rebuild, wipe_disk, setups, prepare_disk)
+                                boot_timeout, rebuild, wipe_disk, setups, prepare_disk, image_dir)
         except BaseException as exc:
             # only undo a lab this very `up` created; never tear down an existing one
             if keep_on_failure or self.state is None or not self._created:
@@ -315,7 +355,7 @@ class Lab:
         return self.status()
 
     def _up_locked(self, nodes, mode, disk_size, sector_size, cmd, autostart,
-                   boot_timeout, rebuild, wipe_disk, setups, prepare_disk) -> None:
+                   boot_timeout, rebuild, wipe_disk, setups, prepare_disk, image_dir=None) -> None:
         names = [f"n{k}" for k in range(1, nodes + 1)]
         st = self.state
         if st is not None:
@@ -323,11 +363,17 @@ class Lab:
                 raise LabError(
                     f"a lab with {len(st['nodes'])} {st['mode']} node(s) already exists in "
                     f"{self.dir}; run 'clusterfw lab down --dir {self.dir}' first", 2)
+            if image_dir is not None and Path(image_dir) != Path(st["disk"]["image"]).parent:
+                raise LabError(f"this lab's disk image is {st['disk']['image']}; --image-dir applies only "
+                               f"when the lab is created ('clusterfw lab down --dir {self.dir}' first)", 2)
         else:
+            chosen = Path(image_dir) if image_dir is not None else self.default_image_dir()
             st = self.state = {
                 "version": STATE_VERSION, "dir": str(self.dir), "prefix": self.prefix,
                 "mode": mode, "created": _now(), "switch_netns": None,
-                "disk": {"image": str(self.dir / "disk.img"), "sector_size": sector_size},
+                "disk": {"image": str(chosen / "disk.img"), "sector_size": sector_size,
+                         # removed by `down --purge` when the lab made it (not a directory it was given)
+                         "image_dir_owned": image_dir is None and chosen != self.dir and not chosen.exists()},
                 "rootfs": None, "app": None, "units": None, "node_command": cmd,
                 "autostart": autostart, "nodes": {},
             }
@@ -347,6 +393,10 @@ class Lab:
         for d in ("shared", "nodes", "fuse", "run"):
             (self.dir / d).mkdir(parents=True, exist_ok=True)
         img = Path(st["disk"]["image"])
+        img.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        warning = image_dir_warning(img.parent)
+        if warning:
+            log(warning)
         size = (disk_size + (1 << 20) - 1) & ~((1 << 20) - 1)
         if wipe_disk and img.exists():
             if self._any_node_up():
@@ -1003,6 +1053,8 @@ class Lab:
             if self.state is None:
                 if purge and self.dir.exists():
                     shutil.rmtree(self.dir, ignore_errors=True)
+                if purge:  # the image directory a lab of this DIR would have made
+                    shutil.rmtree(IMAGE_TMPFS / f"clusterfw-lab-{self.hash}", ignore_errors=True)
                 return {"dir": str(self.dir), "removed": False, "leftovers": []}
             t0 = time.monotonic()
             problems: list[str] = []
@@ -1067,6 +1119,7 @@ class Lab:
                 self.state = None
                 if purge:
                     shutil.rmtree(self.dir, ignore_errors=True)
+                    self._purge_image(st["disk"])
             else:
                 self._save()
             result = {"dir": str(self.dir), "removed": not problems, "leftovers": problems,
@@ -1091,12 +1144,22 @@ class Lab:
         rec["loop"] = None
         self._save()
 
+    def _purge_image(self, disk: dict) -> None:
+        """``down --purge``: the disk image, and its directory if the lab made it."""
+        image = Path(disk["image"])
+        if str(image).startswith(str(self.dir) + "/"):
+            return  # went with DIR
+        if disk.get("image_dir_owned"):
+            shutil.rmtree(image.parent, ignore_errors=True)
+        else:
+            image.unlink(missing_ok=True)
+
     def _detach_loops_under_dir(self) -> None:
-        prefix = str(self.dir) + "/"
+        prefixes = tuple(self._image_dirs())
         for d in loop_devices():
-            if (d.get("back-file") or "").startswith(prefix):
+            if (d.get("back-file") or "").startswith(prefixes):
                 run(["losetup", "-d", d["name"]], timeout=15, check=False)
-        wait_for(lambda: not any((d.get("back-file") or "").startswith(prefix)
+        wait_for(lambda: not any((d.get("back-file") or "").startswith(prefixes)
                                  for d in loop_devices()), 10, 0.1)
 
     def _stop_fuse(self, rec: dict) -> None:
@@ -1126,7 +1189,7 @@ class Lab:
         out = []
         prefix = str(self.dir) + "/"
         for d in loop_devices():
-            if (d.get("back-file") or "").startswith(prefix):
+            if (d.get("back-file") or "").startswith(tuple(self._image_dirs())):
                 out.append(f"loop device {d['name']} -> {d['back-file']}")
         for mp, fstype in mountinfo():
             if mp.startswith(prefix):

@@ -51,12 +51,16 @@ can still write, and the device asks the daemon again right before the
 system call (diskio.GuardedBlockDevice), so a daemon that was paused in
 between writes nothing once it resumes past its deadline.
 
-Exit codes: 0 left gracefully; 1 failed (disk unreadable, ...); 2 bad usage;
-75 fenced; 78 refused by configuration (node unknown, rejected join,
-another daemon or host runs this node) -- systemd must not restart it.
+Exit codes: 0 left gracefully; 1 failed (disk missing or unreadable, which
+may come back; ...); 2 bad usage; 75 fenced; 78 refused by configuration
+(node unknown, rejected join, another daemon or host runs this node, a disk
+path that is no device, a device too small or not a clusterfw disk, timings
+no node can run, an unusable runtime directory, socket or watchdog; every
+message names the path) -- systemd must not restart it.
 """
 from __future__ import annotations
 
+import errno
 import os
 import random
 import secrets
@@ -94,7 +98,7 @@ from clusterfw.core.node import (
 from clusterfw.ondisk import admin
 from clusterfw.ondisk.blockdev import BlockDevice
 from clusterfw.ondisk.clusterdisk import ClusterDisk
-from clusterfw.ondisk.errors import BlockError, BlockSizeMismatch, DeviceError, DeviceTooSmall, NotWritten
+from clusterfw.ondisk.errors import BlockError, BlockSizeMismatch, DeviceError, DeviceTooSmall, IoError, NotWritten
 from clusterfw.subsystems.base import Entry, Notification
 from clusterfw.subsystems.placeholders import default_subsystems
 
@@ -103,7 +107,7 @@ from .dlm_service import AREA_READ_BYTES_MAX, DlmService, describe_area
 from .fencing import (EXIT_FENCED, FENCE_ACTIONS, Fencer, Watchdog, read_managed_units,
                       should_feed)
 from .hub import Hub, RegistrationError
-from .integrity import IntegrityTracker
+from .integrity import IntegrityTracker, printable
 from .journal import Journal
 from .notify import Notifier
 from .slowreads import LockTableReader
@@ -115,6 +119,9 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_CONFIG = 78  # EX_CONFIG: a restart cannot help
 STARTUP_IO_TIMEOUT_MS = 10_000
+# Opening the disk failed with one of these: it may come back (udev, a SAN path), so exit 1 and let systemd retry.
+DISK_MAY_RETURN_ERRNOS = frozenset({errno.ENOENT, errno.ENXIO, errno.ENODEV, errno.EIO, errno.ETIMEDOUT,
+                                    errno.ENOMEDIUM, errno.EBUSY})
 OTHER_HOST_CHECK_INTERVALS = 3
 PROFILES = {"lab": timing_mod.LAB, "san": timing_mod.SAN}
 AUTO_SAN_IO_TIMEOUT_MS = 1000  # profile "auto": san when the disk's io_timeout is at least this
@@ -236,10 +243,16 @@ class Daemon:
 
     # ---------------------------------------------------------------- start-up
     def _take_host_lock(self) -> None:
-        os.makedirs(self.opts.runtime_dir, mode=0o755, exist_ok=True)
         path = os.path.join(self.opts.runtime_dir, f"{self.opts.node}.lock")
         lock = fasteners.InterProcessLock(path)
-        if not lock.acquire(blocking=False):
+        try:
+            os.makedirs(self.opts.runtime_dir, mode=0o755, exist_ok=True)
+            acquired = lock.acquire(blocking=False)
+        except OSError as exc:
+            raise StartupError(
+                f"cannot use the runtime directory {self.opts.runtime_dir} (lock file {path}): "
+                f"{exc.strerror or exc}; give a writable directory with --runtime-dir", EXIT_CONFIG) from None
+        if not acquired:
             pid = lock_holder_pid(path)
             holder = f"PID {pid}" if pid else "another process"
             raise StartupError(
@@ -329,15 +342,26 @@ class Daemon:
         path = self.opts.disk
         try:
             dev = diskio.GuardedBlockDevice(path, guard=self._write_guard, io_timeout_ms=STARTUP_IO_TIMEOUT_MS)
+        except IoError as exc:
+            # A disk that is missing or failing may come back (udev, a SAN path): exit 1, systemd retries.
+            # Anything else (not a device, no direct I/O, no permission) is the configuration: exit 78.
+            code = EXIT_FAILED if exc.errno in DISK_MAY_RETURN_ERRNOS else EXIT_CONFIG
+            raise StartupError(f"cannot open the shared disk {path}: {exc}", code) from None
         except DeviceError as exc:
             raise StartupError(f"cannot open the shared disk {path}: {exc}") from None
         try:
             disk = ClusterDisk.open(dev)
         except BlockError as exc:
+            try:
+                advice = admin.unreadable_superblock_advice(dev, exc)
+            except DeviceError as read_exc:
+                advice = f"the superblock of {path} does not decode ({type(exc).__name__}: {exc}), and: {read_exc}"
             dev.close()
-            raise StartupError(f"{path} is not a clusterfw disk ({type(exc).__name__}: {exc}); initialise it "
-                               f"with 'clusterfw disk init {path} --cluster NAME'", EXIT_CONFIG) from None
-        except (BlockSizeMismatch, DeviceTooSmall) as exc:
+            raise StartupError(advice, EXIT_CONFIG) from None
+        except DeviceTooSmall as exc:
+            dev.close()
+            raise StartupError(str(exc), EXIT_CONFIG) from None
+        except BlockSizeMismatch as exc:
             dev.close()
             raise StartupError(f"{path}: {exc}", EXIT_CONFIG) from None
         except DeviceError as exc:
@@ -361,9 +385,17 @@ class Daemon:
                 EXIT_CONFIG)
         self.node_id = found[0]
         sb = disk.superblock
+        chosen = choose_profile(self.opts.profile, sb.io_timeout_ms)
+        try:
+            timing_mod.check_settings(sb.heartbeat_interval_ms, sb.io_timeout_ms, (chosen,))
+        except timing_mod.SettingOutOfRange as exc:
+            raise StartupError(
+                f"the superblock of {path} sets {exc.setting} to {exc.value} ms, which this daemon cannot run: "
+                f"use {exc.low}..{exc.high} ms ({exc.why}). Only 'clusterfw disk init' sets it: stop every node "
+                f"and re-create the disk with timings in range (--force: that destroys its node table, slots, "
+                f"views and locks)", EXIT_CONFIG) from None
         self._check_block_layer(sb.io_timeout_ms)
-        profile = replace(choose_profile(self.opts.profile, sb.io_timeout_ms),
-                          heartbeat_interval_ms=sb.heartbeat_interval_ms, io_timeout_ms=sb.io_timeout_ms)
+        profile = replace(chosen, heartbeat_interval_ms=sb.heartbeat_interval_ms, io_timeout_ms=sb.io_timeout_ms)
         self.profile = profile
         self.timing = timing_mod.derive(profile)
 
@@ -420,7 +452,7 @@ class Daemon:
             self.previous_slot = self._read_own_slot()
             self._check_other_host()
             if self.opts.watchdog is not None and not os.access(self.opts.watchdog, os.W_OK):
-                raise StartupError(f"--watchdog {self.opts.watchdog}: no such device, or not writable")
+                raise StartupError(f"--watchdog {self.opts.watchdog}: no such device, or not writable", EXIT_CONFIG)
             prev = self.previous_slot.incarnation if self.previous_slot else 0
             while self.incarnation in (0, prev):
                 self.incarnation = secrets.randbits(63)
@@ -431,7 +463,12 @@ class Daemon:
                         self.hub.add_local(self.dlm)
                     else:
                         self.hub.add_local(sub)
-            self.server.start()
+            try:
+                self.server.start()
+            except OSError as exc:
+                raise StartupError(f"cannot open the API socket {self.opts.socket_path}: {exc.strerror or exc}; "
+                                   f"give a usable path with --socket (a Unix socket path has at most 107 bytes)",
+                                   EXIT_CONFIG) from None
             self.lock_table.start()
         except StartupError as exc:
             self.log.error(str(exc), NODE=self.opts.node)
@@ -552,7 +589,7 @@ class Daemon:
         rng = random.Random(secrets.randbits(64))
         core = NodeCore(node_id=self.node_id, incarnation=self.incarnation, timing=self.timing,
                         registrations=registrations, rng=rng.random, now_ms=now,
-                        previous_slot=self.previous_slot)
+                        previous_slot=self.previous_slot, name_of=lambda n: printable(self._node_name(n)))
         with self._lock:
             self.core = core
             self._write_deadline_ms = core.fence_deadline_ms()

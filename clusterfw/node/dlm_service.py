@@ -135,7 +135,8 @@ class DlmService(LocalSubsystem):
         self.core = DlmCore(node_id=node_id, incarnation=incarnation, stripes_max=layout.dlm_stripes_max,
                             nodes_max=layout.nodes_max, now_ms=diskio.clock_ms(),
                             can_write=lambda _now: guard() is None,
-                            poll_min_ms=float(timing.fast_poll_ms), poll_max_ms=float(timing.heartbeat_interval_ms))
+                            poll_min_ms=float(timing.fast_poll_ms), poll_max_ms=float(timing.heartbeat_interval_ms),
+                            name_of=lambda n: printable(node_name(n)))
         self._requests: dict[int, _ClientRequest] = {}  # core request id -> client
         self._by_client: dict[tuple[int, int], int] = {}  # (conn id, client id) -> core request id
         self._next_req = 1
@@ -247,7 +248,7 @@ class DlmService(LocalSubsystem):
                     released.append(req)
         for req in released:
             what = "held" if req.granted_unix_ms else "requested"
-            self._logf("info", f"dlm: client pid {req.pid} went away: lock '{req.name}' ({what}) released")
+            self._logf("info", f"dlm: client pid {req.pid} went away: lock '{printable(req.name)}' ({what}) released")
         if released:
             self._kick.set()
 
@@ -401,7 +402,7 @@ class DlmService(LocalSubsystem):
                                              "valid_ms": valid, "until_boot_ms": now + valid})
             elif isinstance(ev, Recovered):
                 who = self._node_name(ev.from_node)
-                self._logf("notice", f"dlm: lock '{ev.name}' of {who} incarnation {ev.incarnation:x} recovered "
+                self._logf("notice", f"dlm: lock '{printable(ev.name)}' of {printable(who)} incarnation {ev.incarnation:x} recovered "
                                      f"(that incarnation is out at the DLM level); waiter pid {req.pid} goes on")
                 self._push(req.conn_id, {"op": "recovered", "id": req.client_id, "name": ev.name, "from": who,
                                          "incarnation": f"{ev.incarnation:x}"})
@@ -412,7 +413,7 @@ class DlmService(LocalSubsystem):
                 elif isinstance(ev, Released):
                     final = {"op": "released", "id": req.client_id, "name": req.name}
                 elif isinstance(ev, Revoked):
-                    self._logf("warning", f"dlm: lock '{ev.name}' of pid {req.pid} revoked: {ev.reason}")
+                    self._logf("warning", f"dlm: lock '{printable(ev.name)}' of pid {req.pid} revoked: {ev.reason}")
                     final = {"op": "revoked", "id": req.client_id, "name": req.name, "reason": ev.reason}
                 else:
                     continue

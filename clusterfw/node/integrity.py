@@ -42,6 +42,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from clusterfw.core.model import NodeConfig, SlotRecord, SuperBlock, ViewRecord
 from clusterfw.core.node import OpResult, ReadSlots, ReadView, ReadViews, WriteSlot, WriteView
+from clusterfw.core.text import printable  # the one escaping helper (clusterfw.core.text)
 from clusterfw.ondisk.errors import BlockError, NotWritten
 
 SUPERBLOCK = "superblock"
@@ -56,22 +57,6 @@ own tracker (``observe_lock_sectors``), counted only once seen."""
 COPY_NAMES = ("A", "B")
 
 LogFn = Callable[..., None]
-
-
-def printable(text: object) -> str:
-    """``text`` with control and other non-printable characters escaped
-    (``\\x07``, ``\\n``): anything taken from the disk, before it is printed
-    or logged."""
-    out = []
-    for ch in str(text):
-        if ch.isprintable():
-            out.append(ch)
-        elif ch in "\n\r\t":
-            out.append(repr(ch)[1:-1])
-        else:
-            code = ord(ch)
-            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
-    return "".join(out)
 
 
 def error_text(value: object) -> str | None:

@@ -13,6 +13,11 @@ once at start:
 3. otherwise one line on stderr: ``clusterfw[n1] warning: message
    (EPOCH=3 TERM=1)``.
 
+Every message and field value is escaped first (``printable``: a newline
+becomes ``\\n``, ESC ``\\x1b``, ...): a lock name, a node name or a reason
+taken from a client or the disk can neither split an entry into two nor
+send a terminal escape sequence to whoever reads the log.
+
 Nothing here may be called while holding the daemon's core lock (writing a
 log line can block).  Calls are serialised by a lock of their own.
 """
@@ -24,6 +29,8 @@ import sys
 import threading
 import time
 from typing import Any
+
+from clusterfw.core.text import printable
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 PRIORITIES = {"critical": 2, "error": 3, "warning": 4, "notice": 5, "info": 6, "debug": 7}
@@ -71,7 +78,8 @@ class Journal:
     def log(self, priority: str, message: str, **fields: Any) -> None:
         if priority == "debug" and not self.debug_enabled:
             return
-        fields = {k: v for k, v in fields.items() if v is not None}
+        message = printable(message)
+        fields = {k: printable(v) for k, v in fields.items() if v is not None}
         with self._lock:
             if self._send is not None:
                 try:

@@ -7,7 +7,10 @@ How this works
 refuses (``FormatRefused``, naming what it found) unless ``force``:
 
 1. our own superblock magic at offset 0 (another -- or this -- clusterfw
-   cluster, valid or damaged);
+   cluster, valid or damaged), then any clusterfw record magic anywhere in
+   the metadata (``scan_records``: node table, slots, views, area headers,
+   lock sectors), so that a disk whose superblock was damaged or zeroed --
+   a live cluster's disk, perhaps -- is never wiped without ``force``;
 2. ``blkid -p`` (low-level probing, util-linux) when the device has a path
    and the program exists: any filesystem, RAID member, crypto volume or
    partition table it reports;
@@ -29,6 +32,13 @@ node table is not a single-writer block; nothing else writes it).
 
 ``probe`` says whether a device is a clusterfw disk and which cluster it
 belongs to, reading with O_DIRECT (another host may have just written it).
+
+When the superblock does not decode, ``unreadable_superblock_advice`` says
+what that means and what to do: a device without clusterfw records may be
+initialised; a damaged superblock (or records behind a missing one) is
+damage, and there is no safe repair -- the superblock has no second copy and
+nothing rebuilds it -- so it says what ``disk init --force`` destroys and
+that every node must be stopped first.
 """
 from __future__ import annotations
 
@@ -40,12 +50,13 @@ import time
 import uuid as uuid_module
 from typing import Any
 
-from clusterfw.core.model import CLUSTER_NAME_MAX, NODE_NAME_MAX, NodeConfig, SuperBlock
+from clusterfw.core import timing
+from clusterfw.core.model import CLUSTER_NAME_MAX, NODE_NAME_MAX, NODES_MAX, NodeConfig, SuperBlock
 
 from . import codec
 from .clusterdisk import ClusterDisk, read_superblock_from
-from .errors import BlockError, FormatRefused, NodeTableError, NotWritten
-from .layout import MIB, SUPERBLOCK_AREA_BYTES, AreaKind, Layout
+from .errors import BadVersion, BlockError, FormatRefused, NodeTableError, NotWritten
+from .layout import MIB, NODE_RECORD_BYTES, SUPERBLOCK_AREA_BYTES, AreaKind, Layout
 from .simdisk import Device
 
 NODE_NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]*")
@@ -158,12 +169,79 @@ def builtin_signature(dev: Device) -> str | None:
     return None
 
 
+# Every clusterfw record starts on a 512-byte boundary (a logical block, a
+# node-table record, a view copy); its first four bytes are its magic.
+RECORD_MAGICS: dict[bytes, str] = {
+    codec.SUPERBLOCK.magic: "superblock",
+    codec.NODE_CONFIG.magic: "node-table entry",
+    codec.SLOT.magic: "slot",
+    codec.VIEW.magic: "view copy",
+    codec.AREA_HEADER.magic: "area header",
+    b"CFLK": "lock sector",  # dlm_codec.LOCK_ENTRY (not imported: it needs the DLM core)
+}
+SCAN_STEP_BYTES = NODE_RECORD_BYTES
+
+
+def metadata_scan_bytes(dev: Device) -> int:
+    """How much of the device any clusterfw layout on it can use for
+    metadata: the largest layout for its block size, within the device."""
+    size = dev.size_bytes - dev.size_bytes % dev.block_size_bytes
+    return min(size, Layout(dev.block_size_bytes, NODES_MAX).total_bytes)
+
+
+def scan_records(dev: Device, limit_bytes: int | None = None) -> dict[str, list[int]]:
+    """Every clusterfw record magic after the superblock, in the first
+    ``limit_bytes`` (default ``metadata_scan_bytes``): record kind -> the
+    offsets where it was found.  Only magics are looked at, so damaged and
+    foreign-cluster records count too."""
+    end = metadata_scan_bytes(dev) if limit_bytes is None else min(limit_bytes, metadata_scan_bytes(dev))
+    found: dict[str, list[int]] = {}
+    for start in range(SUPERBLOCK_AREA_BYTES, end, ZERO_CHUNK_BYTES):
+        chunk = dev.read(start, min(ZERO_CHUNK_BYTES, end - start))
+        for magic, kind in RECORD_MAGICS.items():
+            at = chunk.find(magic)
+            while at >= 0:
+                if at % SCAN_STEP_BYTES == 0:
+                    found.setdefault(kind, []).append(start + at)
+                at = chunk.find(magic, at + 1)
+    return found
+
+
+def describe_records(found: dict[str, list[int]]) -> str:
+    """``3 slots, 1 node-table entry (first at offset 4096)`` for people."""
+    parts = []
+    for kind in RECORD_MAGICS.values():
+        offsets = found.get(kind)
+        if offsets:
+            plural = kind if len(offsets) == 1 else (kind[:-1] + "ies" if kind.endswith("y") else kind + "s")
+            parts.append(f"{len(offsets)} {plural}")
+    first = min(offset for offsets in found.values() for offset in offsets)
+    return f"clusterfw records ({', '.join(parts)}; the first at offset {first})"
+
+
+def clusterfw_content(dev: Device) -> str | None:
+    """Describe the clusterfw superblock and records on the device, or
+    ``None`` if it holds none."""
+    ours = _describe_superblock(dev.read(0, SUPERBLOCK_AREA_BYTES))
+    records = scan_records(dev)
+    if ours is not None:
+        return ours + (f" and {describe_records(records)}" if records else "")
+    if records:
+        return (f"{describe_records(records)} without a clusterfw superblock at offset 0: the superblock "
+                f"was damaged or overwritten, and these may be a running cluster's slots, views and locks")
+    return None
+
+
 def existing_content(dev: Device) -> str | None:
     """Describe what the device holds that ``format_disk`` would destroy, or
     ``None`` if nothing was found."""
-    ours = _describe_superblock(dev.read(0, SUPERBLOCK_AREA_BYTES))
-    if ours is not None:
-        return ours
+    ours = clusterfw_content(dev)
+    return ours if ours is not None else foreign_content(dev)
+
+
+def foreign_content(dev: Device) -> str | None:
+    """Another format's signature on the device (blkid, or the built-in
+    list), or ``None``."""
     path = getattr(dev, "path", None)
     if path is not None:
         ran, found = blkid_probe(path)
@@ -180,10 +258,12 @@ def format_disk(dev: Device, cluster_name: str, nodes_max: int, heartbeat_interv
                 created_at_s: int | None = None) -> SuperBlock:
     """Initialise ``dev`` as a new cluster's disk and return its superblock.
 
-    Raises ``ValueError`` for bad arguments, ``DeviceTooSmall``,
+    Raises ``ValueError`` for bad arguments (``timing.SettingOutOfRange``
+    for a heartbeat or I/O timeout no node can run), ``DeviceTooSmall``,
     ``FormatRefused`` (unless ``force``), and ``DeviceError`` on I/O failure.
     """
     check_cluster_name(cluster_name)
+    timing.check_settings(heartbeat_interval_ms, io_timeout_ms)  # SettingOutOfRange: a ValueError
     layout = Layout(dev.block_size_bytes, nodes_max)
     sb = SuperBlock(
         cluster_name=cluster_name,
@@ -197,8 +277,14 @@ def format_disk(dev: Device, cluster_name: str, nodes_max: int, heartbeat_interv
     codec.check_superblock(sb)
     where = getattr(dev, "path", "the device")
     layout.check_device_size(dev.size_bytes, what=str(where))
-    found = existing_content(dev)
+    ours = clusterfw_content(dev)
+    found = ours if ours is not None else foreign_content(dev)
     if found is not None and not force:
+        if ours is not None:
+            raise FormatRefused(
+                f"refusing to initialise {where}: it holds {found}. --force destroys all of it -- the node "
+                f"table, every node's slot and view, every cluster lock: use it only after stopping the daemon "
+                f"on every node that uses this disk, and add the nodes again afterwards", found=found)
         raise FormatRefused(f"refusing to initialise {where}: it holds {found}; if that data may be "
                             f"destroyed, run again with --force", found=found)
 
@@ -263,6 +349,37 @@ def add_node(disk: ClusterDisk, name: str, node_id: int | None = None) -> NodeCo
     if read_back != cfg:
         raise AssertionError(f"node-table entry {node_id} read back as {read_back!r}, wrote {cfg!r}")
     return cfg
+
+
+# --------------------------------------------------------------------------
+# opening a disk: its superblock, and what to do when it does not decode
+
+def unreadable_superblock_advice(dev: Device, exc: BlockError, scan: bool = True) -> str:
+    """Why ``dev``'s superblock did not decode (``exc``) and what to do,
+    as one message.  With ``scan`` the metadata is searched for clusterfw
+    records (``scan_records``); without, only the superblock's own bytes
+    decide (``probe``, which udev runs on every device)."""
+    where = getattr(dev, "path", "the device")
+    error = f"{type(exc).__name__}: {exc}"
+    magic_found = bytes(dev.read(0, SUPERBLOCK_AREA_BYTES))[:4] == codec.SUPERBLOCK.magic
+    if isinstance(exc, BadVersion):
+        return (f"{where} holds a clusterfw superblock of another format version ({error}): it was written by "
+                f"another clusterfw release; use that release, do not initialise it")
+    records = scan_records(dev) if scan else {}
+    if not magic_found and not records:
+        if scan:
+            return (f"{where} is not a clusterfw disk ({error}) and holds no clusterfw record: initialise it "
+                    f"with 'clusterfw disk init {where} --cluster NAME'")
+        return (f"{where} is not a clusterfw disk ({error}); if it should be one, 'clusterfw disk dump {where}' "
+                f"looks for clusterfw records in its metadata before you initialise it")
+    damage = (f"the clusterfw superblock of {where} is damaged ({error})" if magic_found
+              else f"{where} has no clusterfw superblock ({error}) but holds {describe_records(records)}: its "
+                   f"superblock was damaged or overwritten")
+    return (f"{damage}. No command can repair it: it has no second copy and is not rebuilt from the other "
+            f"records, and 'clusterfw disk init' refuses this disk. The only way on is to stop the daemon on "
+            f"every node that uses {where} and run 'clusterfw disk init {where} --cluster NAME --force' "
+            f"knowingly: that destroys the node table, every node's slot and view and every cluster lock "
+            f"(the cluster starts anew; add the nodes again with 'clusterfw node add')")
 
 
 # --------------------------------------------------------------------------

@@ -140,6 +140,7 @@ class BlockDevice:
         if file_block_size_bytes is not None and file_block_size_bytes not in SECTOR_SIZES_BYTES:
             raise ValueError(f"file_block_size_bytes={file_block_size_bytes}: must be 512 or 4096")
         self.path = str(path)
+        self.file_size_bytes: int | None = None  # a regular file's st_size (size_bytes is whole blocks)
         self.readonly = readonly
         self.io_timeout_ms = io_timeout_ms
         self.abandoned_workers_max = abandoned_workers_max
@@ -189,6 +190,7 @@ class BlockDevice:
                 block_size = file_block_size_bytes
             else:
                 block_size = 512 if st.st_blksize == 512 else FILE_BLOCK_SIZE_BYTES
+            self.file_size_bytes = st.st_size
             return False, block_size, st.st_size - st.st_size % block_size
         raise IoError(errno.ENOTBLK, f"{self.path} is neither a block device nor a regular file")
 

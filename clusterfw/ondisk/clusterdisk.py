@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Sequence
 from clusterfw.core.model import NodeConfig, SlotRecord, SuperBlock, ViewRecord
 
 from . import codec
-from .errors import BlockError, BlockSizeMismatch, NotWritten
+from .errors import BlockError, BlockSizeMismatch, DeviceTooSmall, NotWritten
 from .layout import AREA_HEADER_BYTES, NODE_RECORD_BYTES, SUPERBLOCK_AREA_BYTES, VIEW_COPIES, AreaKind, Layout
 from .simdisk import Device
 
@@ -238,14 +238,15 @@ class ClusterDisk(Placement):
                 f"initialised with {layout.block_size_bytes}-byte blocks: slot writes would not be "
                 f"single-sector writes; present the disk with {layout.block_size_bytes}-byte sectors "
                 f"or re-initialise it")
-        layout.check_device_size(dev.size_bytes)
+        layout.check_device_size(dev.size_bytes, what=str(getattr(dev, "path", "the device")))
         self.dev = dev
         self.superblock: SuperBlock | None = None
 
     @classmethod
     def open(cls, dev: Device) -> "ClusterDisk":
         """Read the superblock (raises its ``BlockError`` if it is not a valid
-        clusterfw superblock) and build the facade it describes."""
+        clusterfw superblock, ``DeviceTooSmall`` if the device cannot hold
+        one) and build the facade it describes."""
         sb = read_superblock_from(dev)
         disk = cls(dev, Layout.from_superblock(sb), sb.cluster_uuid)
         disk.superblock = sb
@@ -335,5 +336,17 @@ class ClusterDisk(Placement):
 
 
 def read_superblock_from(dev: Device) -> SuperBlock:
-    """Read and decode the superblock of any device (no UUID expected)."""
+    """Read and decode the superblock of any device (no UUID expected).
+    Raises ``DeviceTooSmall`` (naming the device, its size and the minimum)
+    for a device that cannot even hold a superblock, else the superblock's
+    ``BlockError`` if it does not decode."""
+    if dev.size_bytes < SUPERBLOCK_AREA_BYTES:
+        size = getattr(dev, "file_size_bytes", None) or dev.size_bytes
+        blocks = (f" ({dev.size_bytes} in whole {dev.block_size_bytes}-byte blocks)"
+                  if size != dev.size_bytes else "")
+        raise DeviceTooSmall(
+            f"{getattr(dev, 'path', 'the device')} has {size} bytes{blocks}: a clusterfw disk needs at least "
+            f"{SUPERBLOCK_AREA_BYTES} bytes for its superblock, and {Layout(dev.block_size_bytes, 1).total_bytes} "
+            f"bytes for a cluster of one node: use a larger device", size_bytes=size,
+            needed_bytes=SUPERBLOCK_AREA_BYTES)
     return codec.decode_superblock(dev.read(0, SUPERBLOCK_AREA_BYTES))
