@@ -20,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from test_daemon_loop import wait_for
 
 from clusterfw.core.model import Request, SlotRecord, Timing
 from clusterfw.ondisk.admin import add_node, format_disk
@@ -169,17 +170,6 @@ def test_disk_init_refuses_a_live_disk_whose_superblock_is_damaged(tmp_path, dam
 
 
 # ------------------------------------------------------------------ names in a daemon's lines
-def _wait(what: str, predicate, timeout_s: float):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.05)
-
-
 def test_daemon_names_nodes_and_escapes_lock_names(tmp_path):
     """A node named web2 (id 2) is web2 in the master's log lines; a lock name
     with a newline and an ANSI escape is logged on one line and printed
@@ -198,7 +188,7 @@ def test_daemon_names_nodes_and_escapes_lock_names(tmp_path):
             st = clusterfw("status", "--json", "--socket", sock, timeout=10)
             return st.returncode == 0 and json.loads(st.stdout).get("state") == "joined"
 
-        _wait("web2 to join", joined, 30)
+        wait_for("web2 to join", joined, 30)
         text = log.read_text(errors="replace")
         master = [line for line in text.splitlines() if "[master]" in line]
         assert any("[master] web2 joining" in line for line in master), text
@@ -210,14 +200,14 @@ def test_daemon_names_nodes_and_escapes_lock_names(tmp_path):
         try:
             conn.send({"op": "lock", "id": 1, "name": name, "mode": "exclusive"})
             assert conn.receive().get("ok")
-            _wait("the grant", lambda: conn.receive().get("op") == "granted", 20)
+            wait_for("the grant", lambda: conn.receive().get("op") == "granted", 20)
             locks = clusterfw("locks", "--socket", sock)
             assert locks.returncode == 0, locks.stderr
             assert "\x1b" not in locks.stdout and "db\\nfake\\x1b[31mred" in locks.stdout, locks.stdout
             assert not any(line.startswith("fake") for line in locks.stdout.splitlines())
         finally:
             conn.close()
-        released = _wait("the release to be logged",
+        released = wait_for("the release to be logged",
                          lambda: [line for line in log.read_text(errors="replace").splitlines()
                                   if "went away" in line], 20)
         assert "lock 'db\\nfake\\x1b[31mred' (held) released" in released[0], released
