@@ -502,7 +502,7 @@ def test_status_renders_states_per_level_and_the_master():
 
 
 def test_cli_status_formats_a_table():
-    from clusterfw.cli_node import format_status
+    from clusterfw.cli.node import format_status
     text = format_status({"cluster": "lab", "master": "n1", "epoch": 3, "term": 1, "source": "daemon",
                           "node": "n2", "phase": "running", "fenced": None,
                           "nodes": [{"name": "n1", "id": 1, "state": "joined", "levels": {"mm": "joined"},

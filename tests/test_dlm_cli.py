@@ -14,7 +14,7 @@ import time
 import pytest
 from test_daemon_loop import _env
 
-from clusterfw import cli_lock
+from clusterfw.cli import lock as cli_lock
 from clusterfw.client import Connection
 from clusterfw.core.dlm import EntryState, LockEntry, LockMode
 from clusterfw.core.model import MemberEntry, NodeState, ViewRecord
@@ -86,7 +86,8 @@ def test_lock_usage_errors_exit_64(capsys):
 
 # ------------------------------------------------- a socket that was named
 def test_a_named_socket_that_does_not_answer_fails_and_never_asks_a_lab(tmp_path, monkeypatch, capsys):
-    from clusterfw import cli, cli_node
+    from clusterfw import cli
+    from clusterfw.cli import lab as cli_lab
 
     asked: list[list[str]] = []
 
@@ -94,7 +95,7 @@ def test_a_named_socket_that_does_not_answer_fails_and_never_asks_a_lab(tmp_path
         asked.append(argv)
         return None  # no lab answers: the command fails the old way
 
-    monkeypatch.setattr(cli_node, "ask_lab_node", lab_node)
+    monkeypatch.setattr(cli_lab, "ask_lab_node", lab_node)
     monkeypatch.setattr(protocol, "DEFAULT_SOCKET", str(tmp_path / "default.sock"))
     monkeypatch.delenv("CLUSTERFW_SOCKET", raising=False)
     stale = tmp_path / "stale.sock"  # a socket file nobody listens on
@@ -117,6 +118,57 @@ def test_a_named_socket_that_does_not_answer_fails_and_never_asks_a_lab(tmp_path
         assert len(asked) == 1
         asked.clear()
         capsys.readouterr()
+
+
+def test_lock_reads_the_socket_from_the_environment(tmp_path, monkeypatch, capsys):
+    """`lock` uses $CLUSTERFW_SOCKET like every other client command (it
+    used to ignore it and always ask the default socket)."""
+    from clusterfw import cli
+
+    monkeypatch.setattr(protocol, "DEFAULT_SOCKET", str(tmp_path / "default.sock"))
+    env_socket = str(tmp_path / "env.sock")
+    monkeypatch.setenv("CLUSTERFW_SOCKET", env_socket)
+    assert cli.main(["lock", "db", "--", "true"]) == cli_lock.EXIT_UNAVAILABLE
+    err = capsys.readouterr().err
+    assert f"no clusterfw daemon answers on {env_socket}" in err and "$CLUSTERFW_SOCKET" in err, err
+    given = str(tmp_path / "given.sock")  # --socket still wins over the environment
+    assert cli.main(["lock", "db", "--socket", given, "--", "true"]) == cli_lock.EXIT_UNAVAILABLE
+    err = capsys.readouterr().err
+    assert f"answers on {given}" in err and "--socket" in err, err
+
+
+@pytest.mark.parametrize("command,reply", [
+    ("status", {"cluster": "c", "master": "n2", "epoch": 4, "term": 1, "source": "daemon", "node": "n2",
+                "phase": "joined", "nodes": [{"name": "n2", "id": 2, "state": "joined", "master": True,
+                                              "levels": {"mm": "joined"}, "heartbeat_age_ms": 40}]}),
+    ("locks", {"cluster": "c", "node": "n2", "read_unix_ms": 5_000, "locks": [], "local": []}),
+])
+def test_asking_a_lab_node_is_never_silent(tmp_path, monkeypatch, capsys, command, reply):
+    """With no daemon on the default socket and a lab that answers, `status`
+    and `locks` say that they asked a lab node and name the `lab exec`
+    command that does the same -- with --json too, on stderr, so that
+    stdout stays the JSON a script reads; without a lab the error names
+    that command."""
+    from clusterfw import cli
+    from clusterfw.cli import lab as cli_lab
+
+    monkeypatch.setattr(protocol, "DEFAULT_SOCKET", str(tmp_path / "default.sock"))
+    monkeypatch.delenv("CLUSTERFW_SOCKET", raising=False)
+    monkeypatch.setattr(cli_lab, "ask_lab_node", lambda argv, timeout: ("n2", json.loads(json.dumps(reply))))
+    assert cli.main([command, "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["node"] == "n2"
+    assert "no clusterfw daemon answers on" in err and "asked lab node n2" in err, err
+    assert f"'clusterfw lab exec n2 -- clusterfw {command} --json'" in err, err
+    assert cli.main([command]) == 0
+    out, err = capsys.readouterr()
+    first, rest = out.split("\n", 1)
+    assert "asked lab node n2" in first and f"'clusterfw lab exec n2 -- clusterfw {command}'" in first, out
+    assert "cluster c" in rest and not err
+    monkeypatch.setattr(cli_lab, "ask_lab_node", lambda argv, timeout: None)
+    assert cli.main([command]) == 1
+    err = capsys.readouterr().err
+    assert "no clusterfw daemon answers on" in err and f"'clusterfw lab exec NODE -- clusterfw {command}'" in err
 
 
 # --------------------------------------------------------------- the table

@@ -144,7 +144,7 @@ def test_a_damaged_own_sector_found_at_the_join_is_rewritten_before_the_ack():
 
 
 # ------------------------------------------------- the daemon's DLM service
-from clusterfw.cli_lock import format_locks  # noqa: E402
+from clusterfw.cli.lock import format_locks  # noqa: E402
 from clusterfw.core.dlm import LockEntry, ReadStripe  # noqa: E402
 from clusterfw.core.model import ViewRecord  # noqa: E402
 from clusterfw.core.node import Unreadable  # noqa: E402

@@ -47,6 +47,7 @@ import time
 from typing import Any, Iterator
 
 from clusterfw.client import Client, ClientError, DaemonUnavailable, RequestFailed, Subsystem
+from clusterfw.exitcodes import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from clusterfw.node.journal import Journal, _stderr_is_journal
 from clusterfw.node.notify import Notifier
 from clusterfw.subsystems.base import Notification
@@ -57,10 +58,6 @@ from .eventlog import EventLog, EventLogError
 LEVEL = 40
 NAME = "events"
 BARRIERS = (1, 1, 1)
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_CONFIG = 78  # EX_CONFIG: the daemon refused the registration; a restart cannot help
 RETRY_S = 0.5
 WAITING_LOG_EVERY_S = 30.0
 STILL_OPEN_GRACE_S = 10.0  # our previous connection may not be closed on the daemon's side yet

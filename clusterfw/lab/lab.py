@@ -88,8 +88,7 @@ STATE_VERSION = 1
 NODE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 NSPAWN_RUN = Path("/run/systemd/nspawn")
 RUNTIME_DIRS = ("nodes", "fuse", "run", "app", "units")
-# `clusterfw ...` run by this interpreter (not `-m clusterfw.cli`: as __main__,
-# cli.py's CliError would be a second class that main() does not catch)
+# `clusterfw ...` run by this interpreter (whatever `clusterfw` is on the PATH)
 CLI_ARGV = [sys.executable, "-c",
             "import sys; from clusterfw.cli import main; sys.exit(main(sys.argv[1:]))"]
 

@@ -95,6 +95,7 @@ from clusterfw.core.node import (
     WriteSlot,
     WriteView,
 )
+from clusterfw.exitcodes import EXIT_CONFIG, EXIT_FAILED, EXIT_FENCED, EXIT_OK, EXIT_USAGE
 from clusterfw.ondisk import admin
 from clusterfw.ondisk.blockdev import BlockDevice
 from clusterfw.ondisk.clusterdisk import ClusterDisk
@@ -104,7 +105,7 @@ from clusterfw.subsystems.placeholders import default_subsystems
 
 from . import api, blockcheck, diskio, fencing, protocol
 from .dlm_service import AREA_READ_BYTES_MAX, DlmService, describe_area
-from .fencing import (EXIT_FENCED, FENCE_ACTIONS, Fencer, Watchdog, read_managed_units,
+from .fencing import (FENCE_ACTIONS, Fencer, Watchdog, read_managed_units,
                       should_feed)
 from .hub import Hub, RegistrationError
 from .integrity import IntegrityTracker, printable
@@ -114,10 +115,6 @@ from .slowreads import LockTableReader
 from .sleep import SUSPEND_THRESHOLD_MS, SuspendDetector, clock_pair
 from .status import add_integrity, render, timing_json
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_CONFIG = 78  # EX_CONFIG: a restart cannot help
 STARTUP_IO_TIMEOUT_MS = 10_000
 # Opening the disk failed with one of these: it may come back (udev, a SAN path), so exit 1 and let systemd retry.
 DISK_MAY_RETURN_ERRNOS = frozenset({errno.ENOENT, errno.ENXIO, errno.ENODEV, errno.EIO, errno.ETIMEDOUT,

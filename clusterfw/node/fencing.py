@@ -50,10 +50,11 @@ import subprocess
 import time
 from typing import Callable
 
+from clusterfw.exitcodes import EXIT_FENCED
+
 from . import units as units_mod
 
 FENCE_ACTIONS = ("exit", "kill-units", "kill-namespace", "none")
-EXIT_FENCED = 75  # EX_TEMPFAIL
 HOOK_TIMEOUT_S = 5.0  # the most any fence step may take, whatever the margin
 FENCE_STEP_MIN_S = 0.05  # the least: a margin this small would kill every hook at once
 STARTUP_KILL_WAIT_S = 10.0  # start-up clean-up: units not dead by then -> refuse to join

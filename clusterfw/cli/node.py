@@ -20,7 +20,9 @@ import sys
 import time
 from typing import Any
 
-from clusterfw.cli import EXIT_USAGE, CliError, client_socket
+from clusterfw.cli import lab as lab_cli
+from clusterfw.cli.errors import EXIT_USAGE, CliError
+from clusterfw.cli.options import add_json, add_socket, client_socket, socket_path
 from clusterfw.client import Client, ClientError, DaemonUnavailable, RequestFailed
 from clusterfw.node import protocol
 from clusterfw.node.fencing import FENCE_ACTIONS
@@ -45,7 +47,6 @@ exit codes:
   2   bad usage"""
 
 DEFAULT_UNIT = "clusterfw.service"
-CLIENT_SOCKET = os.environ.get("CLUSTERFW_SOCKET") or protocol.DEFAULT_SOCKET
 DISK_READ_TIMEOUT_MS = 30_000
 
 
@@ -93,8 +94,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Join the cluster: if a daemon runs, wait until it is joined; otherwise start "
                     f"{DEFAULT_UNIT} with systemctl (when systemd manages this host) and wait.",
         epilog=CLIENT_EXIT_CODES)
-    j.add_argument("--socket", default=CLIENT_SOCKET, metavar="PATH",
-                    help=f"the daemon's socket (default $CLUSTERFW_SOCKET or {protocol.DEFAULT_SOCKET})")
+    add_socket(j)
     j.add_argument("--unit", default=DEFAULT_UNIT, metavar="UNIT", help=f"the unit to start (default {DEFAULT_UNIT})")
     j.add_argument("--timeout", type=float, default=120.0, metavar="S", help="wait at most S seconds (default 120)")
     j.add_argument("--no-wait", action="store_true", help="do not wait until the node is joined")
@@ -105,8 +105,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Ask the local daemon to leave the cluster gracefully, show its progress through the "
                     "levels (top-down) and wait until it left; the daemon then exits 0.",
         epilog=CLIENT_EXIT_CODES)
-    lv.add_argument("--socket", default=CLIENT_SOCKET, metavar="PATH",
-                    help=f"the daemon's socket (default $CLUSTERFW_SOCKET or {protocol.DEFAULT_SOCKET})")
+    add_socket(lv)
     lv.add_argument("--timeout", type=float, default=120.0, metavar="S", help="wait at most S seconds (default 120)")
     lv.add_argument("--quiet", action="store_true", help="print nothing but errors")
     lv.set_defaults(func=cmd_leave)
@@ -116,10 +115,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Ask the local daemon for the cluster's status.  With --disk DEVICE and no daemon "
                     "running here, read the shared disk directly (heartbeat ages are then unknown).",
         epilog=CLIENT_EXIT_CODES)
-    st.add_argument("--json", action="store_true", help="print one JSON object")
-    st.add_argument("--socket", default=None, metavar="PATH",
-                    help=f"the daemon's socket (default $CLUSTERFW_SOCKET or {protocol.DEFAULT_SOCKET}); "
-                         f"without either, a host running 'clusterfw lab' asks a lab node")
+    add_json(st)
+    add_socket(st, lab_cli.ASKS_A_LAB_NODE)
     st.add_argument("--disk", metavar="DEVICE", help="read DEVICE directly when no daemon answers")
     st.set_defaults(func=cmd_status)
 
@@ -137,10 +134,10 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         if not (os.path.isfile(hook) and os.access(hook, os.X_OK)):
             raise CliError(f"--fence-hook {hook}: not an executable file; give the path of a program "
                            f"(it is run without a shell)", EXIT_USAGE)
-    socket_path = args.socket or (protocol.DEFAULT_SOCKET if args.runtime_dir == protocol.DEFAULT_RUNTIME_DIR
+    listen = args.socket or (protocol.DEFAULT_SOCKET if args.runtime_dir == protocol.DEFAULT_RUNTIME_DIR
                                   else os.path.join(args.runtime_dir, "clusterfw.sock"))
     opts = DaemonOptions(
-        disk=args.disk, node=args.node, fence_action=args.fence_action, socket_path=socket_path,
+        disk=args.disk, node=args.node, fence_action=args.fence_action, socket_path=listen,
         runtime_dir=args.runtime_dir, profile=args.profile, watchdog=args.watchdog,
         fence_hooks=tuple(args.fence_hook), wait_for=tuple(dict.fromkeys(args.wait_for_subsystem)),
         wait_timeout_s=args.wait_timeout, stop_timeout_s=args.stop_timeout,
@@ -199,7 +196,7 @@ def format_status(status: dict[str, Any]) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    path, chosen_by = client_socket(args.socket, protocol.DEFAULT_SOCKET)
+    path, chosen_by = client_socket(args.socket)
     try:
         status = Client(path).status()
     except DaemonUnavailable as exc:
@@ -208,13 +205,13 @@ def cmd_status(args: argparse.Namespace) -> int:
                            f"'systemctl status clusterfw'); to read the shared disk directly, add --disk "
                            f"DEVICE") from None
         if not args.disk:
-            lab_status = _status_from_lab()
-            if lab_status is None:
+            command = ["clusterfw", "status", *(["--json"] if args.json else [])]
+            found = lab_cli.ask_lab_node(["clusterfw", "status", "--json"], timeout=15)
+            if found is None:
                 raise CliError(f"{exc}: is the daemon running ('systemctl status clusterfw')? To read the "
-                               f"shared disk directly, add --disk DEVICE") from None
-            via, status = lab_status
-            if not args.json:
-                print(f"no daemon on this host: asked lab node {via} ({os.environ.get('CLUSTERFW_LAB_DIR') or 'default lab'})")
+                               f"shared disk directly, add --disk DEVICE. {lab_cli.lab_hint(command)}") from None
+            via, status = found
+            print(lab_cli.asked_lab_node(exc, via, command), file=sys.stderr if args.json else sys.stdout)
         else:
             status = _status_from_disk(args.disk)
             if not args.json:
@@ -228,31 +225,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print(format_status(status))
     return 0
-
-
-def _status_from_lab() -> tuple[str, dict[str, Any]] | None:
-    """On a host running `clusterfw lab` (and no daemon of its own): the
-    status as a running lab node's daemon sees it, or None without a lab."""
-    return ask_lab_node(["clusterfw", "status", "--json"], timeout=15)
-
-
-def ask_lab_node(argv: list[str], timeout: float) -> tuple[str, dict[str, Any]] | None:
-    """Run ``argv`` (a clusterfw command printing JSON) in the first running
-    node of the default lab that answers: (node, the parsed JSON), or None
-    without a lab (or not as root)."""
-    from clusterfw.lab.lab import DEFAULT_DIR, Lab, LabError
-
-    lab = Lab(os.environ.get("CLUSTERFW_LAB_DIR") or DEFAULT_DIR)
-    if lab.state is None or os.geteuid() != 0:
-        return None
-    try:
-        for node in [n for n in lab.status()["nodes"] if n["state"] == "up"]:
-            cp = lab.exec(node["name"], argv, timeout=timeout)
-            if cp.returncode == 0:
-                return node["name"], json.loads(cp.stdout)
-    except (LabError, OSError, ValueError):
-        return None
-    return None
 
 
 def _status_from_disk(path: str) -> dict[str, Any]:
@@ -298,7 +270,7 @@ def _progress_printer(quiet: bool) -> Any:
 
 def cmd_leave(args: argparse.Namespace) -> int:
     try:
-        final = Client(args.socket).leave(progress=_progress_printer(args.quiet), timeout_s=args.timeout)
+        final = Client(socket_path(args.socket)).leave(progress=_progress_printer(args.quiet), timeout_s=args.timeout)
     except DaemonUnavailable as exc:
         raise CliError(f"{exc}: nothing to leave (is the daemon running? 'systemctl status clusterfw')") from None
     except RequestFailed as exc:
@@ -348,8 +320,9 @@ def _wait_joined(socket_path: str, timeout_s: float) -> dict[str, Any]:
 
 
 def cmd_join(args: argparse.Namespace) -> int:
+    path = socket_path(args.socket)
     try:
-        status = Client(args.socket, timeout_s=2.0).status()
+        status = Client(path, timeout_s=2.0).status()
     except DaemonUnavailable:
         status = None
     except ClientError as exc:
@@ -371,7 +344,7 @@ def cmd_join(args: argparse.Namespace) -> int:
         print(f"started {args.unit}")
     if args.no_wait:
         return 0
-    _wait_joined(args.socket, args.timeout)
+    _wait_joined(path, args.timeout)
     print("joined")
     return 0
 

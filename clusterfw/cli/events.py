@@ -18,9 +18,9 @@ import sys
 import time
 from typing import Any
 
-from clusterfw.cli import EXIT_USAGE, CliError
+from clusterfw.cli.errors import EXIT_USAGE, CliError
+from clusterfw.cli.options import add_json, add_socket, socket_path
 from clusterfw.events.eventlog import DEFAULT_LOG, DEFAULT_MAX_BYTES, MIN_MAX_BYTES, Follower, rotated_path
-from clusterfw.node import protocol
 
 MANAGER_EXIT_CODES = """\
 exit codes:
@@ -38,7 +38,6 @@ exit codes:
       this host) or is not readable
   2   bad usage"""
 
-CLIENT_SOCKET = os.environ.get("CLUSTERFW_SOCKET") or protocol.DEFAULT_SOCKET
 EVENTS_LOG = os.environ.get("CLUSTERFW_EVENTS_LOG") or DEFAULT_LOG
 FOLLOW_DEFAULT_LINES = 10
 FOLLOW_POLL_S = 0.25
@@ -79,8 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "(JSON lines, fsync-ed before each ack; rotated to FILE.1 at --max-bytes).  The daemon "
                     "must wait for it: 'clusterfw daemon ... --wait-for-subsystem events'.",
         epilog=MANAGER_EXIT_CODES)
-    m.add_argument("--socket", default=CLIENT_SOCKET, metavar="PATH",
-                   help=f"the node daemon's socket (default $CLUSTERFW_SOCKET or {protocol.DEFAULT_SOCKET})")
+    add_socket(m)
     m.add_argument("--log", default=EVENTS_LOG, metavar="FILE",
                    help=f"the event log (default $CLUSTERFW_EVENTS_LOG or {DEFAULT_LOG})")
     m.add_argument("--max-bytes", type=_size, default=DEFAULT_MAX_BYTES, metavar="SIZE",
@@ -99,7 +97,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EVENTS_EXIT_CODES)
     e.add_argument("-f", "--follow", action="store_true",
                    help="keep printing new events as they are recorded (Ctrl-C ends)")
-    e.add_argument("--json", action="store_true", help="one JSON object per event and line")
+    add_json(e, "one JSON object per event and line")
     e.add_argument("--log", default=EVENTS_LOG, metavar="FILE",
                    help=f"the event log (default $CLUSTERFW_EVENTS_LOG or {DEFAULT_LOG}); FILE.1 is read too")
     e.add_argument("-n", "--lines", type=_count, default=None, metavar="N",
@@ -116,7 +114,7 @@ def cmd_event_manager(args: argparse.Namespace) -> int:
     if os.path.isdir(args.log):
         raise CliError(f"--log {args.log} is a directory: give the event log's file name, e.g. "
                        f"{os.path.join(args.log, 'events.jsonl')}", EXIT_USAGE)
-    return run_event_manager(args.socket, args.log, args.max_bytes, args.leave_on_stop)
+    return run_event_manager(socket_path(args.socket), args.log, args.max_bytes, args.leave_on_stop)
 
 
 # --------------------------------------------------------------------------

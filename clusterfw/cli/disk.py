@@ -31,7 +31,8 @@ import sys
 from dataclasses import fields, is_dataclass
 from typing import Any, Iterable
 
-from clusterfw.cli import EXIT_FAILED, EXIT_REFUSED, EXIT_USAGE, CliError
+from clusterfw.cli.errors import EXIT_FAILED, EXIT_REFUSED, EXIT_USAGE, CliError
+from clusterfw.cli.options import add_json
 from clusterfw.core import timing
 from clusterfw.core.model import NODES_MAX, NodeConfig, SlotRecord, ViewRecord
 from clusterfw.ondisk import admin, codec
@@ -84,7 +85,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                description="Show the superblock, layout, node table, every slot and "
                                            "every view copy (decoded, or why it was rejected).")
     dump.add_argument("device", metavar="DEVICE")
-    dump.add_argument("--json", action="store_true", help="print one JSON object")
+    add_json(dump)
     dump.set_defaults(func=cmd_disk_dump)
 
     reset = disk_sub.add_parser(
@@ -99,7 +100,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                "3 refused (the slot is valid, never written, or being written)")
     reset.add_argument("device", metavar="DEVICE")
     reset.add_argument("node", metavar="NODE", help="the node's name in the node table, or its node id")
-    reset.add_argument("--json", action="store_true", help="print one JSON object (also when refused)")
+    add_json(reset, "print one JSON object (also when refused)")
     reset.set_defaults(func=cmd_disk_reset_slot)
 
     node = subparsers.add_parser("node", help="manage the node table",

@@ -54,18 +54,22 @@ import sys
 import time
 from typing import Any
 
-from clusterfw.cli import CliError, client_socket
+from clusterfw.cli import lab as lab_cli
+from clusterfw.cli.errors import CliError
+from clusterfw.cli.options import add_json, add_socket, client_socket
 from clusterfw.client import Client, ClientError, Connection, DaemonUnavailable, RequestFailed
 from clusterfw.node import protocol
 
-# Exit codes of `clusterfw lock` (besides CMD's own status).
-EXIT_CONFLICT = 1  # default of --conflict-exit-code: busy (--timeout 0) or timed out
-EXIT_USAGE = 64  # EX_USAGE, as flock(1)
-EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: no daemon, node not joined, request refused
-EXIT_LOST = 75  # EX_TEMPFAIL: the lock was revoked / the daemon went away while CMD ran
-EXIT_NOPERM = 77  # EX_NOPERM
-EXIT_CANNOT_EXEC = 126
-EXIT_NOT_FOUND = 127
+# Exit codes of `clusterfw lock` (besides CMD's own status): flock(1)'s, the
+# deliberate exception to the CLI's table (clusterfw.exitcodes).
+from clusterfw.exitcodes import LOCK_CANNOT_EXEC as EXIT_CANNOT_EXEC
+from clusterfw.exitcodes import LOCK_CONFLICT as EXIT_CONFLICT
+from clusterfw.exitcodes import LOCK_LOST as EXIT_LOST
+from clusterfw.exitcodes import LOCK_NOPERM as EXIT_NOPERM
+from clusterfw.exitcodes import LOCK_NOT_FOUND as EXIT_NOT_FOUND
+from clusterfw.exitcodes import LOCK_UNAVAILABLE as EXIT_UNAVAILABLE
+from clusterfw.exitcodes import LOCK_USAGE as EXIT_USAGE
+
 RELEASE_WAIT_S = 5.0
 KILL_WAIT_S = 2.0
 """On LOST, how long ``lock`` keeps killing descendants that appear (forks
@@ -105,13 +109,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Read the lock area of the shared disk through this node's daemon and show every "
                     "lock held or asked for, on every node.",
         epilog="exit codes: 0 ok, 1 the daemon (or the disk) could not be asked")
-    q.add_argument("--json", action="store_true", help="one JSON object")
+    add_json(q, "one JSON object")
     q.add_argument("--all", action="store_true",
                    help="also show entries that no longer count (left behind by a node that was forced out "
                         "or restarted: the protocol ignores them)")
-    q.add_argument("--socket", default=None,
-                   help=f"the daemon's socket (default $CLUSTERFW_SOCKET or {protocol.DEFAULT_SOCKET}); without "
-                        f"either, a host running 'clusterfw lab' asks a lab node")
+    add_socket(q, lab_cli.ASKS_A_LAB_NODE)
     q.set_defaults(func=cmd_locks)
 
 
@@ -126,7 +128,7 @@ def _lock_options(p: argparse.ArgumentParser, defaults: argparse.Namespace | Non
                    help=f"exit code when the lock is busy or the timeout expires (default {EXIT_CONFLICT})")
     p.add_argument("--verbose", "-v", action="store_true", default=d("verbose", False),
                    help="report waiting, grant and release on stderr")
-    p.add_argument("--socket", default=d("socket", protocol.DEFAULT_SOCKET), help="the daemon's socket")
+    add_socket(p, default=d("socket", None))
 
 
 class _UsageError(Exception):
@@ -194,10 +196,13 @@ def cmd_lock(args: argparse.Namespace) -> int:
     if args.timeout is not None and not 0 <= args.timeout <= protocol.LOCK_TIMEOUT_MS_MAX / 1000:
         _say(f"--timeout {args.timeout}: must be 0 or more seconds")
         return EXIT_USAGE
+    path, chosen_by = client_socket(args.socket)
     try:
-        conn = Connection(args.socket)
+        conn = Connection(path)
     except DaemonUnavailable as exc:
-        _say(f"{exc}: is the daemon running on this node ('systemctl status clusterfw')?")
+        _say(f"{exc}: " + (f"check the socket given by {chosen_by} (is the daemon running? 'systemctl status "
+                           f"clusterfw')" if chosen_by else
+                           "is the daemon running on this node ('systemctl status clusterfw')?"))
         return EXIT_UNAVAILABLE
     except ClientError as exc:
         _say(str(exc))
@@ -608,16 +613,17 @@ def _release(conn: Connection, args: argparse.Namespace) -> None:
 
 # ------------------------------------------------------------------ locks
 def cmd_locks(args: argparse.Namespace) -> int:
-    path, chosen_by = client_socket(args.socket, protocol.DEFAULT_SOCKET)
+    path, chosen_by = client_socket(args.socket)
     try:
         reply = Client(path, timeout_s=15).request("locks")
     except DaemonUnavailable as exc:
         if chosen_by is not None:
             raise CliError(f"{exc}: check the socket given by {chosen_by} (is the daemon running? "
                            f"'systemctl status clusterfw')") from None
-        lab = _locks_from_lab(args)
+        lab = _locks_from_lab(args, exc)
         if lab is None:
-            raise CliError(f"{exc}: is the daemon running ('systemctl status clusterfw')?") from None
+            raise CliError(f"{exc}: is the daemon running ('systemctl status clusterfw')? "
+                           f"{lab_cli.lab_hint(_locks_argv(args))}") from None
         reply = lab
     except RequestFailed as exc:
         raise CliError(str(exc)) from None
@@ -638,18 +644,20 @@ def cmd_locks(args: argparse.Namespace) -> int:
     return 1 if reply.get("error") else 0
 
 
-def _locks_from_lab(args: argparse.Namespace) -> dict[str, Any] | None:
-    """On a host running `clusterfw lab` without a daemon of its own: ask a
-    running lab node's daemon."""
-    from clusterfw.cli_node import ask_lab_node
+def _locks_argv(args: argparse.Namespace) -> list[str]:
+    """The ``locks`` command line a person ran (without the socket)."""
+    return ["clusterfw", "locks", *(["--all"] if args.all else []), *(["--json"] if args.json else [])]
 
-    found = ask_lab_node(["clusterfw", "locks", "--json", "--all"], timeout=20)
+
+def _locks_from_lab(args: argparse.Namespace, why: DaemonUnavailable) -> dict[str, Any] | None:
+    """On a host running `clusterfw lab` without a daemon of its own: ask a
+    running lab node's daemon, and say so."""
+    found = lab_cli.ask_lab_node(["clusterfw", "locks", "--json", "--all"], timeout=20)
     if found is None:
         return None
     node, out = found
     out.pop("stale_hidden", None)
-    if not args.json:
-        print(f"no daemon on this host: asked lab node {node}")
+    print(lab_cli.asked_lab_node(why, node, _locks_argv(args)), file=sys.stderr if args.json else sys.stdout)
     return out
 
 

@@ -2,15 +2,28 @@
 
 How this works: this module only parses arguments and prints results; the
 work is done by ``clusterfw.lab.Lab`` (see clusterfw/lab/lab.py and
-docs/lab.md).  Progress goes to stderr, results to stdout (``--json`` where
-offered), errors become ``CliError`` with the CLI's exit codes.
+docs/lab.md).  Progress goes to stderr, results to stdout: sentences and
+tables for a person, what ``Lab`` returned with ``--json``; errors become
+``CliError`` with the CLI's exit codes.
+
+It is also the one place where another command asks a lab node
+(``ask_lab_node``): ``status`` and ``locks`` on a host that runs a lab and
+no daemon of its own, when nobody named a socket.  They then say so and
+name the ``lab exec`` command that does the same.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
+from typing import Any
+
+from clusterfw.cli.errors import EXIT_FAILED, EXIT_USAGE, CliError
+from clusterfw.cli.options import add_json
+
+ASKS_A_LAB_NODE = "without either, a host running 'clusterfw lab' and no daemon asks a lab node, and says so"
 
 
 def _lab(args):
@@ -24,15 +37,57 @@ def _print(obj) -> None:
 
 def _wrap(fn):
     def run(args):
-        from clusterfw.cli import CliError
         from clusterfw.lab import LabError
         try:
             return fn(args)
         except LabError as exc:
             raise CliError(str(exc), exc.exit_code) from None
         except PermissionError as exc:
-            raise CliError(f"{exc} (clusterfw lab needs root)", 2) from None
+            raise CliError(f"{exc} (clusterfw lab needs root)", EXIT_USAGE) from None
     return run
+
+
+# --------------------------------------------------------------------------
+# other commands asking a lab node
+
+def _default_dir() -> str:
+    from clusterfw.lab.lab import DEFAULT_DIR
+    return os.environ.get("CLUSTERFW_LAB_DIR") or str(DEFAULT_DIR)
+
+
+def lab_exec_command(node: str, argv: list[str]) -> str:
+    """The ``clusterfw lab exec`` line that runs ``argv`` in ``node``."""
+    return f"clusterfw lab exec {node} -- {' '.join(argv)}"
+
+
+def lab_hint(argv: list[str]) -> str:
+    """Advice for a command whose daemon does not answer: the lab command."""
+    return f"On a host running 'clusterfw lab', ask a lab node: '{lab_exec_command('NODE', argv)}'"
+
+
+def asked_lab_node(why: object, node: str, argv: list[str]) -> str:
+    """What a command that asked lab node ``node`` instead of its daemon says."""
+    return (f"{why}: asked lab node {node} of the lab in {_default_dir()} instead, as "
+            f"'{lab_exec_command(node, argv)}' does")
+
+
+def ask_lab_node(argv: list[str], timeout: float) -> tuple[str, dict[str, Any]] | None:
+    """Run ``argv`` (a clusterfw command printing JSON) in the first running
+    node of the default lab that answers: (node, the parsed JSON), or None
+    without a lab (or not as root)."""
+    from clusterfw.lab.lab import Lab, LabError
+
+    lab = Lab(_default_dir())
+    if lab.state is None or os.geteuid() != 0:
+        return None
+    try:
+        for node in [n for n in lab.status()["nodes"] if n["state"] == "up"]:
+            cp = lab.exec(node["name"], argv, timeout=timeout)
+            if cp.returncode == 0:
+                return node["name"], json.loads(cp.stdout)
+    except (LabError, OSError, ValueError):
+        return None
+    return None
 
 
 def cmd_up(args):
@@ -109,34 +164,88 @@ def cmd_down(args):
     return 0
 
 
-def cmd_crash(args):
-    _print(_lab(args).crash(args.node))
+# --------------------------------------------------------------------------
+# faults: one sentence each (what ``Lab`` returned with --json)
+
+def format_crash(res: dict[str, Any]) -> str:
+    return (f"node {res['node']} crashed: SIGKILL to its init (pid {res['killed_pid']}), every process of the "
+            f"node gone in {res['seconds']:g} s; 'clusterfw lab restart {res['node']}' boots it again")
+
+
+def format_restart(res: dict[str, Any]) -> str:
+    ready = res.get("ready_seconds")
+    return (f"node {res['name']} {res['state']}" + (f" after {ready:g} s" if ready is not None else "")
+            + f": init pid {res.get('init_pid') or '-'}, address {res.get('address') or '-'}, disk "
+            f"{res['disk']['mode']}")
+
+
+def format_pause(res: dict[str, Any]) -> str:
+    node = res["node"]
+    if res.get("background"):
+        frozen = "frozen" if res.get("frozen") else "freezing (not yet frozen)"
+        return (f"node {node} paused: {frozen}; a helper thaws it at {_clock(res['until'])} "
+                f"('clusterfw lab resume {node}' thaws it now)")
+    return (f"node {node} was paused for {res['seconds']:g} s and is running again"
+            + ("" if res.get("frozen_while_paused") else " (it was not fully frozen while paused)"))
+
+
+def format_resume(res: dict[str, Any]) -> str:
+    if res.get("resumed"):
+        return f"node {res['node']} is running again"
+    return f"node {res['node']} left as it is: {res.get('reason')}"
+
+
+def format_disk_mode(res: dict[str, Any]) -> str:
+    node, mode = res["node"], res["disk"]
+    if mode == "pass":
+        return f"node {node} has its disk back: I/O passes through again"
+    what = "every I/O fails with EIO" if mode == "eio" else "every I/O stalls"
+    return f"node {node} lost its path to the disk: {what} until 'clusterfw lab restore-disk {node}'"
+
+
+def format_bench_disk(res: dict[str, Any]) -> str:
+    via, direct = res["via_fuse"], res["direct_loop"]
+    return (f"node {res['node']}: {res['count']} reads of {res['block']} B (O_DIRECT): median "
+            f"{via['median_us']:g} us, p99 {via['p99_us']:g} us through the node's disk view; median "
+            f"{direct['median_us']:g} us, p99 {direct['p99_us']:g} us through a plain loop device: the view adds "
+            f"{res['added_median_us']:g} us (median)")
+
+
+def _clock(unix_s: float) -> str:
+    import time
+    return time.strftime("%H:%M:%S", time.localtime(unix_s))
+
+
+def _report(args, res: dict[str, Any], fmt) -> int:
+    if args.json:
+        _print(res)
+    else:
+        print(fmt(res))
     return 0
+
+
+def cmd_crash(args):
+    return _report(args, _lab(args).crash(args.node), format_crash)
 
 
 def cmd_restart(args):
-    _print(_lab(args).restart(args.node, boot_timeout=args.boot_timeout))
-    return 0
+    return _report(args, _lab(args).restart(args.node, boot_timeout=args.boot_timeout), format_restart)
 
 
 def cmd_pause(args):
-    _print(_lab(args).pause(args.node, args.seconds, background=args.background))
-    return 0
+    return _report(args, _lab(args).pause(args.node, args.seconds, background=args.background), format_pause)
 
 
 def cmd_resume(args):
-    _print(_lab(args).resume(args.node, after=args.after, token=args.token))
-    return 0
+    return _report(args, _lab(args).resume(args.node, after=args.after, token=args.token), format_resume)
 
 
 def cmd_cut_disk(args):
-    _print(_lab(args).cut_disk(args.node, args.mode))
-    return 0
+    return _report(args, _lab(args).cut_disk(args.node, args.mode), format_disk_mode)
 
 
 def cmd_restore_disk(args):
-    _print(_lab(args).restore_disk(args.node))
-    return 0
+    return _report(args, _lab(args).restore_disk(args.node), format_disk_mode)
 
 
 def _split_exec(args) -> list[str]:
@@ -145,7 +254,6 @@ def _split_exec(args) -> list[str]:
     argparse cannot mix options after a positional with a trailing command, so
     the words after NODE are split at the first ``--`` here; without ``--``
     everything after NODE is the command."""
-    from clusterfw.cli import CliError
     rest = list(args.rest)
     if "--" in rest:
         i = rest.index("--")
@@ -161,27 +269,25 @@ def _split_exec(args) -> list[str]:
         ns, extra = p.parse_known_args(head)
     except SystemExit:
         raise CliError("usage: clusterfw lab exec NODE [--dir DIR] [--timeout S] -- CMD...",
-                       2) from None
+                       EXIT_USAGE) from None
     if extra or not cmd:
         raise CliError("usage: clusterfw lab exec NODE [--dir DIR] [--timeout S] -- CMD...",
-                       2)
+                       EXIT_USAGE)
     args.node, args.dir, args.cache_dir, args.timeout = ns.node, ns.dir, ns.cache_dir, ns.timeout
     return cmd
 
 
 def cmd_exec(args):
-    from clusterfw.cli import CliError
     cmd = _split_exec(args)
     try:
         cp = _lab(args).exec(args.node, cmd, timeout=args.timeout, capture=False)
     except subprocess.TimeoutExpired:
-        raise CliError(f"command in {args.node} timed out after {args.timeout:g}s", 1) from None
+        raise CliError(f"command in {args.node} timed out after {args.timeout:g}s", EXIT_FAILED) from None
     return cp.returncode
 
 
 def cmd_bench_disk(args):
-    _print(_lab(args).bench_disk(args.node, args.count))
-    return 0
+    return _report(args, _lab(args).bench_disk(args.node, args.count), format_bench_disk)
 
 
 def register(subparsers) -> None:
@@ -234,10 +340,10 @@ def register(subparsers) -> None:
     p.add_argument("--rebuild-rootfs", action="store_true", help="rebuild the cached rootfs")
     p.add_argument("--keep-on-failure", action="store_true",
                    help="leave a failed lab as it is for inspection (default: clean up)")
-    p.add_argument("--json", action="store_true")
+    add_json(p, "print what the lab reports as JSON")
 
     p = add("status", cmd_status, "show nodes, disk views, PIDs, addresses")
-    p.add_argument("--json", action="store_true")
+    add_json(p, "print what the lab reports as JSON")
 
     p = add("down", cmd_down, "stop everything and remove every resource of the lab")
     p.add_argument("--purge", action="store_true",
@@ -247,29 +353,35 @@ def register(subparsers) -> None:
 
     p = add("crash", cmd_crash, "SIGKILL the node's init: the whole node dies at once")
     p.add_argument("node")
+    add_json(p, "print what the lab reports as JSON")
 
     p = add("restart", cmd_restart, "boot the node again (stops it gracefully if it is up)")
     p.add_argument("node")
     p.add_argument("--boot-timeout", type=float, default=90)
+    add_json(p, "print what the lab reports as JSON")
 
     p = add("pause", cmd_pause, "freeze the whole node for SECS seconds, then thaw it")
     p.add_argument("node")
     p.add_argument("seconds", type=float)
     p.add_argument("--background", action="store_true",
                    help="return at once; a helper thaws the node after SECS")
+    add_json(p, "print what the lab reports as JSON")
 
     p = add("resume", cmd_resume, "thaw a paused node now")
     p.add_argument("node")
     p.add_argument("--after", type=float, default=0, help=argparse.SUPPRESS)
     p.add_argument("--token", default=None, help=argparse.SUPPRESS)
+    add_json(p, "print what the lab reports as JSON")
 
     p = add("cut-disk", cmd_cut_disk, "cut the node's path to the shared disk")
     p.add_argument("node")
     p.add_argument("--mode", choices=("eio", "hang"), default="eio",
                    help="eio: every I/O fails; hang: every I/O stalls until restore")
+    add_json(p, "print what the lab reports as JSON")
 
     p = add("restore-disk", cmd_restore_disk, "give the node its disk back")
     p.add_argument("node")
+    add_json(p, "print what the lab reports as JSON")
 
     p = add("exec", cmd_exec, "run a command inside a node (argv, no shell); "
             "exit code and output are the command's")
@@ -282,3 +394,4 @@ def register(subparsers) -> None:
             "4 KiB O_DIRECT read latency through a node's disk view vs a plain loop device")
     p.add_argument("node")
     p.add_argument("--count", type=int, default=2000)
+    add_json(p, "print what the lab reports as JSON")

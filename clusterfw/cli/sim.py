@@ -15,7 +15,8 @@ import json
 import sys
 import time
 
-from clusterfw.cli import EXIT_FAILED, EXIT_USAGE, CliError
+from clusterfw.cli.errors import EXIT_FAILED, EXIT_USAGE, CliError
+from clusterfw.cli.options import add_json
 from clusterfw.sim.runner import MUTATIONS, parse_faults, run_many, run_seed, summarize
 from clusterfw.sim.world import FAULTS, FEATURES
 
@@ -42,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "catch it: " + ", ".join(sorted(MUTATIONS)))
     p.add_argument("--trace", action="store_true", help="print the full trace of a single seed")
     p.add_argument("--jobs", type=int, default=0, metavar="J", help="worker processes (default: one per core)")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_json(p, "print the summary as JSON")
     p.set_defaults(func=cmd_sim)
 
 
