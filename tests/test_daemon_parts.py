@@ -26,7 +26,7 @@ from clusterfw.node.hub import Hub, RegistrationError
 from clusterfw.node.notify import Notifier
 from clusterfw.node.status import render
 from clusterfw.subsystems.base import Entry, Notification
-from clusterfw.subsystems.placeholders import PlaceholderSubsystem
+from clusterfw.subsystems.placeholders import PlaceholderSubsystem, default_subsystems
 
 REPO = Path(__file__).resolve().parents[1]
 TIMING = Timing(100, 200, 600, 1017, 30000, 20)
@@ -499,6 +499,29 @@ def test_status_renders_states_per_level_and_the_master():
     assert n2["state"] == "joining" and n2["levels"] == {"mm": "joined", "dlm": "joining", "sfs": "inactive"}
     assert n3["state"] == "inactive" and n3["forced"] and n3["heartbeat_age_ms"] is None
     assert n4["name"] == "n4" and n4["state"] == "inactive" and n4["incarnation"] is None
+
+
+def test_status_shows_placeholder_levels_as_placeholder_never_joined():
+    hub = _Sent().hub()
+    for sub in default_subsystems():
+        hub.add_local(sub)
+    try:
+        assert hub.placeholder_levels() == {20, 30}
+        assert [(s["name"], s["placeholder"]) for s in hub.describe()] == [("mm", False), ("vdm", True),
+                                                                          ("sfs", True)]
+        regs = (Registration(0, "mm"), Registration(10, "dlm"), Registration(20, "vdm"), Registration(30, "sfs"))
+        slots = {n: SlotRecord(node_id=n, incarnation=n, seq=5, timing=TIMING, registrations=regs) for n in (1, 2)}
+        view = ViewRecord(node_id=1, incarnation=1, seq=9, term=2, epoch=7,
+                          levels=tuple(LevelSpec(r.level, r.barriers) for r in regs),
+                          members=(MemberEntry(1, 1, NodeState.JOINED),
+                                   MemberEntry(2, 2, NodeState.JOINING, kind=Kind.JOIN, cursor=20)))
+        out = render(cluster="lab", names={1: "n1", 2: "n2"}, view=view, slots=slots, decision=Decision(2, 1, 1),
+                     ages_ms={}, placeholders=hub.placeholder_levels())
+        n1, n2 = out["nodes"]
+        assert n1["levels"] == {"mm": "joined", "dlm": "joined", "vdm": "placeholder", "sfs": "placeholder"}
+        assert n2["levels"] == {"mm": "joined", "dlm": "joined", "vdm": "joining", "sfs": "inactive"}
+    finally:
+        hub.stop()
 
 
 def test_cli_status_formats_a_table():

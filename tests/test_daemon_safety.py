@@ -285,6 +285,13 @@ def test_listed_units_are_killed_at_start_even_after_a_clean_exit_but_hooks_are_
 
 
 # ================================================ defect 6: the fence margin
+def test_the_dlm_runs_without_the_placeholder_subsystems(disk, tmp_path):
+    with in_process(disk, tmp_path) as (d, journal):  # placeholders=False: --no-placeholder-subsystems
+        assert d.startup() is None, journal.text()
+        assert d.dlm is not None
+        assert [(s["level"], s["name"]) for s in d.hub.describe()] == [(10, "dlm")]
+
+
 def test_feed_rule():
     assert fencing.should_feed(True, False, 100.0, 200.0)
     assert not fencing.should_feed(True, False, 200.0, 200.0)  # the slot write failed
@@ -576,7 +583,7 @@ def test_locks_counts_entries_by_the_dlms_rule_not_only_the_view(disk, tmp_path)
     later incarnation shows as counted under a view that still names the old
     one; with no DLM the view decides."""
     from clusterfw.core.dlm import EntryState, LockEntry, LockMode
-    from clusterfw.node.dlm_service import describe_area
+    from clusterfw.subsystems.dlm.service import describe_area
     from clusterfw.ondisk import dlm_codec
 
     class Dlm:

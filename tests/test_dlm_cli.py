@@ -19,7 +19,7 @@ from clusterfw.client import Connection
 from clusterfw.core.dlm import EntryState, LockEntry, LockMode
 from clusterfw.core.model import MemberEntry, NodeState, ViewRecord
 from clusterfw.node import protocol
-from clusterfw.node.dlm_service import describe_area
+from clusterfw.subsystems.dlm.service import describe_area
 
 
 def req(**fields):

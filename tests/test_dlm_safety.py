@@ -149,7 +149,7 @@ from clusterfw.core.dlm import LockEntry, ReadStripe  # noqa: E402
 from clusterfw.core.model import ViewRecord  # noqa: E402
 from clusterfw.core.node import Unreadable  # noqa: E402
 from clusterfw.core.timing import derive  # noqa: E402
-from clusterfw.node.dlm_service import DlmService, describe_area  # noqa: E402
+from clusterfw.subsystems.dlm.service import DlmService, describe_area  # noqa: E402
 from clusterfw.ondisk import dlm_codec  # noqa: E402
 from clusterfw.ondisk.layout import Layout  # noqa: E402
 from clusterfw.ondisk.simdisk import SimDisk  # noqa: E402

@@ -85,7 +85,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument("--stop-timeout", type=float, default=60.0, metavar="S",
                    help="a graceful leave that takes longer fences the node and exits 75 (default 60)")
     d.add_argument("--no-placeholder-subsystems", action="store_true",
-                   help="do not register the placeholder in-process subsystems mm/dlm/vdm/sfs (levels 0-30)")
+                   help="do not register the ack-only in-process subsystems mm/vdm/sfs (levels 0, 20, 30); "
+                        "the DLM still runs")
     d.add_argument("--debug", action="store_true", help="log every view the node adopts")
     d.set_defaults(func=cmd_daemon)
 

@@ -82,12 +82,13 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
+from . import levels
 from .coordinator import level_state
 from .model import BatchEntry, Kind, MemberEntry, NodeState, ViewRecord
 from .node import Unreadable
 from .text import NameOf, node_id_name, printable
 
-DLM_LEVEL = 10
+DLM_LEVEL = levels.DLM
 """The DLM registers at level 10 (docs/protocol.md §9)."""
 NAME_MAX_BYTES = 48
 """A lock name is 1..48 bytes of UTF-8 (on-disk format)."""

@@ -47,6 +47,7 @@ import time
 from typing import Any, Iterator
 
 from clusterfw.client import Client, ClientError, DaemonUnavailable, RequestFailed, Subsystem
+from clusterfw.core import levels
 from clusterfw.exitcodes import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from clusterfw.node.journal import Journal, _stderr_is_journal
 from clusterfw.node.notify import Notifier
@@ -55,8 +56,8 @@ from clusterfw.subsystems.base import Notification
 from . import record as rec
 from .eventlog import EventLog, EventLogError
 
-LEVEL = 40
-NAME = "events"
+LEVEL = levels.EVENTS
+NAME = levels.NAMES[LEVEL]
 BARRIERS = (1, 1, 1)
 RETRY_S = 0.5
 WAITING_LOG_EVERY_S = 30.0

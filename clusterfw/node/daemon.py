@@ -42,7 +42,7 @@ Threads, and the one lock (``_lock``) that guards NodeCore:
 * **api** serves the socket (node/api.py) and never waits for the disk:
   the ``locks`` request is answered by the **lock-table** thread
   (node/slowreads.py); lock grants and validity renewals are pushed by the
-  DLM's own threads straight to the holder's socket (node/dlm_service.py).
+  DLM's own threads straight to the holder's socket (subsystems/dlm/service.py).
   **subsystem** threads run the in-process subsystems; the **main** thread
   waits for signals (SIGTERM, SIGINT: graceful leave) and for the end.
 
@@ -76,7 +76,7 @@ import fasteners
 
 from clusterfw.core import timing as timing_mod
 from clusterfw.core.coordinator import level_state
-from clusterfw.core.dlm import DLM_LEVEL, LockMode
+from clusterfw.core.dlm import LockMode
 from clusterfw.core.model import NodeConfig, NodeState, Registration, SlotRecord, ViewRecord
 from clusterfw.core.node import (
     HEARTBEAT_MISSED,
@@ -101,10 +101,10 @@ from clusterfw.ondisk.blockdev import BlockDevice
 from clusterfw.ondisk.clusterdisk import ClusterDisk
 from clusterfw.ondisk.errors import BlockError, BlockSizeMismatch, DeviceError, DeviceTooSmall, IoError, NotWritten
 from clusterfw.subsystems.base import Entry, Notification
+from clusterfw.subsystems.dlm.service import AREA_READ_BYTES_MAX, DlmService, describe_area
 from clusterfw.subsystems.placeholders import default_subsystems
 
 from . import api, blockcheck, diskio, fencing, protocol
-from .dlm_service import AREA_READ_BYTES_MAX, DlmService, describe_area
 from .fencing import (FENCE_ACTIONS, Fencer, Watchdog, read_managed_units,
                       should_feed)
 from .hub import Hub, RegistrationError
@@ -453,12 +453,14 @@ class Daemon:
             prev = self.previous_slot.incarnation if self.previous_slot else 0
             while self.incarnation in (0, prev):
                 self.incarnation = secrets.randbits(63)
+            # An in-process subsystem named with --wait-for-subsystem steps aside: the join
+            # waits for an external subsystem of that name instead.
+            if DlmService.name not in self.opts.wait_for:
+                self.dlm = self._make_dlm()
+                self.hub.add_local(self.dlm)
             if self.opts.placeholders:
                 for sub in default_subsystems():
-                    if sub.level == DLM_LEVEL:
-                        self.dlm = self._make_dlm()
-                        self.hub.add_local(self.dlm)
-                    else:
+                    if sub.name not in self.opts.wait_for:
                         self.hub.add_local(sub)
             try:
                 self.server.start()
@@ -1040,8 +1042,9 @@ class Daemon:
             self.lock_table.submit(peer.conn_id, peer.privileged)  # read off the API thread
             return api.DEFERRED
         if self.dlm is None:
-            return protocol.error("this daemon runs without the DLM (--no-placeholder-subsystems): start it "
-                                  "without that option to use cluster locks", request.op)
+            return protocol.error("this daemon runs without its DLM (--wait-for-subsystem dlm hands level 10 "
+                                  "to an external subsystem): start it without that option to use cluster locks",
+                                  request.op)
         if request.op == "lock":
             mode = LockMode.SHARED if request.mode == "shared" else LockMode.EXCLUSIVE
             error = self.dlm.lock(peer.conn_id, peer.pid, request.batch, request.name, mode,
@@ -1083,7 +1086,7 @@ class Daemon:
     def _finish_lock_table(self, part: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {"cluster": self.cluster, "node": self.opts.node, **part}
         out["local"] = self.dlm.local_requests() if self.dlm is not None else []
-        out["dlm"] = "running" if self.dlm is not None else "not running (--no-placeholder-subsystems)"
+        out["dlm"] = "running" if self.dlm is not None else "not running (--wait-for-subsystem dlm)"
         return out
 
     def _send_notification(self, conn_id: int, notification: Notification) -> bool:
@@ -1128,7 +1131,7 @@ class Daemon:
                 view, slots, decision, ages = None, {}, None, {}
                 state, role, acting_master, fenced, stopped = "inactive", "follower", False, None, None
         out = render(cluster=self.cluster, names=self.names, view=view, slots=slots, decision=decision,
-                     ages_ms=ages)
+                     ages_ms=ages, placeholders=self.hub.placeholder_levels())
         fenced = self._fence_reason or fenced
         if fenced:
             phase = "fenced"

@@ -148,6 +148,11 @@ class Hub:
             self._frozen = True
             return [ep.registration for ep in sorted(self._endpoints.values(), key=lambda e: e.registration.level)]
 
+    def placeholder_levels(self) -> frozenset[int]:
+        """The levels held by in-process placeholders (shown as ``placeholder``)."""
+        with self._lock:
+            return frozenset(lv for lv, ep in self._endpoints.items() if ep.local is not None and ep.local.placeholder)
+
     def registered_names(self) -> set[str]:
         with self._lock:
             return {ep.registration.name for ep in self._endpoints.values()}
@@ -157,6 +162,7 @@ class Hub:
             return [{"level": ep.registration.level, "name": ep.registration.name,
                      "barriers": list(ep.registration.barriers),
                      "kind": "external" if ep.external else "in-process",
+                     "placeholder": ep.local is not None and ep.local.placeholder,
                      "attached": True if not ep.external else ep.conn_id is not None,
                      "pending_batch": ep.pending.batch if ep.pending is not None else None,
                      "last_acked": ep.last_acked}

@@ -33,17 +33,20 @@ Pure apart from ``from_disk``'s reads.
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping
 
 from clusterfw.core.coordinator import level_state
 from clusterfw.core.election import Decision, highest_decision
-from clusterfw.core.model import NodeConfig, SlotRecord, Timing, ViewRecord
+from clusterfw.core import levels as default_levels
+from clusterfw.core.model import MemberEntry, NodeConfig, SlotRecord, Timing, ViewRecord
 from clusterfw.ondisk.clusterdisk import ClusterDisk, best_view
 from clusterfw.ondisk.errors import NotWritten
+from clusterfw.subsystems.placeholders import PLACEHOLDER_LEVELS
 
 from .integrity import COPY_NAMES, KINDS, NODE_TABLE, SLOT, VIEW, Damage, IntegrityTracker, damage_json, error_text
 
 UNKNOWN = "unknown"
+PLACEHOLDER = "placeholder"
 
 
 def level_names(slots: Mapping[int, SlotRecord], view: ViewRecord | None) -> dict[int, str]:
@@ -61,8 +64,17 @@ def level_names(slots: Mapping[int, SlotRecord], view: ViewRecord | None) -> dic
 
 def render(*, cluster: str, names: Mapping[int, str], view: ViewRecord | None,
            slots: Mapping[int, SlotRecord], decision: Decision | None,
-           ages_ms: Mapping[int, float | None]) -> dict[str, Any]:
+           ages_ms: Mapping[int, float | None], placeholders: Collection[int] = ()) -> dict[str, Any]:
+    """``placeholders``: levels whose subsystem only stands in (it acks at
+    once); a node joined there is shown ``placeholder``, never ``joined``."""
     levels = level_names(slots, view)
+
+    def shown(member: MemberEntry | None, level: int) -> str:
+        if member is None:
+            return "inactive"
+        state = level_state(member, level)
+        return PLACEHOLDER if state == "joined" and level in placeholders else state
+
     if view is not None:
         view_levels = [spec.level for spec in view.levels]
     else:
@@ -78,8 +90,7 @@ def render(*, cluster: str, names: Mapping[int, str], view: ViewRecord | None,
             "name": names.get(node_id, f"node{node_id}"),
             "id": node_id,
             "state": member.state.value if member is not None else "inactive",
-            "levels": {levels.get(lv, f"level{lv}"): (level_state(member, lv) if member is not None
-                                                       else "inactive") for lv in view_levels},
+            "levels": {levels.get(lv, f"level{lv}"): shown(member, lv) for lv in view_levels},
             "heartbeat_age_ms": None if age is None else round(age),
             "incarnation": member.incarnation if member is not None else (slot.incarnation if slot else None),
             "forced": bool(member is not None and member.forced),
@@ -179,8 +190,11 @@ def from_disk(disk: ClusterDisk) -> dict[str, Any]:
             view_error = master_view_error(names, decision.master, reason) + "; membership unknown"
     if chosen is None and view_error is None:
         chosen = max(views, key=lambda v: (v.term, v.epoch, v.seq), default=None)
+    # No daemon to ask: a default placeholder level registered under its default name is one.
+    registered = level_names(slots, None)
+    placeholders = {lv for lv in PLACEHOLDER_LEVELS if registered.get(lv) == default_levels.NAMES[lv]}
     out = render(cluster=disk.superblock.cluster_name, names=names, view=None if view_error else chosen,
-                 slots=slots, decision=decision, ages_ms={})
+                 slots=slots, decision=decision, ages_ms={}, placeholders=placeholders)
     if view_error is not None:
         mark_view_unknown(out, view_error)
     counts = {kind: 0 for kind in KINDS}

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from ..core.coordinator import batch_label
 from ..core.model import NodeState, Registration
 from ..core.node import Role
-from .world import SimConfig, World
+from .world import LEVELS, SimConfig, World
 
 
 class ScenarioError(Exception):
@@ -50,7 +50,7 @@ def parse_levels(text: str) -> tuple[Registration, ...]:
     return tuple(regs)
 
 
-DEFAULT_LEVELS = "mm:0,dlm:10,vdm:20,sfs:30,evm:40"
+DEFAULT_LEVELS = ",".join(f"{name}:{level}" for level, name in LEVELS)
 
 
 @dataclass

@@ -1,3 +1,5 @@
 """Subsystems of the transition framework: the interface in-process
-subsystems implement (``base``) and, for now, placeholders for the default
-levels (``placeholders``).  External subsystems use ``clusterfw.client``."""
+subsystems implement (``base``), the DLM (``dlm``) and, for now, the
+ack-only subsystems of the other default levels (``placeholders``; the
+levels themselves are ``clusterfw.core.levels``).  External subsystems use
+``clusterfw.client``."""

@@ -72,6 +72,8 @@ class LocalSubsystem:
     level: int = -1
     name: str = ""
     barriers: tuple[int, int, int] = (1, 1, 1)
+    placeholder: bool = False
+    """True for a stand-in that only acks (``clusterfw status`` shows ``placeholder``)."""
 
     def registration(self) -> Registration:
         return Registration(self.level, self.name, self.barriers)

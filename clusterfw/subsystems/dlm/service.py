@@ -81,8 +81,8 @@ from clusterfw.ondisk.errors import DeviceError
 from clusterfw.ondisk.layout import Layout
 from clusterfw.subsystems.base import LocalSubsystem, Notification
 
-from . import diskio
-from .integrity import IntegrityTracker, error_text, is_unreadable, printable
+from clusterfw.node import diskio
+from clusterfw.node.integrity import IntegrityTracker, error_text, is_unreadable, printable
 
 CLIENT_REQUESTS_MAX = 64
 """Outstanding lock requests per socket connection."""
