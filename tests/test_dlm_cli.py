@@ -270,6 +270,19 @@ def test_revoked_loses_the_lock_at_once(daemon_pair):
     assert lost == "revoked: node fenced"
 
 
+def test_a_zero_validity_with_a_reason_is_a_revocation(daemon_pair):
+    """The daemon stops vouching (a graceful leave began) before its
+    revocation arrives: CMD is killed at once and the reason is named, not
+    reported as a missed renewal."""
+    conn, peer = daemon_pair
+    child = subprocess.Popen(["sleep", "30"])
+    send(peer, op="valid", id=1, for_ms=0, until_boot_ms=boot_ms(), reason="the node is leaving")
+    started = time.monotonic()
+    _status, lost = cli_lock._supervise(conn, child, time.monotonic() + 30)
+    assert lost == "revoked: the node is leaving"
+    assert time.monotonic() - started < 2.0 and child.returncode == -9
+
+
 # ------------------------------------------- LOST: nothing of CMD survives
 LOST_REPEATS = 50
 # The issue's case (the statement after the killed sleep), a grandchild in

@@ -205,6 +205,9 @@ def test_the_service_stops_vouching_for_a_lock_once_the_view_drops_this_incarnat
     assert svc.valid_for_ms(0.0) > 0
     svc.on_view(_view(2, member(1, incarnation=OLD), member(2)))  # a view that went back
     assert svc.valid_for_ms(0.0) == 0  # no renewal vouches for it any more
+    svc._renew(0.0)  # a renewal before the revocation is dispatched says why it vouches 0 ms
+    [zero] = [p for p in pushes if p.get("op") == "valid"]
+    assert zero["for_ms"] == 0 and "no longer joined at the DLM level" in zero["reason"]
     _pump(svc, 0.0)
     revoked = [p for p in pushes if p.get("op") == "revoked"]
     assert len(revoked) == 1 and "no longer a member at the DLM level" in revoked[0]["reason"]

@@ -583,6 +583,8 @@ def _read_daemon(conn: Connection, valid_until: list[float]) -> str | None:
     if message.get("op") == "revoked":
         return f"revoked: {message.get('reason')}"
     if message.get("op") == "valid":
+        if float(message.get("for_ms", 0)) <= 0 and message.get("reason"):
+            return f"revoked: {message.get('reason')}"  # the daemon no longer vouches for it, and says why
         valid_until[0] = _valid_until(message, "for_ms", received)
     return None
 

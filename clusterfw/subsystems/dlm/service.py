@@ -327,6 +327,13 @@ class DlmService(LocalSubsystem):
             return 0
         return int(max(0.0, min(self._deadline_of() - now, 3_600_000.0)))
 
+    def no_validity_reason(self) -> str:
+        """Why :meth:`valid_for_ms` is 0, in words for the holder."""
+        refused = self._guard()
+        if refused is not None:
+            return refused
+        return "this node is no longer joined at the DLM level (leaving or forced out)"
+
     def _renew_loop(self) -> None:
         """Every heartbeat interval, tell each holder how long its lock is
         still vouched for; ``clusterfw lock`` kills its command when that
@@ -346,9 +353,13 @@ class DlmService(LocalSubsystem):
             if not holders:
                 return
             valid = self.valid_for_ms(now)
+            message: dict[str, Any] = {"op": "valid", "for_ms": valid, "until_boot_ms": now + valid}
+            if valid == 0:
+                # The revocation itself may still be on its way (a graceful
+                # leave revokes once its batch reaches the DLM); say why now.
+                message["reason"] = self.no_validity_reason()
             for req in holders:
-                self._push(req.conn_id, {"op": "valid", "id": req.client_id, "for_ms": valid,
-                                         "until_boot_ms": now + valid})
+                self._push(req.conn_id, dict(message, id=req.client_id))
 
     def _perform(self, op: Any) -> DlmResult:
         start = diskio.clock_ms()
