@@ -47,8 +47,8 @@ import time
 from typing import Any, Iterator
 
 from clusterfw.client import Client, ClientError, DaemonUnavailable, RequestFailed, Subsystem
-from clusterfw.node.journal import Journal, _stderr_is_journal
-from clusterfw.node.notify import Notifier
+from clusterfw.host.journal import Journal, stderr_is_journal
+from clusterfw.host.notify import Notifier
 from clusterfw.subsystems.base import Notification
 
 from . import record as rec
@@ -87,7 +87,7 @@ class EventManager:
         self.leave_on_stop = leave_on_stop
         self.leave_timeout_s = leave_timeout_s
         self.retry_s = retry_s
-        self.echo = (not _stderr_is_journal()) if echo is None else echo  # events on stdout, not the journal
+        self.echo = (not stderr_is_journal()) if echo is None else echo  # events on stdout, not the journal
         self.observer = "?"
         self.recorded = 0
         self._last_key: tuple[Any, ...] | None = None
