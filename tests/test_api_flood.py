@@ -28,7 +28,7 @@ import pytest
 
 from clusterfw.client import Client, Connection
 from clusterfw.node import api
-from test_daemon_loop import REPO, Cluster, _env, cli, formatted_cluster, wait_for
+from test_daemon_loop import REPO, Cluster, daemon_env, cli, formatted_cluster, wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -199,7 +199,7 @@ def test_an_unprivileged_flood_stalls_neither_root_nor_the_lock_holders(open_clu
     path = c.socket(VICTIM)
     holders = [subprocess.Popen([sys.executable, "-m", "clusterfw.cli", "lock", f"flood-{i}", "--socket", path,
                                  "--", "sleep", str(FLOOD_S)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, env=_env(), cwd=REPO) for i in range(HOLDERS)]
+                                text=True, env=daemon_env(), cwd=REPO) for i in range(HOLDERS)]
     flooder: subprocess.Popen | None = None
     probe: _Renewals | None = None
     try:

@@ -17,7 +17,7 @@ from typing import Callable, Iterable
 import pytest
 
 from clusterfw.core import timing
-from clusterfw.core.coordinator import Coordinator, StepOutcome, level_state
+from clusterfw.core.coordinator import MEMBER_TRANSITIONS, Coordinator, StepOutcome, level_state, move
 from clusterfw.core.liveness import Liveness
 from clusterfw.core.model import (Batch, BatchEntry, Kind, LevelSpec, MemberEntry, NodeState, Registration,
                                   Request, SlotRecord, Timing, ViewRecord)
@@ -658,3 +658,23 @@ def test_master_log_lines_name_nodes_by_their_node_table_name() -> None:
     assert "web2 joining" in lines and "web2 joined" in lines
     assert any(line.startswith("batch ") and "web2 joining#0 to db1,web2" in line for line in lines), lines
     assert not any("n1" in line or "n2" in line for line in lines), lines
+
+
+# ============================================================ state machine
+def test_an_illegal_membership_move_raises() -> None:
+    """A member's state changes only by the moves in MEMBER_TRANSITIONS: a
+    forced-out node never becomes a member again without a new join."""
+    forced = MemberEntry(2, inc(2), S.FORCED_LEAVING, kind=F, ready=True)
+    assert (S.FORCED_LEAVING, S.JOINED) not in MEMBER_TRANSITIONS
+    with pytest.raises(AssertionError, match="member 2: illegal move forced-leaving -> joined"):
+        move(forced, S.JOINED)
+    assert move(forced, S.INACTIVE, kind=None, forced=True) == replace(forced, state=S.INACTIVE, kind=None,
+                                                                        forced=True)
+
+
+def test_the_coordinator_raises_instead_of_making_an_illegal_move() -> None:
+    """A corrupt row (being forced out, yet with a join under way) is carried
+    through the levels, but the coordinator refuses to make it joined."""
+    b = Bench([joined(1), MemberEntry(2, inc(2), S.FORCED_LEAVING, kind=J, cursor=0)], [slot(1), slot(2)])
+    with pytest.raises(AssertionError, match="member 2: illegal move forced-leaving -> joined"):
+        b.settle()

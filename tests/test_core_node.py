@@ -15,8 +15,9 @@ import pytest
 from clusterfw.core import timing
 from clusterfw.core.model import (BatchEntry, Kind, Lease, LevelSpec, MemberEntry, NodeState, Registration,
                                   Request, SlotRecord, ViewRecord)
-from clusterfw.core.node import (Event, Fenced, MasterChanged, NodeCore, Notify, Op, OpResult, ReadViews,
-                                 ReadSlots, ReadView, Rejected, Role, StateChanged, Stopped, Unreadable,
+from clusterfw.core.dlm import DlmResult, ReadArea
+from clusterfw.core.node import (Event, FenceCause, Fenced, MasterChanged, NodeCore, Notify, Op, OpResult, ReadViews,
+                                 ReadSlots, ReadView, Rejected, Role, StateChanged, Stopped, StopReason, Unreadable,
                                  WriteSlot, WriteView)
 
 TIMING = timing.derive(timing.LAB)
@@ -469,3 +470,41 @@ def test_rejected_join_yields_rejected_then_stopped() -> None:
     assert slot_writes(h2)[-1][1].request is Request.NONE
     assert h2.core.poll(d.now + 1e6) == []
     assert h1.core.state is S.JOINED and h1.core.role is Role.MASTER
+
+
+# ================================================================== types
+def test_a_fence_names_its_cause_and_the_reason_keeps_its_text() -> None:
+    d = Driver()
+    h = d.start(1)
+    d.disk.fail = lambda node_id, op, now: True  # the disk is gone
+    d.cycle(h)
+    h.core.tick(FENCE_WAIT_MS)
+    (ev,) = h.core.take_events()
+    assert ev == Fenced(f"no heartbeat write completed for {FENCE_WAIT_MS} ms (disk lost or node stalled)",
+                        FenceCause.HEARTBEAT_MISSED)
+    assert h.core.fenced == ev.reason and not ev.cause.forced_out
+
+
+def test_a_node_forced_out_by_the_master_says_so_by_its_cause() -> None:
+    d, h = _cluster_with_master_view(MemberEntry(2, 0x102, S.FORCED_LEAVING, Kind.FORCED, top_level=40))
+    d.cycle(h)
+    d.now = h.core.wakeup_ms()
+    d.cycle(h)
+    assert h.of(Fenced) == [Fenced("forced out by the master (epoch 3)", FenceCause.FORCED_BY_MASTER)]
+    assert h.of(Fenced)[0].cause.forced_out
+    assert [c for c in FenceCause if c.forced_out] == [FenceCause.FORCED_BY_ITSELF, FenceCause.FORCED_BY_MASTER]
+
+
+def test_a_graceful_leave_stops_with_the_left_reason() -> None:
+    d, h = formed_cluster()
+    h.core.leave(d.now)
+    d.run(lambda: h.core.stopped is not None)
+    assert h.of(Stopped) == [Stopped(StopReason.LEFT)]
+    assert h.of(Stopped)[0].reason is StopReason.LEFT is h.core.stopped
+    assert f"{StopReason.LEFT}" == "left"  # the text in every log line
+
+
+def test_the_core_and_the_dlm_share_one_result_type() -> None:
+    result = DlmResult(ReadArea(), True, 1.0, 2.0, {})
+    assert type(result) is OpResult
+    assert result == OpResult(ReadArea(), True, 1.0, 2.0, {})

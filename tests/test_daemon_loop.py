@@ -47,10 +47,10 @@ pytestmark = [pytest.mark.lab, needs_loop]
 
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "clusterfw.cli", *args], capture_output=True, text=True,
-                          env=_env(), cwd=REPO, timeout=timeout)
+                          env=daemon_env(), cwd=REPO, timeout=timeout)
 
 
-def _env() -> dict[str, str]:
+def daemon_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "JOURNAL_STREAM")}
     env["PYTHONPATH"] = str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")
     return env
@@ -101,7 +101,7 @@ class Cluster:
             args += ["--socket", self.socket(name)]
         with open(log, "wb") as out:
             proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                    env={**_env(), **(env or {})}, cwd=REPO)
+                                    env={**daemon_env(), **(env or {})}, cwd=REPO)
         if runtime_dir is None:
             self.procs[name] = proc
             self.logs[name] = log
@@ -413,7 +413,7 @@ def test_kill_namespace_fence_ends_the_whole_pid_namespace(cluster):
     log = cluster.work / f"{victim}.namespace.log"
     with open(log, "wb") as out:
         node = subprocess.Popen(["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", "sh", "-c", script,
-                                 "init", *daemon], stdout=out, stderr=subprocess.STDOUT, env=_env(), cwd=REPO)
+                                 "init", *daemon], stdout=out, stderr=subprocess.STDOUT, env=daemon_env(), cwd=REPO)
     try:
         wait_for(f"{victim} joined from its namespace", lambda: cluster.joined_view(master), 15)
         tree = psutil.Process(node.pid).children(recursive=True)

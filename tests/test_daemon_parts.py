@@ -21,9 +21,10 @@ import pytest
 from clusterfw.client import Client, Connection, DaemonUnavailable, RequestFailed
 from clusterfw.core.election import Decision
 from clusterfw.core.model import Kind, LevelSpec, MemberEntry, NodeState, Registration, SlotRecord, Timing, ViewRecord
+from clusterfw.host.notify import Notifier
+from clusterfw.host.watchdog import Watchdog
 from clusterfw.node import api, fencing, protocol
 from clusterfw.node.hub import Hub, RegistrationError
-from clusterfw.node.notify import Notifier
 from clusterfw.node.status import render
 from clusterfw.subsystems.base import Entry, Notification
 from clusterfw.subsystems.placeholders import PlaceholderSubsystem, default_subsystems
@@ -467,7 +468,7 @@ def test_fence_hooks_get_the_reason_and_are_bounded(tmp_path):
 def test_watchdog_is_fed_until_fenced_and_never_disarmed_after(tmp_path):
     dev = tmp_path / "watchdog"
     dev.write_bytes(b"")
-    wd = fencing.Watchdog(str(dev), lambda *_: None)
+    wd = Watchdog(str(dev), lambda *_: None)
     wd.feed()
     wd.feed()
     wd.fence()
@@ -475,7 +476,7 @@ def test_watchdog_is_fed_until_fenced_and_never_disarmed_after(tmp_path):
     wd.close_gracefully()
     assert dev.read_bytes() == b"\0\0"
     dev.write_bytes(b"")
-    wd = fencing.Watchdog(str(dev), lambda *_: None)
+    wd = Watchdog(str(dev), lambda *_: None)
     wd.feed()
     wd.close_gracefully()
     assert dev.read_bytes() == b"\0V"
@@ -552,7 +553,7 @@ def test_threads_are_not_leaked_by_the_parts():
 
 # ------------------------------------------------------------------- journal
 def test_journal_native_protocol_carries_the_fields(tmp_path, monkeypatch):
-    from clusterfw.node import journal as journal_mod
+    from clusterfw.host import journal as journal_mod
     path = str(tmp_path / "journal.sock")
     rx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     rx.bind(path)
@@ -571,7 +572,7 @@ def test_journal_native_protocol_carries_the_fields(tmp_path, monkeypatch):
 
 
 def test_journal_falls_back_to_stderr_lines(capsys):
-    from clusterfw.node.journal import Journal
+    from clusterfw.host.journal import Journal
     Journal("n2", use_journal=False).warning("disk slow", EPOCH=3)
     err = capsys.readouterr().err
     assert "clusterfw[n2] warning: disk slow (EPOCH=3)" in err
@@ -580,7 +581,7 @@ def test_journal_falls_back_to_stderr_lines(capsys):
 def test_journal_keeps_every_entry_on_one_line_with_control_characters_escaped(capsys):
     """A lock name (from any local client) with a newline and an ANSI escape
     cannot split an entry or reach the reader's terminal."""
-    from clusterfw.node.journal import Journal
+    from clusterfw.host.journal import Journal
     Journal("n2", use_journal=False).info("dlm: lock 'db\nfake entry \x1b[31mred\x7f\x9b' released", LOCK="a\nb")
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "\x1b" not in err and "\x7f" not in err and "\x9b" not in err

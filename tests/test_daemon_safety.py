@@ -42,8 +42,8 @@ from clusterfw.core.model import SlotRecord
 from clusterfw.core.node import OpResult, WriteSlot
 from clusterfw.node import blockcheck, diskio, fencing, units
 from clusterfw.node.daemon import EXIT_CONFIG, EXIT_FAILED, Daemon, DaemonOptions
-from clusterfw.node.journal import Journal
-from clusterfw.node.sleep import SuspendDetector, clock_pair, suspended_ms
+from clusterfw.host.journal import Journal
+from clusterfw.host.clocks import SuspendDetector, clock_pair, suspended_ms
 from clusterfw.ondisk.blockdev import BlockDevice
 from clusterfw.ondisk.clusterdisk import ClusterDisk
 

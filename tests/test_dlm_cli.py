@@ -12,7 +12,7 @@ import sys
 import time
 
 import pytest
-from test_daemon_loop import _env
+from test_daemon_loop import daemon_env
 
 from clusterfw.cli import lock as cli_lock
 from clusterfw.client import Connection
@@ -293,7 +293,7 @@ LOST_CMD = ('echo $$ > started; (sleep 1; echo x > grandchild) & '
             'sleep 30; echo x > next-statement')
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     import psutil
 
     try:
@@ -302,7 +302,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _group_members(pgid: int) -> list[int]:
+def group_members(pgid: int) -> list[int]:
     """Processes of group ``pgid`` that are not zombies."""
     import psutil
 
@@ -365,8 +365,8 @@ def test_a_lost_lock_kills_everything_cmd_started_50_times(tmp_path):
             run_dir = tmp_path / f"run{i}"
             run_dir.mkdir()
             proc = subprocess.Popen([sys.executable, "-m", "clusterfw.cli", "lock", "lost", "--socket", path,
-                                     "--", "sh", "-c", LOST_CMD], cwd=run_dir, env=_env(), stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                     "--", "sh", "-c", LOST_CMD], cwd=run_dir, env=daemon_env(),
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             procs.append(proc)
             pid, escaped = _grant_then_revoke(server, run_dir)
             started += [pid, escaped]
@@ -374,8 +374,8 @@ def test_a_lost_lock_kills_everything_cmd_started_50_times(tmp_path):
             assert proc.returncode == cli_lock.EXIT_LOST, err
             assert "LOST" in err and f"process group {pid}" in err, err
             # the moment `clusterfw lock` reports LOST, nothing of CMD runs
-            assert _group_members(pid) == [], f"run {i}: CMD's group survived LOST"
-            assert not _alive(escaped), f"run {i}: a grandchild in a session of its own survived LOST"
+            assert group_members(pid) == [], f"run {i}: CMD's group survived LOST"
+            assert not pid_alive(escaped), f"run {i}: a grandchild in a session of its own survived LOST"
             assert not list(run_dir.glob("next-statement")), f"run {i}: the shell ran its next statement"
         took = time.monotonic() - begun
         time.sleep(3.0)  # the grandchildren would have written 1 s after they started
@@ -391,7 +391,7 @@ def test_a_lost_lock_kills_everything_cmd_started_50_times(tmp_path):
                 proc.wait(5)
         import psutil
         for pid in started:
-            if _alive(pid):
+            if pid_alive(pid):
                 psutil.Process(pid).kill()
 
 
@@ -450,7 +450,7 @@ def test_an_interactive_cmd_gets_the_terminal_and_ctrl_z_stops_the_job(tmp_path)
     seen: dict = {}
     thread = threading.Thread(target=_serve_one_lock, args=(server, seen), daemon=True)
     thread.start()
-    env = {**_env(), "PS1": "$ ", "TERM": "dumb"}
+    env = {**daemon_env(), "PS1": "$ ", "TERM": "dumb"}
     pid, fd = pty.fork()
     if pid == 0:  # the child: an interactive shell with job control on the terminal
         try:

@@ -172,7 +172,7 @@ def test_encoder_names_the_bad_field(entry, field):
 
 
 def _resealed(payload: bytes, node_id: int = 3) -> bytes:
-    return codec._seal(dlm_codec.LOCK_ENTRY, UUID, node_id, 1, 1, payload)
+    return codec.seal(dlm_codec.LOCK_ENTRY, UUID, node_id, 1, 1, payload)
 
 
 GOOD_PAYLOAD = GOLDEN_ENTRY[64:]

@@ -18,7 +18,7 @@ from typing import Iterator
 
 import pytest
 
-from test_daemon_loop import NODES, REPO, Cluster, _env, cli, formatted_cluster, wait_for
+from test_daemon_loop import NODES, REPO, Cluster, daemon_env, cli, formatted_cluster, wait_for
 
 from clusterfw.client import Connection
 
@@ -41,12 +41,12 @@ def lock_cmd(c: Cluster, node: str, name: str, *cmd: str, opts: tuple[str, ...] 
 def run_lock(c: Cluster, node: str, name: str, *cmd: str, opts: tuple[str, ...] = (),
              timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(lock_cmd(c, node, name, *cmd, opts=opts), capture_output=True, text=True,
-                          env=_env(), cwd=REPO, timeout=timeout)
+                          env=daemon_env(), cwd=REPO, timeout=timeout)
 
 
 def start_lock(c: Cluster, node: str, name: str, *cmd: str, opts: tuple[str, ...] = ()) -> subprocess.Popen:
     return subprocess.Popen(lock_cmd(c, node, name, *cmd, opts=opts), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=_env(), cwd=REPO)
+                            stderr=subprocess.PIPE, text=True, env=daemon_env(), cwd=REPO)
 
 
 def locks_json(c: Cluster, node: str, *extra: str) -> dict:
@@ -85,7 +85,7 @@ def test_flock_like_exit_codes(dlm_cluster, tmp_path):
     assert missing.returncode == 127 and "not found" in missing.stderr
     assert run_lock(c, "n1", "x" * 49, "true").returncode == 64
     nocmd = subprocess.run([sys.executable, "-m", "clusterfw.cli", "lock", "codes", "--socket", c.socket("n1")],
-                           capture_output=True, text=True, env=_env(), cwd=REPO, timeout=30)
+                           capture_output=True, text=True, env=daemon_env(), cwd=REPO, timeout=30)
     assert nocmd.returncode == 64 and "CMD" in nocmd.stderr
     nodaemon = run_lock(c, "n1", "codes", "true", opts=("--socket", str(tmp_path / "none.sock")))
     assert nodaemon.returncode == 69 and "daemon" in nodaemon.stderr
@@ -119,7 +119,7 @@ def test_mutual_exclusion_and_token_order_across_nodes(dlm_cluster, tmp_path):
     procs = []
     for node in NODES:
         for _ in range(2):
-            procs.append(subprocess.Popen(["sh", "-c", loop], env={**_env(), "SOCK": c.socket(node)}, cwd=REPO,
+            procs.append(subprocess.Popen(["sh", "-c", loop], env={**daemon_env(), "SOCK": c.socket(node)}, cwd=REPO,
                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     for proc in procs:
         _out, err = proc.communicate(timeout=300)
@@ -310,13 +310,13 @@ def test_a_try_lock_on_the_holders_own_node_is_denied_at_once(dlm_cluster, tmp_p
 def test_a_paused_daemon_lost_lock_leaves_nothing_of_cmd_running(dlm_cluster, tmp_path):
     """End to end: the holder's daemon is paused, the validity runs out, and
     CMD's group and the grandchild that left it are killed; nothing writes."""
-    from test_dlm_cli import LOST_CMD, _alive, _group_members
+    from test_dlm_cli import LOST_CMD, pid_alive, group_members
 
     c = dlm_cluster
     c.ensure_all_joined()
     victim = next(n for n in NODES if n != c.master())
     holder = subprocess.Popen(lock_cmd(c, victim, "lost-e2e", "sh", "-c", LOST_CMD), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=_env(), cwd=tmp_path)
+                              stderr=subprocess.PIPE, text=True, env=daemon_env(), cwd=tmp_path)
     try:
         pid = int(wait_for("CMD", lambda: (tmp_path / "started").exists() and (tmp_path / "started").read_text(),
                            10, 0.01))
@@ -325,8 +325,8 @@ def test_a_paused_daemon_lost_lock_leaves_nothing_of_cmd_running(dlm_cluster, tm
         c.signal(victim, signal.SIGSTOP)
         try:
             assert holder.wait(5) == 75
-            assert _group_members(pid) == [], "CMD's process group survived LOST"
-            assert not _alive(escaped), "a grandchild in a session of its own survived LOST"
+            assert group_members(pid) == [], "CMD's process group survived LOST"
+            assert not pid_alive(escaped), "a grandchild in a session of its own survived LOST"
             time.sleep(3.0)
             assert not [p.name for p in tmp_path.iterdir() if p.name in ("next-statement", "grandchild", "escaped")]
             assert "renew" in holder.communicate()[1]

@@ -36,8 +36,8 @@ import pytest
 from clusterfw.client import Client, ClientError
 from clusterfw.events import eventlog, record, render
 from clusterfw.events.manager import EventManager
-from clusterfw.node.journal import Journal
-from clusterfw.node.notify import Notifier
+from clusterfw.host.journal import Journal
+from clusterfw.host.notify import Notifier
 from clusterfw.node.protocol import decode, encode
 from clusterfw.subsystems.base import Entry, Notification
 from test_daemon_loop import loop_device, wait_for  # noqa: E402  (helpers of the real-daemon tests)

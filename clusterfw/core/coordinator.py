@@ -35,7 +35,7 @@ notification before the node is dead; one outstanding batch per level.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Mapping
+from typing import Any, Mapping
 
 from .liveness import Liveness
 from .model import (REASON_MAX, Batch, BatchEntry, Kind, LEVELS_MAX, LevelSpec, MemberEntry, NodeState,
@@ -43,6 +43,37 @@ from .model import (REASON_MAX, Batch, BatchEntry, Kind, LEVELS_MAX, LevelSpec, 
 from .text import NameOf, node_id_name
 
 LIVE = (NodeState.JOINING, NodeState.JOINED, NodeState.LEAVING)
+
+# Every legal change of a member's state: anything else is a broken invariant
+# and raises (``move``).  A node without a row counts as inactive.
+MEMBER_TRANSITIONS: frozenset[tuple[NodeState, NodeState]] = frozenset({
+    # a join request taken: joined at once when no level exists anywhere
+    (NodeState.INACTIVE, NodeState.JOINING), (NodeState.INACTIVE, NodeState.JOINED),
+    # the join passed its last level; reversed into a leave; or left before any level processed it
+    (NodeState.JOINING, NodeState.JOINED), (NodeState.JOINING, NodeState.LEAVING),
+    (NodeState.JOINING, NodeState.INACTIVE),
+    # a leave request taken (inactive at once when no level exists)
+    (NodeState.JOINED, NodeState.LEAVING), (NodeState.JOINED, NodeState.INACTIVE),
+    # the leave passed its last level
+    (NodeState.LEAVING, NodeState.INACTIVE),
+    # forced out: dead, restarted or too slow to ack, from any live state
+    (NodeState.JOINING, NodeState.FORCED_LEAVING), (NodeState.JOINED, NodeState.FORCED_LEAVING),
+    (NodeState.LEAVING, NodeState.FORCED_LEAVING),
+    # recovery complete, or no level to recover
+    (NodeState.FORCED_LEAVING, NodeState.INACTIVE),
+})
+
+
+def check_move(node_id: int, old: NodeState, new: NodeState) -> None:
+    if (old, new) not in MEMBER_TRANSITIONS:
+        raise AssertionError(f"member {node_id}: illegal move {old.value} -> {new.value}")
+
+
+def move(m: MemberEntry, to: NodeState, **changes: Any) -> MemberEntry:
+    """``m`` moved to state ``to`` (and ``changes``): the one way a member's
+    state changes.  A move not in ``MEMBER_TRANSITIONS`` raises."""
+    check_move(m.node_id, m.state, to)
+    return replace(m, state=to, **changes)
 
 
 def level_state(m: MemberEntry, level: int) -> str:
@@ -233,13 +264,13 @@ class Coordinator:
             return
         if m.kind is Kind.JOIN:
             if m.leave_requested:
-                self.members[n] = replace(m, state=NodeState.LEAVING, kind=Kind.LEAVE, barrier=0,
-                                          leave_requested=False)
+                self.members[n] = move(m, NodeState.LEAVING, kind=Kind.LEAVE, barrier=0,
+                                       leave_requested=False)
                 self._change(f"{self.name_of(n)} reverses its join into a leave after level {level}")
                 return
             nxt = self._next_up(level)
             if nxt is None:
-                self.members[n] = replace(m, state=NodeState.JOINED, kind=None, cursor=-1, barrier=0)
+                self.members[n] = move(m, NodeState.JOINED, kind=None, cursor=-1, barrier=0)
                 self._change(f"{self.name_of(n)} joined")
             else:
                 self.members[n] = replace(m, cursor=nxt, barrier=0)
@@ -247,8 +278,8 @@ class Coordinator:
         elif m.kind is Kind.LEAVE:
             nxt = self._next_down(level)
             if nxt is None:
-                self.members[n] = replace(m, state=NodeState.INACTIVE, kind=None, cursor=-1, barrier=0,
-                                          top_level=-1, forced=False)
+                self.members[n] = move(m, NodeState.INACTIVE, kind=None, cursor=-1, barrier=0,
+                                       top_level=-1, forced=False)
                 self._change(f"{self.name_of(n)} left")
             else:
                 self.members[n] = replace(m, cursor=nxt, barrier=0)
@@ -256,8 +287,8 @@ class Coordinator:
         else:
             nxt = self._next_up(level, limit=m.top_level)
             if nxt is None:
-                self.members[n] = replace(m, state=NodeState.INACTIVE, kind=None, cursor=-1, barrier=0,
-                                          top_level=-1, forced=True, ready=False)
+                self.members[n] = move(m, NodeState.INACTIVE, kind=None, cursor=-1, barrier=0,
+                                       top_level=-1, forced=True, ready=False)
                 self._change(f"{self.name_of(n)} forced out: recovery complete")
             else:
                 self.members[n] = replace(m, cursor=nxt, barrier=0)
@@ -272,9 +303,9 @@ class Coordinator:
             # the leave started at (the top for a joined node's leave, the
             # highest level that processed the join for a reversed join).
             top = m.top_level
-        self.members[m.node_id] = replace(m, state=NodeState.FORCED_LEAVING, kind=Kind.FORCED,
-                                          cursor=-1, barrier=0, top_level=top, ready=False,
-                                          leave_requested=False)
+        self.members[m.node_id] = move(m, NodeState.FORCED_LEAVING, kind=Kind.FORCED,
+                                       cursor=-1, barrier=0, top_level=top, ready=False,
+                                       leave_requested=False)
         # The forced incarnation no longer takes part in outstanding batches;
         # removing it keeps a later incarnation of the same node from ever
         # being taken for a participant (the batch id, and so every ack, stays).
@@ -316,8 +347,8 @@ class Coordinator:
                 continue
             first = self._next_up(-1, limit=m.top_level)
             if first is None:
-                self.members[n] = replace(m, state=NodeState.INACTIVE, kind=None, cursor=-1,
-                                          top_level=-1, forced=True)
+                self.members[n] = move(m, NodeState.INACTIVE, kind=None, cursor=-1,
+                                       top_level=-1, forced=True)
                 self._change(f"{self.name_of(n)} forced out: dead, no level to recover")
             else:
                 self.members[n] = replace(m, ready=True, cursor=first, barrier=0)
@@ -355,6 +386,7 @@ class Coordinator:
                 else:
                     entry = MemberEntry(n, s.incarnation, NodeState.JOINING, kind=Kind.JOIN,
                                         cursor=min(candidates))
+                check_move(n, NodeState.INACTIVE if m is None else m.state, entry.state)
                 self.members[n] = entry
                 for reg in s.registrations:
                     self.levels.setdefault(reg.level, LevelSpec(reg.level, reg.barriers))
@@ -364,11 +396,11 @@ class Coordinator:
                 if m.state is NodeState.JOINED:
                     top = max(self.levels, default=None)
                     if top is None:
-                        self.members[n] = replace(m, state=NodeState.INACTIVE, forced=False)
+                        self.members[n] = move(m, NodeState.INACTIVE, forced=False)
                         self._change(f"{self.name_of(n)} left")
                     else:
-                        self.members[n] = replace(m, state=NodeState.LEAVING, kind=Kind.LEAVE,
-                                                  cursor=top, barrier=0, top_level=top)
+                        self.members[n] = move(m, NodeState.LEAVING, kind=Kind.LEAVE,
+                                               cursor=top, barrier=0, top_level=top)
                         self._change(f"{self.name_of(n)} leaving")
                 elif m.state is NodeState.JOINING and not m.leave_requested:
                     self.members[n] = replace(m, leave_requested=True)
@@ -404,12 +436,12 @@ class Coordinator:
                 continue  # inside a level: it finishes the level first
             prev = self._next_down(m.cursor)
             if prev is None:
-                self.members[n] = replace(m, state=NodeState.INACTIVE, kind=None, cursor=-1, barrier=0,
-                                          top_level=-1, forced=False, leave_requested=False)
+                self.members[n] = move(m, NodeState.INACTIVE, kind=None, cursor=-1, barrier=0,
+                                       top_level=-1, forced=False, leave_requested=False)
                 self._change(f"{self.name_of(n)} left before any level processed its join")
             else:
-                self.members[n] = replace(m, state=NodeState.LEAVING, kind=Kind.LEAVE, cursor=prev,
-                                          barrier=0, leave_requested=False)
+                self.members[n] = move(m, NodeState.LEAVING, kind=Kind.LEAVE, cursor=prev,
+                                       barrier=0, leave_requested=False)
                 self._change(f"{self.name_of(n)} reverses its join into a leave from level {prev}")
 
     # -- issuing --------------------------------------------------------------

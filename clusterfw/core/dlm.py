@@ -84,8 +84,8 @@ from typing import Callable, Mapping, Sequence
 
 from . import levels
 from .coordinator import level_state
-from .model import BatchEntry, Kind, MemberEntry, NodeState, ViewRecord
-from .node import Unreadable
+from .model import U64_MAX, BatchEntry, Kind, MemberEntry, NodeState, ViewRecord
+from .node import OpResult, Unreadable
 from .text import NameOf, node_id_name, printable
 
 DLM_LEVEL = levels.DLM
@@ -94,7 +94,6 @@ NAME_MAX_BYTES = 48
 """A lock name is 1..48 bytes of UTF-8 (on-disk format)."""
 REQUESTS_MAX = 1024
 """Outstanding local requests per node (queued, waiting or held)."""
-U64_MAX = (1 << 64) - 1
 TRY_CHOOSING_REREADS = 3
 """A try-lock blocked only by other nodes' CHOOSING entries re-reads this many
 times before it gives up (choosing is one write and one read long)."""
@@ -244,14 +243,8 @@ class ReadArea:
 DlmOp = WriteEntry | ReadStripe | ReadArea
 
 
-@dataclass(frozen=True)
-class DlmResult:
-    op: DlmOp
-    ok: bool
-    start_ms: float
-    end_ms: float
-    value: object = None
-    error: str = ""
+DlmResult = OpResult[DlmOp]
+"""The result of a DLM op: the core's one result type (core/node.py)."""
 
 
 # ------------------------------------------------------------------ events

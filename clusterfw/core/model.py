@@ -79,11 +79,13 @@ NODES_MAX = 255
 REGISTRATIONS_MAX = 8
 ACKS_MAX = 8
 LEVELS_MAX = 16
+LEVEL_MAX = 0x7FFF  # a level is u16 on disk but must fit the i16 cursor/top_level
 SUBSYSTEM_NAME_MAX = 11  # bytes, UTF-8
 BARRIERS_MAX = 8
 CLUSTER_NAME_MAX = 32
 NODE_NAME_MAX = 32
 REASON_MAX = 48
+U64_MAX = (1 << 64) - 1  # every counter, id and time stamp in a record is a u64
 
 
 @dataclass(frozen=True)

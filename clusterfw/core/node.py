@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field, replace
-from typing import Callable, Mapping, Sequence, cast
+from typing import Callable, Generic, Mapping, Sequence, TypeVar, cast
 
 from .coordinator import Coordinator, level_state
 from .election import Decision, Election, highest_decision
@@ -39,8 +39,6 @@ from .model import (BatchEntry, Lease, NodeState, Registration, Request, SlotRec
                     ViewRecord, ACKS_MAX, REGISTRATIONS_MAX)
 from .text import NameOf, node_id_name
 
-HEARTBEAT_MISSED = "no heartbeat write completed"
-"""How the reason of a fence for a missed fence deadline begins."""
 
 VIEWS_PER_READ = 16
 """View pairs per takeover read (with 32 KiB pairs: 512 KiB per I/O)."""
@@ -90,9 +88,15 @@ class Unreadable:
     never_written: bool = False
 
 
+OpT = TypeVar("OpT")
+
+
 @dataclass(frozen=True)
-class OpResult:
-    op: Op
+class OpResult(Generic[OpT]):
+    """What performing one op gave: the one result type of the core's ops
+    (``OpResult[Op]``) and of the DLM's (``DlmResult``, core/dlm.py)."""
+
+    op: OpT
     ok: bool
     start_ms: float
     end_ms: float
@@ -115,9 +119,51 @@ class Notify:
     epoch: int
 
 
+class FenceCause(enum.Enum):
+    """Why a node fenced.  Each value is the text of the reason people read,
+    a template that ``text`` fills in."""
+
+    HEARTBEAT_MISSED = "no heartbeat write completed for {ms} ms (disk lost or node stalled)"
+    """The fence deadline passed without a completed heartbeat write."""
+    FOREIGN_WRITER = "another host is writing node {node}'s slot (incarnation {incarnation:x})"
+    DEPOSED = "deposed: term {term} was decided for {master}"
+    """A later term was decided while this node was master."""
+    FORCED_BY_ITSELF = "forced out by itself: a local subsystem did not ack in time"
+    """The master forced itself out (its own subsystem was the non-acker)."""
+    FORCED_BY_MASTER = "forced out by the master (epoch {epoch})"
+    LEAVE_OVERRAN = "graceful leave did not complete within {seconds:.0f} s"
+    """The daemon's stop timeout passed during a graceful leave."""
+    INTERNAL_ERROR = "internal error in thread {thread}: {error}"
+    """A daemon thread crashed (a broken invariant)."""
+    SUSPENDED = ("the host was suspended for {gap:.0f} ms (CLOCK_BOOTTIME ran {gap:.0f} ms ahead of "
+                 "CLOCK_MONOTONIC): its services were frozen and resumed with it, and the other nodes may "
+                 "have declared this node dead meanwhile")
+
+    @property
+    def forced_out(self) -> bool:
+        """The cluster (its master) forced this node out."""
+        return self in (FenceCause.FORCED_BY_ITSELF, FenceCause.FORCED_BY_MASTER)
+
+    def text(self, **fields: object) -> str:
+        return str(self.value).format(**fields)
+
+
+class StopReason(enum.StrEnum):
+    """Why the protocol stopped without a fence (the value is the text)."""
+
+    LEFT = "left"
+    REJECTED = "rejected"
+
+
 @dataclass(frozen=True)
 class Fenced:
     reason: str
+    """For people: ``cause``'s text, filled in."""
+    cause: FenceCause
+
+    @classmethod
+    def because(cls, cause: FenceCause, **fields: object) -> Fenced:
+        return cls(cause.text(**fields), cause)
 
 
 @dataclass(frozen=True)
@@ -141,7 +187,7 @@ class Rejected:
 
 @dataclass(frozen=True)
 class Stopped:
-    reason: str  # "left" or "rejected"
+    reason: StopReason
 
 
 @dataclass(frozen=True)
@@ -193,7 +239,7 @@ class NodeCore:
         self.coordinator: Coordinator | None = None
         self.decision: Decision | None = None
         self.fenced: str | None = None
-        self.stopped: str | None = None
+        self.stopped: StopReason | None = None
         self.started_ms = now_ms
         self.last_ok_ms = now_ms  # a node that never completes a write fences after fence_after
         self.next_cycle_ms = now_ms
@@ -208,7 +254,7 @@ class NodeCore:
         self._view_dirty = False
         self._hurry = False  # run the next cycle as soon as this one completes
         self._pending_log: tuple[str, ...] = ()
-        self.final_write_reason = ""
+        self.final_write_reason: StopReason | None = None
         self.view_log: list[str] = []
         self._takeover_failures = 0
         self._halted = ""  # the last reason a takeover halted (logged once)
@@ -244,12 +290,12 @@ class NodeCore:
         return out
 
     def leave(self, now_ms: float) -> None:
-        """Ask for a graceful leave (SIGTERM).  Completes with Stopped("left")."""
+        """Ask for a graceful leave (SIGTERM).  Completes with Stopped(StopReason.LEFT)."""
         if self.fenced or self.stopped:
             return
         self.desire = Request.LEAVE
         if self.state is NodeState.INACTIVE and not self._in_view():
-            self._finish("left", now_ms)
+            self._finish(StopReason.LEFT, now_ms)
         self._hurry_up(now_ms)
 
     def ack(self, level: int, batch_id: int, now_ms: float) -> None:
@@ -257,16 +303,16 @@ class NodeCore:
             self.acks[level] = batch_id
             self._hurry_up(now_ms)  # tell the master soon
 
-    def fence(self, reason: str) -> None:
+    def fence(self, cause: FenceCause, **fields: object) -> None:
         """Fence for a reason the driver found (another host writing this
         node's slot, a stop that overran its bound, a crashed thread)."""
-        self._fence(reason)
+        self._fence(Fenced.because(cause, **fields))
 
     def tick(self, now_ms: float) -> None:
         """Timer: fence if the deadline has passed."""
         if self.fenced is None and self.stopped is None and now_ms >= self.fence_deadline_ms():
-            self._fence(f"{HEARTBEAT_MISSED} for {self.timing.fence_after_ms - self.timing.io_timeout_ms} ms"
-                        " (disk lost or node stalled)")
+            self._fence(Fenced.because(FenceCause.HEARTBEAT_MISSED,
+                                       ms=self.timing.fence_after_ms - self.timing.io_timeout_ms))
 
     def poll(self, now_ms: float) -> list[Op]:
         """The ops to perform now ([] if nothing is due)."""
@@ -300,7 +346,7 @@ class NodeCore:
         self.in_flight = _Cycle(ops, "final" if self.final_write else "cycle")
         return list(ops)
 
-    def complete(self, now_ms: float, results: Sequence[OpResult]) -> None:
+    def complete(self, now_ms: float, results: Sequence[OpResult[Op]]) -> None:
         cycle, self.in_flight = self.in_flight, None
         if self.fenced or self.stopped:
             return  # results of I/O issued before fencing are of no use now
@@ -345,18 +391,18 @@ class NodeCore:
         m = self.view.member(self.node_id)
         return m is not None and m.incarnation == self.incarnation and m.state is not NodeState.INACTIVE
 
-    def _fence(self, reason: str) -> None:
+    def _fence(self, fence: Fenced) -> None:
         if self.fenced is None:
-            self.fenced = reason
+            self.fenced = fence.reason
             self.in_flight = None
-            self._events.append(Fenced(reason))
+            self._events.append(fence)
 
-    def _stop(self, reason: str, now_ms: float) -> None:
+    def _stop(self, reason: StopReason, now_ms: float) -> None:
         if self.stopped is None:
             self.stopped = reason
             self._events.append(Stopped(reason))
 
-    def _written_back(self, written: SlotRecord, slots_result: OpResult | None) -> bool:
+    def _written_back(self, written: SlotRecord, slots_result: OpResult[Op] | None) -> bool:
         """A heartbeat write counts as completed only if this cycle's read of
         the slot area shows it intact (or that read failed: no evidence
         against it).  A slot that reads back damaged or as another record is
@@ -370,11 +416,11 @@ class NodeCore:
             return False
         return rec.incarnation != self.incarnation or rec.seq == written.seq
 
-    def _complete_cycle(self, now_ms: float, cycle: _Cycle, results: Sequence[OpResult]) -> None:
+    def _complete_cycle(self, now_ms: float, cycle: _Cycle, results: Sequence[OpResult[Op]]) -> None:
         wrote: Lease | None = None
-        slots_result: OpResult | None = None
-        view_result: OpResult | None = None
-        write_result: OpResult | None = None
+        slots_result: OpResult[Op] | None = None
+        view_result: OpResult[Op] | None = None
+        write_result: OpResult[Op] | None = None
         for r in results:
             if isinstance(r.op, WriteSlot):
                 write_result = r
@@ -392,6 +438,7 @@ class NodeCore:
                     return
         if cycle.kind == "final":
             if wrote is not None:
+                assert self.final_write_reason is not None
                 self._stop(self.final_write_reason, now_ms)
             else:
                 self.next_cycle_ms = now_ms + self.timing.fast_poll_ms
@@ -429,7 +476,7 @@ class NodeCore:
             self._undelivered = None
             self._adopt(pending, now_ms, ())
 
-    def _read_slots(self, now_ms: float, slots_result: OpResult, wrote: Lease | None) -> None:
+    def _read_slots(self, now_ms: float, slots_result: OpResult[Op], wrote: Lease | None) -> None:
         """Liveness and the election step from one read of the slot area.
 
         A slot that does not decode (other than never written), or that is
@@ -447,8 +494,8 @@ class NodeCore:
                     and rec.incarnation != self.incarnation and wrote is not None):
                 # We wrote our slot this cycle, yet it shows another
                 # incarnation: another host runs this node.  Both fence.
-                self._fence(f"another host is writing node {self.name_of(self.node_id)}'s slot "
-                            f"(incarnation {rec.incarnation:x})")
+                self._fence(Fenced.because(FenceCause.FOREIGN_WRITER, node=self.name_of(self.node_id),
+                                           incarnation=rec.incarnation))
                 return
             if isinstance(rec, SlotRecord):
                 seen = self.liveness.observe(rec, slots_result.start_ms, slots_result.end_ms)
@@ -531,7 +578,7 @@ class NodeCore:
             # dead, so by the timing rule we must already have stopped.
             self.role = Role.FOLLOWER
             self.coordinator = None
-            self._fence(f"deposed: term {d.term} was decided for {self.name_of(d.master)}")
+            self._fence(Fenced.because(FenceCause.DEPOSED, term=d.term, master=self.name_of(d.master)))
 
     def _reset_view_reads(self) -> None:
         self._views_todo, self._views_read, self._views_lost = [], {}, set()
@@ -542,7 +589,7 @@ class NodeCore:
         self._views_todo = [(first, min(VIEWS_PER_READ, top - first + 1), 0)
                             for first in range(1, top + 1, VIEWS_PER_READ)]
 
-    def _note_views(self, r: OpResult) -> None:
+    def _note_views(self, r: OpResult[Op]) -> None:
         """One chunk of the takeover's view read came back.  A failed chunk
         is split into single pairs, and a pair that keeps failing is given up
         on: it is only a problem if the evidence says it held the newest view."""
@@ -558,7 +605,7 @@ class NodeCore:
         else:
             self._views_todo.append((first, 1, tries + 1))
 
-    def _complete_takeover(self, now_ms: float, results: Sequence[OpResult]) -> None:
+    def _complete_takeover(self, now_ms: float, results: Sequence[OpResult[Op]]) -> None:
         write_r = next((r for r in results if isinstance(r.op, WriteSlot)), None)
         views_r = next((r for r in results if isinstance(r.op, ReadViews)), None)
         slots_r = next(r for r in results if isinstance(r.op, ReadSlots))
@@ -671,7 +718,7 @@ class NodeCore:
             self.force_self_after_write = self.force_self_after_write or out.self_forced
             self._pending_log = self._pending_log + tuple(out.log)
 
-    def _complete_view_write(self, now_ms: float, r: OpResult) -> None:
+    def _complete_view_write(self, now_ms: float, r: OpResult[Op]) -> None:
         assert isinstance(r.op, WriteView)
         self.pending_view_write = None
         if not r.ok:
@@ -708,7 +755,7 @@ class NodeCore:
         log, self._pending_log = self._pending_log, ()
         self._adopt(record, now_ms, log)
         if self.force_self_after_write and not self.fenced:
-            self._fence("forced out by itself: a local subsystem did not ack in time")
+            self._fence(Fenced.because(FenceCause.FORCED_BY_ITSELF))
 
     def _maybe_adopt(self, view: ViewRecord, now_ms: float) -> None:
         """A newer view of our master: it is acted on once our slot says we
@@ -734,7 +781,7 @@ class NodeCore:
         for rej in view.rejections:
             if rej.node_id == self.node_id and rej.incarnation == self.incarnation:
                 self._events.append(Rejected(rej.level, rej.reason))
-                self._finish("rejected", now_ms)
+                self._finish(StopReason.REJECTED, now_ms)
                 return
         new_state = NodeState.INACTIVE
         if me is not None and me.incarnation == self.incarnation:
@@ -742,12 +789,12 @@ class NodeCore:
             if me.state is NodeState.FORCED_LEAVING or (me.state is NodeState.INACTIVE and me.forced):
                 if not (self.role is Role.MASTER and self.force_self_after_write):
                     self._set_state(me.state)
-                    self._fence("forced out by the master (epoch %d)" % view.epoch)
+                    self._fence(Fenced.because(FenceCause.FORCED_BY_MASTER, epoch=view.epoch))
                     return
         self._set_state(new_state)
         if (self.desire is Request.LEAVE and new_state is NodeState.INACTIVE
                 and me is not None and me.incarnation == self.incarnation and not me.forced):
-            self._finish("left", now_ms)
+            self._finish(StopReason.LEFT, now_ms)
             return
         for batch in view.batches:
             if self.node_id not in batch.participants:
@@ -765,7 +812,7 @@ class NodeCore:
             self._events.append(StateChanged(self.state, new))
             self.state = new
 
-    def _finish(self, reason: str, now_ms: float) -> None:
+    def _finish(self, reason: StopReason, now_ms: float) -> None:
         """Leave the protocol: a master first resigns with one last slot write."""
         if self.role is not Role.FOLLOWER:
             self.election.resign()

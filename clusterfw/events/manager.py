@@ -49,8 +49,8 @@ from typing import Any, Iterator
 from clusterfw.client import Client, ClientError, DaemonUnavailable, RequestFailed, Subsystem
 from clusterfw.core import levels
 from clusterfw.exitcodes import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from clusterfw.node.journal import Journal, _stderr_is_journal
-from clusterfw.node.notify import Notifier
+from clusterfw.host.journal import Journal, stderr_is_journal
+from clusterfw.host.notify import Notifier
 from clusterfw.subsystems.base import Notification
 
 from . import record as rec
@@ -85,7 +85,7 @@ class EventManager:
         self.leave_on_stop = leave_on_stop
         self.leave_timeout_s = leave_timeout_s
         self.retry_s = retry_s
-        self.echo = (not _stderr_is_journal()) if echo is None else echo  # events on stdout, not the journal
+        self.echo = (not stderr_is_journal()) if echo is None else echo  # events on stdout, not the journal
         self.observer = "?"
         self.recorded = 0
         self._last_key: tuple[Any, ...] | None = None

@@ -37,7 +37,7 @@ Threads, and the one lock (``_lock``) that guards NodeCore:
 * **fence-timer** calls ``tick`` at ``fence_deadline_ms()`` even while an
   I/O hangs, so the node fences on time whatever the disk does.
 * **suspend-watch** fences at once when the host was suspended (CLOCK_BOOTTIME
-  ran ahead of CLOCK_MONOTONIC, node/sleep.py); the io and fence-timer
+  ran ahead of CLOCK_MONOTONIC, host/clocks.py); the io and fence-timer
   threads look too, every turn.
 * **api** serves the socket (node/api.py) and never waits for the disk:
   the ``locks`` request is answered by the **lock-table** thread
@@ -79,8 +79,8 @@ from clusterfw.core.coordinator import level_state
 from clusterfw.core.dlm import LockMode
 from clusterfw.core.model import NodeConfig, NodeState, Registration, SlotRecord, ViewRecord
 from clusterfw.core.node import (
-    HEARTBEAT_MISSED,
     Event,
+    FenceCause,
     Fenced,
     MasterChanged,
     NodeCore,
@@ -91,11 +91,16 @@ from clusterfw.core.node import (
     Rejected,
     StateChanged,
     Stopped,
+    StopReason,
     ViewAdopted,
     WriteSlot,
     WriteView,
 )
 from clusterfw.exitcodes import EXIT_CONFIG, EXIT_FAILED, EXIT_FENCED, EXIT_OK, EXIT_USAGE
+from clusterfw.host.clocks import SUSPEND_THRESHOLD_MS, SuspendDetector, clock_pair
+from clusterfw.host.journal import Journal
+from clusterfw.host.notify import Notifier
+from clusterfw.host.watchdog import Watchdog
 from clusterfw.ondisk import admin
 from clusterfw.ondisk.blockdev import BlockDevice
 from clusterfw.ondisk.clusterdisk import ClusterDisk
@@ -105,14 +110,10 @@ from clusterfw.subsystems.dlm.service import AREA_READ_BYTES_MAX, DlmService, de
 from clusterfw.subsystems.placeholders import default_subsystems
 
 from . import api, blockcheck, diskio, fencing, protocol
-from .fencing import (FENCE_ACTIONS, Fencer, Watchdog, read_managed_units,
-                      should_feed)
+from .fencing import FENCE_ACTIONS, Fencer, read_managed_units, should_feed
 from .hub import Hub, RegistrationError
 from .integrity import IntegrityTracker, printable
-from .journal import Journal
-from .notify import Notifier
 from .slowreads import LockTableReader
-from .sleep import SUSPEND_THRESHOLD_MS, SuspendDetector, clock_pair
 from .status import add_integrity, render, timing_json
 
 STARTUP_IO_TIMEOUT_MS = 10_000
@@ -551,8 +552,7 @@ class Daemon:
                                               f"start them, or drop the option")
             elif self._leave_deadline is not None and time.monotonic() > self._leave_deadline \
                     and self._fence_reason is None:
-                self._fence(f"graceful leave did not complete within {self.opts.stop_timeout_s:.0f} s",
-                            exit_anyway=True)
+                self._fence_because(FenceCause.LEAVE_OVERRAN, exit_anyway=True, seconds=self.opts.stop_timeout_s)
         return self._shutdown()
 
     def _handle_signal(self, signum: int) -> None:
@@ -610,8 +610,8 @@ class Daemon:
             except BaseException as exc:  # a broken invariant: fence, then crash the daemon
                 self.log.critical(f"thread {threading.current_thread().name} crashed: {type(exc).__name__}: "
                                   f"{exc}")
-                self._fence(f"internal error in thread {threading.current_thread().name}: "
-                            f"{type(exc).__name__}: {exc}", exit_anyway=True)
+                self._fence_because(FenceCause.INTERNAL_ERROR, exit_anyway=True,
+                                    thread=threading.current_thread().name, error=f"{type(exc).__name__}: {exc}")
         return run
 
     def _finish(self, code: int, reason: str) -> None:
@@ -733,8 +733,8 @@ class Daemon:
             f"ANOTHER HOST IS WRITING NODE {self.opts.node}'S SLOT (incarnation {foreign.incarnation:x}, "
             f"seq {foreign.seq}; ours is {self.incarnation:x}): two daemons run node "
             f"'{self.opts.node}'; node names must be unique per host", NODE=self.opts.node)
-        self._fence(f"another host is writing node {self.opts.node}'s slot (incarnation {foreign.incarnation:x})",
-                    exit_anyway=True)
+        self._fence_because(FenceCause.FOREIGN_WRITER, exit_anyway=True, node=self.opts.node,
+                            incarnation=foreign.incarnation)
         return True
 
     def _feed_watchdogs(self) -> None:
@@ -837,16 +837,14 @@ class Daemon:
     def _check_suspend(self) -> bool:
         """Fence at once (and return True) if the host was suspended since
         the last look: its services resumed with it, and the others may
-        have declared this node dead meanwhile (node/sleep.py)."""
+        have declared this node dead meanwhile (host/clocks.py)."""
         detector = self.suspend
         if detector is None or self._fence_reason is not None:
             return self._fence_reason is not None
         gap = detector.check()
         if gap is None:
             return False
-        self._fence(f"the host was suspended for {gap:.0f} ms (CLOCK_BOOTTIME ran {gap:.0f} ms ahead of "
-                    f"CLOCK_MONOTONIC): its services were frozen and resumed with it, and the other nodes may "
-                    f"have declared this node dead meanwhile")
+        self._fence_because(FenceCause.SUSPENDED, gap=gap)
         return True
 
     def _suspend_loop(self) -> None:
@@ -878,7 +876,7 @@ class Daemon:
             if isinstance(ev, Notify):
                 self.hub.deliver(self._notification(ev))
             elif isinstance(ev, Fenced):
-                self._fence(ev.reason)
+                self._fence(ev.reason, cause=ev.cause)
             elif isinstance(ev, MasterChanged):
                 who = "this node" if ev.me else self.names.get(ev.master, f"node{ev.master}")
                 self.log.notice(f"master is {who} (term {ev.term})", TERM=ev.term)
@@ -905,7 +903,7 @@ class Daemon:
                 self._rejected = f"level {ev.level}: {ev.reason}"
                 self.log.error(f"the join was rejected at level {ev.level}: {ev.reason}", LEVEL=ev.level)
             elif isinstance(ev, Stopped):
-                if ev.reason == "left":
+                if ev.reason is StopReason.LEFT:
                     self._finish(EXIT_OK, "left the cluster gracefully")
                 else:
                     self._finish(EXIT_CONFIG, f"join rejected ({self._rejected or ev.reason}): fix the "
@@ -964,7 +962,10 @@ class Daemon:
         self.server.broadcast({"op": "progress", "state": state, "levels": levels, "epoch": epoch}, "watcher")
 
     # ------------------------------------------------------------------ fence
-    def _fence(self, reason: str, exit_anyway: bool = False) -> None:
+    def _fence_because(self, cause: FenceCause, *, exit_anyway: bool = False, **fields: object) -> None:
+        self._fence(cause.text(**fields), exit_anyway, cause)
+
+    def _fence(self, reason: str, exit_anyway: bool = False, cause: FenceCause | None = None) -> None:
         with self._fence_lock:
             if self._fence_reason is not None:
                 return
@@ -974,7 +975,7 @@ class Daemon:
             self.watchdog.fence()
         self._kick.set()
         detail = ""
-        if reason.startswith(HEARTBEAT_MISSED) and self.core is not None:
+        if cause is FenceCause.HEARTBEAT_MISSED and self.core is not None:
             detail = f" ({self._io_diagnosis(diskio.clock_ms(), self.core.fence_deadline_ms())})"
         self.log.critical(f"FENCED: {reason}{detail}", NODE=self.opts.node, TRANSITION="fenced")
         if self.dlm is not None:

@@ -27,27 +27,15 @@ from typing import Collection
 
 import errno
 import mmap
-import time
 from typing import Callable
 
 from clusterfw.core.model import SlotRecord, ViewRecord
 from clusterfw.core.node import Op, OpResult, ReadSlots, ReadView, ReadViews, Unreadable, WriteSlot, WriteView
+from clusterfw.host.clocks import clock_ms
 from clusterfw.ondisk.blockdev import BlockDevice
 from clusterfw.ondisk.clusterdisk import ClusterDisk
 from clusterfw.ondisk.errors import DeviceError, NotWritten
 from clusterfw.ondisk.layout import VIEW_COPIES, VIEW_COPY_BYTES
-
-
-
-def clock_ms() -> float:
-    """The daemon's clock, in milliseconds.
-
-    CLOCK_BOOTTIME rather than CLOCK_MONOTONIC: both never jump, but only
-    BOOTTIME keeps counting while the host is suspended.  A host that was
-    suspended for a minute must see that a minute passed, or it would write a
-    heartbeat after the others declared it dead.
-    """
-    return time.clock_gettime(time.CLOCK_BOOTTIME) * 1000.0
 
 
 class WriteRefused(OSError):
@@ -101,7 +89,7 @@ def read_views(disk: ClusterDisk, first: int, count: int) -> dict[int, ViewRecor
     return out
 
 
-def perform(disk: ClusterDisk, op: Op, configured: Collection[int] | None = None) -> OpResult:
+def perform(disk: ClusterDisk, op: Op, configured: Collection[int] | None = None) -> OpResult[Op]:
     """Carry out one op; never raises for a failed or timed-out I/O.
     ``configured``: the node ids of the node table (see ``_slots_value``)."""
     start = clock_ms()

@@ -16,7 +16,7 @@ Fencing escalates, and every step is bounded in time:
    signal, so the fence then waits, within what is left of the same margin,
    until the units have no process left (``units.wait_dead``), and logs the
    units that still run when it gives up.
-2. **Stop feeding the watchdog.**  The daemon calls ``Watchdog.fence()``
+2. **Stop feeding the watchdog.**  The daemon calls ``Watchdog.fence()`` (host/watchdog.py)
    first of all (before step 1, it costs nothing): from then on ``feed()``
    writes nothing, and the device is never closed with the magic 'V', so
    the hardware resets the host when its timeout expires.  The daemon opens
@@ -41,11 +41,9 @@ and waits until they are dead, at most ``STARTUP_KILL_WAIT_S``.
 from __future__ import annotations
 
 import ctypes
-import fcntl
 import os
 import shutil
 import signal
-import struct
 import subprocess
 import time
 from typing import Callable
@@ -60,51 +58,8 @@ FENCE_STEP_MIN_S = 0.05  # the least: a margin this small would kill every hook 
 STARTUP_KILL_WAIT_S = 10.0  # start-up clean-up: units not dead by then -> refuse to join
 MANAGED_UNITS_FILE = "managed-units"
 MANAGED_UNITS_MAX = 4096
-WDIOC_GETTIMEOUT = 0x80045707
 INIT_PID_NAMESPACE_INODE = 0xEFFFFFFC  # PROC_PID_INIT_INO: the host's PID namespace
 RB_POWER_OFF = 0x4321FEDC  # reboot(2) inside a PID namespace: its init is killed
-
-
-class Watchdog:
-    """A watchdog device (``/dev/watchdog``) fed while the node is healthy."""
-
-    def __init__(self, path: str | None, log: Callable[[str, str], None]) -> None:
-        self.path = path
-        self._log = log
-        self._fd: int | None = None
-        self._fenced = False
-        self.timeout_s: int | None = None
-        if path is not None:
-            self._fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-            try:
-                raw = fcntl.ioctl(self._fd, WDIOC_GETTIMEOUT, struct.pack("i", 0))
-                self.timeout_s = struct.unpack("i", raw)[0]
-            except OSError:
-                self.timeout_s = None  # not a watchdog driver (a file in tests)
-
-    def feed(self) -> None:
-        if self._fd is None or self._fenced:
-            return
-        try:
-            os.write(self._fd, b"\0")
-        except OSError as exc:
-            self._log("error", f"cannot feed the watchdog {self.path}: {exc}")
-
-    def fence(self) -> None:
-        """Stop feeding for good; never disarm."""
-        self._fenced = True
-
-    def close_gracefully(self) -> None:
-        """A graceful stop: disarm with the magic close (unless fenced)."""
-        if self._fd is None:
-            return
-        if not self._fenced:
-            try:
-                os.write(self._fd, b"V")
-            except OSError:
-                pass
-        os.close(self._fd)
-        self._fd = None
 
 
 def read_managed_units(runtime_dir: str) -> list[str]:

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from clusterfw.core.model import NodeConfig, SlotRecord, SuperBlock, ViewRecord
-from clusterfw.core.node import OpResult, ReadSlots, ReadView, ReadViews, WriteSlot, WriteView
+from clusterfw.core.node import Op, OpResult, ReadSlots, ReadView, ReadViews, WriteSlot, WriteView
 from clusterfw.core.text import printable  # the one escaping helper (clusterfw.core.text)
 from clusterfw.ondisk.errors import BlockError, NotWritten
 
@@ -210,7 +210,7 @@ class IntegrityTracker:
             del self._suspect[key]
 
     # -------------------------------------------------------------- inputs
-    def observe_result(self, result: OpResult) -> None:
+    def observe_result(self, result: OpResult[Op]) -> None:
         """One io-thread ``OpResult``: slot reads (a dict of node id ->
         record or Unreadable) and view reads (``ReadView``: a record;
         ``ReadViews``: a dict of node id -> record, Unreadable or a pair of

@@ -32,7 +32,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from clusterfw.core.model import BARRIERS_MAX, SUBSYSTEM_NAME_MAX
+from clusterfw.core.dlm import NAME_MAX_BYTES as LOCK_NAME_BYTES_MAX
+from clusterfw.core.model import BARRIERS_MAX, LEVEL_MAX, SUBSYSTEM_NAME_MAX
 
 VERSION = 1
 MESSAGE_BYTES_MAX = 64 * 1024
@@ -40,11 +41,9 @@ MESSAGE_BYTES_MAX = 64 * 1024
 connection closed: there is no way to find the start of the next one."""
 DEFAULT_RUNTIME_DIR = "/run/clusterfw"
 DEFAULT_SOCKET = DEFAULT_RUNTIME_DIR + "/clusterfw.sock"
-LEVEL_MAX = 0x7FFF  # levels are i16-compatible on disk
 OPS = ("status", "leave", "register", "ack", "lock", "unlock", "locks")
 PRIVILEGED_OPS = frozenset({"leave", "register", "ack", "lock", "unlock"})
 LOCK_MODES = ("exclusive", "shared")
-LOCK_NAME_BYTES_MAX = 48
 LOCK_TIMEOUT_MS_MAX = 365 * 24 * 3600 * 1000
 
 

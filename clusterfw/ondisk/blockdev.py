@@ -95,7 +95,7 @@ class _Worker:
         self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         # Weak, so that an idle worker does not keep its device alive: a
         # device that is dropped without close() is closed by __del__.
-        self._on_finished = weakref.WeakMethod(on_finished)  # type: ignore[arg-type]
+        self._on_finished = weakref.WeakMethod(on_finished)
         self.thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self.thread.start()
 
@@ -211,7 +211,8 @@ class BlockDevice:
             finally:
                 buf.close()
 
-        return self._submit("read", offset, length, run, timeout_ms)
+        data: bytes = self._submit("read", offset, length, run, timeout_ms)
+        return data
 
     def write(self, offset: int, data: bytes | bytearray | memoryview, *, timeout_ms: int | None = None) -> None:
         """Write ``data`` at ``offset`` (whole logical blocks); returns once the

@@ -49,7 +49,7 @@ from __future__ import annotations
 import struct
 import uuid as uuid_module
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 import crc32c as crc32c_module
 
@@ -57,6 +57,7 @@ from clusterfw.core.model import (
     ACKS_MAX,
     BARRIERS_MAX,
     CLUSTER_NAME_MAX,
+    LEVEL_MAX,
     LEVELS_MAX,
     NODE_NAME_MAX,
     NODES_MAX,
@@ -65,6 +66,7 @@ from clusterfw.core.model import (
     STATE_BY_CODE,
     STATE_CODES,
     SUBSYSTEM_NAME_MAX,
+    U64_MAX,
     Batch,
     BatchEntry,
     Kind,
@@ -109,8 +111,6 @@ FORMAT_VERSION = 1  # on-disk format: bump on any change to this module or layou
 U8_MAX = 0xFF
 U16_MAX = 0xFFFF
 U32_MAX = 0xFFFF_FFFF
-U64_MAX = 0xFFFF_FFFF_FFFF_FFFF
-LEVEL_MAX = 0x7FFF  # levels are u16 on disk but must fit the i16 cursor/top_level
 VIEW_REJECTIONS_MAX = 32  # not (yet) a model limit; bounds the view's rejection list
 UUID_BYTES = 16
 
@@ -259,7 +259,7 @@ def uuid_text(raw: bytes) -> str:
 # Encode-side checks.  Each raises ValueError naming the field; the decoder
 # runs the same checks on what it decoded.
 
-def _check_int(value: Any, low: int, high: int, name: str) -> int:
+def check_int(value: Any, low: int, high: int, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{name}={value!r}: must be an integer in {low}..{high}")
     if not low <= value <= high:
@@ -278,7 +278,7 @@ def _check_count(items: Sequence[Any], limit: int, name: str, limit_name: str) -
         raise ValueError(f"{name}: {len(items)} entries, the limit is {limit_name}={limit}")
 
 
-def _encode_text(value: Any, name: str, max_bytes: int, min_bytes: int) -> bytes:
+def encode_text(value: Any, name: str, max_bytes: int, min_bytes: int) -> bytes:
     if not isinstance(value, str):
         raise ValueError(f"{name}={value!r}: must be a str")
     try:
@@ -290,7 +290,7 @@ def _encode_text(value: Any, name: str, max_bytes: int, min_bytes: int) -> bytes
     return STRING_LENGTH.pack(len(raw)) + raw
 
 
-def _check_uuid(value: Any, name: str = "cluster_uuid") -> bytes:
+def check_uuid(value: Any, name: str = "cluster_uuid") -> bytes:
     if not isinstance(value, (bytes, bytearray)) or len(value) != UUID_BYTES:
         raise ValueError(f"{name}={value!r}: must be {UUID_BYTES} raw bytes (uuid.UUID(...).bytes)")
     return bytes(value)
@@ -300,7 +300,7 @@ def _check_barriers(value: Any, name: str) -> tuple[int, int, int]:
     if not isinstance(value, (tuple, list)) or len(value) != 3:
         raise ValueError(f"{name}={value!r}: must be a tuple of 3 barrier counts (join, leave, forced)")
     for index, count in enumerate(value):
-        _check_int(count, 0, BARRIERS_MAX, f"{name}[{index}]")
+        check_int(count, 0, BARRIERS_MAX, f"{name}[{index}]")
     return (value[0], value[1], value[2])
 
 
@@ -322,34 +322,34 @@ def _check_unique(keys: Sequence[Any], name: str, key_name: str) -> None:
 def check_superblock(sb: SuperBlock) -> None:
     if not isinstance(sb, SuperBlock):
         raise ValueError(f"expected a SuperBlock, got {type(sb).__name__}")
-    _encode_text(sb.cluster_name, "SuperBlock.cluster_name", CLUSTER_NAME_MAX, 1)
-    _check_uuid(sb.cluster_uuid, "SuperBlock.cluster_uuid")
+    encode_text(sb.cluster_name, "SuperBlock.cluster_name", CLUSTER_NAME_MAX, 1)
+    check_uuid(sb.cluster_uuid, "SuperBlock.cluster_uuid")
     if sb.block_size not in BLOCK_SIZES_BYTES:
         raise ValueError(f"SuperBlock.block_size={sb.block_size!r}: must be 512 or 4096")
-    _check_int(sb.nodes_max, 1, NODES_MAX, "SuperBlock.nodes_max")
-    _check_int(sb.heartbeat_interval_ms, 1, U32_MAX, "SuperBlock.heartbeat_interval_ms")
-    _check_int(sb.io_timeout_ms, 1, U32_MAX, "SuperBlock.io_timeout_ms")
-    _check_int(sb.created_at_s, 0, U64_MAX, "SuperBlock.created_at_s")
+    check_int(sb.nodes_max, 1, NODES_MAX, "SuperBlock.nodes_max")
+    check_int(sb.heartbeat_interval_ms, 1, U32_MAX, "SuperBlock.heartbeat_interval_ms")
+    check_int(sb.io_timeout_ms, 1, U32_MAX, "SuperBlock.io_timeout_ms")
+    check_int(sb.created_at_s, 0, U64_MAX, "SuperBlock.created_at_s")
 
 
 def check_node_config(cfg: NodeConfig) -> None:
     if not isinstance(cfg, NodeConfig):
         raise ValueError(f"expected a NodeConfig, got {type(cfg).__name__}")
-    _check_int(cfg.node_id, 1, NODES_MAX, "NodeConfig.node_id")
-    _encode_text(cfg.name, "NodeConfig.name", NODE_NAME_MAX, 1)
-    _check_int(cfg.incarnation, 0, U64_MAX, "NodeConfig.incarnation")
+    check_int(cfg.node_id, 1, NODES_MAX, "NodeConfig.node_id")
+    encode_text(cfg.name, "NodeConfig.name", NODE_NAME_MAX, 1)
+    check_int(cfg.incarnation, 0, U64_MAX, "NodeConfig.incarnation")
 
 
 def check_slot(rec: SlotRecord) -> None:
     if not isinstance(rec, SlotRecord):
         raise ValueError(f"expected a SlotRecord, got {type(rec).__name__}")
-    _check_int(rec.node_id, 1, NODES_MAX, "SlotRecord.node_id")
-    _check_int(rec.incarnation, 0, U64_MAX, "SlotRecord.incarnation")
-    _check_int(rec.seq, 0, U64_MAX, "SlotRecord.seq")
+    check_int(rec.node_id, 1, NODES_MAX, "SlotRecord.node_id")
+    check_int(rec.incarnation, 0, U64_MAX, "SlotRecord.incarnation")
+    check_int(rec.seq, 0, U64_MAX, "SlotRecord.seq")
     if not isinstance(rec.timing, Timing):
         raise ValueError(f"SlotRecord.timing={rec.timing!r}: must be a Timing")
     for name in _TIMING_FIELDS:
-        _check_int(getattr(rec.timing, name), 0, U32_MAX, f"SlotRecord.timing.{name}")
+        check_int(getattr(rec.timing, name), 0, U32_MAX, f"SlotRecord.timing.{name}")
     try:
         Request(rec.request)
     except (ValueError, TypeError):
@@ -357,22 +357,22 @@ def check_slot(rec: SlotRecord) -> None:
     lease = rec.lease
     if not isinstance(lease, Lease):
         raise ValueError(f"SlotRecord.lease={lease!r}: must be a Lease")
-    _check_int(lease.term, 0, U64_MAX, "SlotRecord.lease.term")
-    _check_int(lease.mbal, 0, U64_MAX, "SlotRecord.lease.mbal")
-    _check_int(lease.bal, 0, U64_MAX, "SlotRecord.lease.bal")
-    _check_int(lease.inp, 0, NODES_MAX, "SlotRecord.lease.inp")
-    _check_int(lease.inp_incarnation, 0, U64_MAX, "SlotRecord.lease.inp_incarnation")
-    _check_int(lease.committed_term, 0, U64_MAX, "SlotRecord.lease.committed_term")
-    _check_int(lease.master, 0, NODES_MAX, "SlotRecord.lease.master")
-    _check_int(lease.master_incarnation, 0, U64_MAX, "SlotRecord.lease.master_incarnation")
+    check_int(lease.term, 0, U64_MAX, "SlotRecord.lease.term")
+    check_int(lease.mbal, 0, U64_MAX, "SlotRecord.lease.mbal")
+    check_int(lease.bal, 0, U64_MAX, "SlotRecord.lease.bal")
+    check_int(lease.inp, 0, NODES_MAX, "SlotRecord.lease.inp")
+    check_int(lease.inp_incarnation, 0, U64_MAX, "SlotRecord.lease.inp_incarnation")
+    check_int(lease.committed_term, 0, U64_MAX, "SlotRecord.lease.committed_term")
+    check_int(lease.master, 0, NODES_MAX, "SlotRecord.lease.master")
+    check_int(lease.master_incarnation, 0, U64_MAX, "SlotRecord.lease.master_incarnation")
     _check_bool(lease.resigned, "SlotRecord.lease.resigned")
     _check_count(rec.registrations, REGISTRATIONS_MAX, "SlotRecord.registrations", "REGISTRATIONS_MAX")
     for index, reg in enumerate(rec.registrations):
         name = f"SlotRecord.registrations[{index}]"
         if not isinstance(reg, Registration):
             raise ValueError(f"{name}={reg!r}: must be a Registration")
-        _check_int(reg.level, 0, LEVEL_MAX, f"{name}.level")
-        _encode_text(reg.name, f"{name}.name", SUBSYSTEM_NAME_MAX, 1)
+        check_int(reg.level, 0, LEVEL_MAX, f"{name}.level")
+        encode_text(reg.name, f"{name}.name", SUBSYSTEM_NAME_MAX, 1)
         _check_barriers(reg.barriers, f"{name}.barriers")
     _check_count(rec.acks, ACKS_MAX, "SlotRecord.acks", "ACKS_MAX")
     previous_level = -1
@@ -380,26 +380,26 @@ def check_slot(rec: SlotRecord) -> None:
         name = f"SlotRecord.acks[{index}]"
         if not isinstance(ack, (tuple, list)) or len(ack) != 2:
             raise ValueError(f"{name}={ack!r}: must be a (level, batch_id) pair")
-        level = _check_int(ack[0], 0, LEVEL_MAX, f"{name}.level")
-        _check_int(ack[1], 0, U64_MAX, f"{name}.batch_id")
+        level = check_int(ack[0], 0, LEVEL_MAX, f"{name}.level")
+        check_int(ack[1], 0, U64_MAX, f"{name}.batch_id")
         if level <= previous_level:
             raise ValueError(f"{name}.level={level}: acks must be sorted by level, one per level")
         previous_level = level
-    _check_int(rec.seen_epoch, 0, U64_MAX, "SlotRecord.seen_epoch")
+    check_int(rec.seen_epoch, 0, U64_MAX, "SlotRecord.seen_epoch")
 
 
 def check_view(rec: ViewRecord) -> None:
     if not isinstance(rec, ViewRecord):
         raise ValueError(f"expected a ViewRecord, got {type(rec).__name__}")
-    _check_int(rec.node_id, 1, NODES_MAX, "ViewRecord.node_id")
+    check_int(rec.node_id, 1, NODES_MAX, "ViewRecord.node_id")
     for name in ("incarnation", "seq", "term", "epoch", "next_batch_id"):
-        _check_int(getattr(rec, name), 0, U64_MAX, f"ViewRecord.{name}")
+        check_int(getattr(rec, name), 0, U64_MAX, f"ViewRecord.{name}")
     _check_count(rec.levels, LEVELS_MAX, "ViewRecord.levels", "LEVELS_MAX")
     for index, spec in enumerate(rec.levels):
         name = f"ViewRecord.levels[{index}]"
         if not isinstance(spec, LevelSpec):
             raise ValueError(f"{name}={spec!r}: must be a LevelSpec")
-        _check_int(spec.level, 0, LEVEL_MAX, f"{name}.level")
+        check_int(spec.level, 0, LEVEL_MAX, f"{name}.level")
         _check_barriers(spec.barriers, f"{name}.barriers")
     _check_unique([s.level for s in rec.levels], "ViewRecord.levels", "level")
     _check_count(rec.members, NODES_MAX, "ViewRecord.members", "NODES_MAX")
@@ -407,15 +407,15 @@ def check_view(rec: ViewRecord) -> None:
         name = f"ViewRecord.members[{index}]"
         if not isinstance(member, MemberEntry):
             raise ValueError(f"{name}={member!r}: must be a MemberEntry")
-        _check_int(member.node_id, 1, NODES_MAX, f"{name}.node_id")
-        _check_int(member.incarnation, 0, U64_MAX, f"{name}.incarnation")
+        check_int(member.node_id, 1, NODES_MAX, f"{name}.node_id")
+        check_int(member.incarnation, 0, U64_MAX, f"{name}.incarnation")
         if not isinstance(member.state, NodeState):
             raise ValueError(f"{name}.state={member.state!r}: must be a NodeState")
         if member.kind is not None:
             _check_kind(member.kind, f"{name}.kind")
-        _check_int(member.cursor, -1, LEVEL_MAX, f"{name}.cursor")
-        _check_int(member.barrier, 0, BARRIERS_MAX, f"{name}.barrier")
-        _check_int(member.top_level, -1, LEVEL_MAX, f"{name}.top_level")
+        check_int(member.cursor, -1, LEVEL_MAX, f"{name}.cursor")
+        check_int(member.barrier, 0, BARRIERS_MAX, f"{name}.barrier")
+        check_int(member.top_level, -1, LEVEL_MAX, f"{name}.top_level")
         _check_bool(member.forced, f"{name}.forced")
         _check_bool(member.ready, f"{name}.ready")
         _check_bool(member.leave_requested, f"{name}.leave_requested")
@@ -425,29 +425,29 @@ def check_view(rec: ViewRecord) -> None:
         name = f"ViewRecord.batches[{index}]"
         if not isinstance(batch, Batch):
             raise ValueError(f"{name}={batch!r}: must be a Batch")
-        _check_int(batch.level, 0, LEVEL_MAX, f"{name}.level")
-        _check_int(batch.batch_id, 0, U64_MAX, f"{name}.batch_id")
+        check_int(batch.level, 0, LEVEL_MAX, f"{name}.level")
+        check_int(batch.batch_id, 0, U64_MAX, f"{name}.batch_id")
         _check_count(batch.entries, NODES_MAX, f"{name}.entries", "NODES_MAX")
         for entry_index, entry in enumerate(batch.entries):
             entry_name = f"{name}.entries[{entry_index}]"
             if not isinstance(entry, BatchEntry):
                 raise ValueError(f"{entry_name}={entry!r}: must be a BatchEntry")
-            _check_int(entry.node_id, 1, NODES_MAX, f"{entry_name}.node_id")
+            check_int(entry.node_id, 1, NODES_MAX, f"{entry_name}.node_id")
             _check_kind(entry.kind, f"{entry_name}.kind")
-            _check_int(entry.barrier, 0, BARRIERS_MAX, f"{entry_name}.barrier")
+            check_int(entry.barrier, 0, BARRIERS_MAX, f"{entry_name}.barrier")
         _check_count(batch.participants, NODES_MAX, f"{name}.participants", "NODES_MAX")
         for participant_index, node_id in enumerate(batch.participants):
-            _check_int(node_id, 1, NODES_MAX, f"{name}.participants[{participant_index}]")
+            check_int(node_id, 1, NODES_MAX, f"{name}.participants[{participant_index}]")
     _check_unique([b.level for b in rec.batches], "ViewRecord.batches", "level")
     _check_count(rec.rejections, VIEW_REJECTIONS_MAX, "ViewRecord.rejections", "VIEW_REJECTIONS_MAX")
     for index, rejection in enumerate(rec.rejections):
         name = f"ViewRecord.rejections[{index}]"
         if not isinstance(rejection, Rejection):
             raise ValueError(f"{name}={rejection!r}: must be a Rejection")
-        _check_int(rejection.node_id, 1, NODES_MAX, f"{name}.node_id")
-        _check_int(rejection.incarnation, 0, U64_MAX, f"{name}.incarnation")
-        _check_int(rejection.level, 0, LEVEL_MAX, f"{name}.level")
-        _encode_text(rejection.reason, f"{name}.reason", REASON_MAX, 0)
+        check_int(rejection.node_id, 1, NODES_MAX, f"{name}.node_id")
+        check_int(rejection.incarnation, 0, U64_MAX, f"{name}.incarnation")
+        check_int(rejection.level, 0, LEVEL_MAX, f"{name}.level")
+        encode_text(rejection.reason, f"{name}.reason", REASON_MAX, 0)
 
 
 def check_area_header(header: AreaHeader) -> None:
@@ -457,8 +457,8 @@ def check_area_header(header: AreaHeader) -> None:
         AreaKind(header.kind)
     except (ValueError, TypeError):
         raise ValueError(f"AreaHeader.kind={header.kind!r}: must be an AreaKind") from None
-    _check_int(header.area_version, 0, U16_MAX, "AreaHeader.area_version")
-    _check_int(header.size_bytes, 0, U64_MAX, "AreaHeader.size_bytes")
+    check_int(header.area_version, 0, U16_MAX, "AreaHeader.area_version")
+    check_int(header.size_bytes, 0, U64_MAX, "AreaHeader.size_bytes")
 
 
 _TIMING_FIELDS = ("heartbeat_interval_ms", "io_timeout_ms", "fence_after_ms", "dead_after_ms",
@@ -468,7 +468,7 @@ _TIMING_FIELDS = ("heartbeat_interval_ms", "io_timeout_ms", "fence_after_ms", "d
 # --------------------------------------------------------------------------
 # The common header.
 
-def _seal(kind: RecordKind, cluster_uuid: bytes, node_id: int, incarnation: int, seq: int,
+def seal(kind: RecordKind, cluster_uuid: bytes, node_id: int, incarnation: int, seq: int,
           payload: bytes) -> bytes:
     """Prefix ``payload`` with the common header and its checksum."""
     total = HEADER_BYTES + len(payload)
@@ -518,7 +518,7 @@ def read_header(kind: RecordKind, buf: bytes | bytearray | memoryview, *,
     return header, buf[HEADER_BYTES:HEADER_BYTES + payload_bytes]
 
 
-class _Reader:
+class Reader:
     """Bounds-checked sequential reads from a payload; overruns raise
     ``BadPayload``."""
 
@@ -529,7 +529,7 @@ class _Reader:
         self.pos = 0
         self.what = what
 
-    def take(self, layout: struct.Struct, field_name: str) -> tuple:
+    def take(self, layout: struct.Struct, field_name: str) -> tuple[Any, ...]:
         end = self.pos + layout.size
         if end > len(self.buf):
             raise BadPayload(f"{self.what}: payload ends inside {field_name}", self.what)
@@ -555,7 +555,9 @@ class _Reader:
                              self.what)
 
 
-def _decoded(kind: RecordKind, build: Callable[[], Any], check: Callable[[Any], None]) -> Any:
+RecordT = TypeVar("RecordT")
+
+def decoded(kind: RecordKind, build: Callable[[], RecordT], check: Callable[[RecordT], None]) -> RecordT:
     """Run ``build`` (payload parsing) and ``check`` (the encoder's checks) and
     turn any ValueError into ``BadPayload``."""
     try:
@@ -582,15 +584,15 @@ def encode_superblock(sb: SuperBlock) -> bytes:
     layout = Layout(sb.block_size, sb.nodes_max)
     payload = SUPERBLOCK_FIXED.pack(sb.block_size, sb.nodes_max, 0, sb.heartbeat_interval_ms,
                                     sb.io_timeout_ms, sb.created_at_s, layout.total_bytes)
-    payload += _encode_text(sb.cluster_name, "SuperBlock.cluster_name", CLUSTER_NAME_MAX, 1)
-    return _seal(SUPERBLOCK, bytes(sb.cluster_uuid), 0, 0, 1, payload)
+    payload += encode_text(sb.cluster_name, "SuperBlock.cluster_name", CLUSTER_NAME_MAX, 1)
+    return seal(SUPERBLOCK, bytes(sb.cluster_uuid), 0, 0, 1, payload)
 
 
 def decode_superblock(buf: bytes | bytearray | memoryview, *, cluster_uuid: bytes | None = None) -> SuperBlock:
     header, payload = read_header(SUPERBLOCK, buf, cluster_uuid=cluster_uuid, node_id=0)
 
     def build() -> SuperBlock:
-        reader = _Reader(payload, SUPERBLOCK.name)
+        reader = Reader(payload, SUPERBLOCK.name)
         (block_size, nodes_max, _reserved, heartbeat_interval_ms, io_timeout_ms, created_at_s,
          layout_total_bytes) = reader.take(SUPERBLOCK_FIXED, "fixed fields")
         name = reader.text("cluster_name")
@@ -605,7 +607,7 @@ def decode_superblock(buf: bytes | bytearray | memoryview, *, cluster_uuid: byte
                              f"{block_size}-byte blocks and {nodes_max} nodes has {expected_total}")
         return sb
 
-    return _decoded(SUPERBLOCK, build, check_superblock)
+    return decoded(SUPERBLOCK, build, check_superblock)
 
 
 # --------------------------------------------------------------------------
@@ -613,9 +615,9 @@ def decode_superblock(buf: bytes | bytearray | memoryview, *, cluster_uuid: byte
 
 def encode_node_config(cfg: NodeConfig, cluster_uuid: bytes) -> bytes:
     check_node_config(cfg)
-    cluster_uuid = _check_uuid(cluster_uuid)
-    payload = _encode_text(cfg.name, "NodeConfig.name", NODE_NAME_MAX, 1)
-    return _seal(NODE_CONFIG, cluster_uuid, cfg.node_id, cfg.incarnation, 1, payload)
+    cluster_uuid = check_uuid(cluster_uuid)
+    payload = encode_text(cfg.name, "NodeConfig.name", NODE_NAME_MAX, 1)
+    return seal(NODE_CONFIG, cluster_uuid, cfg.node_id, cfg.incarnation, 1, payload)
 
 
 def decode_node_config(buf: bytes | bytearray | memoryview, *, cluster_uuid: bytes | None = None,
@@ -623,12 +625,12 @@ def decode_node_config(buf: bytes | bytearray | memoryview, *, cluster_uuid: byt
     header, payload = read_header(NODE_CONFIG, buf, cluster_uuid=cluster_uuid, node_id=node_id)
 
     def build() -> NodeConfig:
-        reader = _Reader(payload, NODE_CONFIG.name)
+        reader = Reader(payload, NODE_CONFIG.name)
         name = reader.text("name")
         reader.finish()
         return NodeConfig(node_id=header.node_id, name=name, incarnation=header.incarnation)
 
-    return _decoded(NODE_CONFIG, build, check_node_config)
+    return decoded(NODE_CONFIG, build, check_node_config)
 
 
 # --------------------------------------------------------------------------
@@ -636,7 +638,7 @@ def decode_node_config(buf: bytes | bytearray | memoryview, *, cluster_uuid: byt
 
 def encode_slot(rec: SlotRecord, cluster_uuid: bytes) -> bytes:
     check_slot(rec)
-    cluster_uuid = _check_uuid(cluster_uuid)
+    cluster_uuid = check_uuid(cluster_uuid)
     timing, lease = rec.timing, rec.lease
     lease_flags = LEASE_RESIGNED if lease.resigned else 0
     parts = [SLOT_FIXED.pack(
@@ -647,10 +649,10 @@ def encode_slot(rec: SlotRecord, cluster_uuid: bytes) -> bytes:
         len(rec.registrations), len(rec.acks))]
     for index, reg in enumerate(rec.registrations):
         parts.append(REGISTRATION.pack(reg.level, *reg.barriers))
-        parts.append(_encode_text(reg.name, f"SlotRecord.registrations[{index}].name", SUBSYSTEM_NAME_MAX, 1))
+        parts.append(encode_text(reg.name, f"SlotRecord.registrations[{index}].name", SUBSYSTEM_NAME_MAX, 1))
     for level, batch_id in rec.acks:
         parts.append(ACK.pack(level, batch_id))
-    return _seal(SLOT, cluster_uuid, rec.node_id, rec.incarnation, rec.seq, b"".join(parts))
+    return seal(SLOT, cluster_uuid, rec.node_id, rec.incarnation, rec.seq, b"".join(parts))
 
 
 def decode_slot(buf: bytes | bytearray | memoryview, *, cluster_uuid: bytes | None = None,
@@ -658,7 +660,7 @@ def decode_slot(buf: bytes | bytearray | memoryview, *, cluster_uuid: bytes | No
     header, payload = read_header(SLOT, buf, cluster_uuid=cluster_uuid, node_id=node_id)
 
     def build() -> SlotRecord:
-        reader = _Reader(payload, SLOT.name)
+        reader = Reader(payload, SLOT.name)
         (heartbeat_interval_ms, io_timeout_ms, fence_after_ms, dead_after_ms, transition_timeout_ms,
          fast_poll_ms, request, term, mbal, bal, inp, inp_incarnation, committed_term, master,
          master_incarnation, lease_flags, seen_epoch, registration_count,
@@ -685,7 +687,7 @@ def decode_slot(buf: bytes | bytearray | memoryview, *, cluster_uuid: bytes | No
                         resigned=bool(lease_flags & LEASE_RESIGNED)),
             registrations=tuple(registrations), acks=acks, seen_epoch=seen_epoch)
 
-    return _decoded(SLOT, build, check_slot)
+    return decoded(SLOT, build, check_slot)
 
 
 # --------------------------------------------------------------------------
@@ -693,7 +695,7 @@ def decode_slot(buf: bytes | bytearray | memoryview, *, cluster_uuid: bytes | No
 
 def encode_view(rec: ViewRecord, cluster_uuid: bytes) -> bytes:
     check_view(rec)
-    cluster_uuid = _check_uuid(cluster_uuid)
+    cluster_uuid = check_uuid(cluster_uuid)
     parts = [VIEW_FIXED.pack(rec.term, rec.epoch, rec.next_batch_id, len(rec.levels), len(rec.members),
                              len(rec.batches), len(rec.rejections))]
     for spec in rec.levels:
@@ -711,8 +713,8 @@ def encode_view(rec: ViewRecord, cluster_uuid: bytes) -> bytes:
         parts.append(struct.pack(f"<{len(batch.participants)}H", *batch.participants))
     for index, rejection in enumerate(rec.rejections):
         parts.append(REJECTION.pack(rejection.node_id, rejection.incarnation, rejection.level))
-        parts.append(_encode_text(rejection.reason, f"ViewRecord.rejections[{index}].reason", REASON_MAX, 0))
-    return _seal(VIEW, cluster_uuid, rec.node_id, rec.incarnation, rec.seq, b"".join(parts))
+        parts.append(encode_text(rejection.reason, f"ViewRecord.rejections[{index}].reason", REASON_MAX, 0))
+    return seal(VIEW, cluster_uuid, rec.node_id, rec.incarnation, rec.seq, b"".join(parts))
 
 
 def _kind_or_none(code: int) -> Kind | None:
@@ -724,7 +726,7 @@ def decode_view(buf: bytes | bytearray | memoryview, *, cluster_uuid: bytes | No
     header, payload = read_header(VIEW, buf, cluster_uuid=cluster_uuid, node_id=node_id)
 
     def build() -> ViewRecord:
-        reader = _Reader(payload, VIEW.name)
+        reader = Reader(payload, VIEW.name)
         (term, epoch, next_batch_id, level_count, member_count, batch_count,
          rejection_count) = reader.take(VIEW_FIXED, "fixed fields")
         for count, limit, name in ((level_count, LEVELS_MAX, "levels"), (member_count, NODES_MAX, "members"),
@@ -771,7 +773,7 @@ def decode_view(buf: bytes | bytearray | memoryview, *, cluster_uuid: bytes | No
                           epoch=epoch, next_batch_id=next_batch_id, levels=tuple(levels), members=tuple(members),
                           batches=tuple(batches), rejections=tuple(rejections))
 
-    return _decoded(VIEW, build, check_view)
+    return decoded(VIEW, build, check_view)
 
 
 # --------------------------------------------------------------------------
@@ -779,9 +781,9 @@ def decode_view(buf: bytes | bytearray | memoryview, *, cluster_uuid: bytes | No
 
 def encode_area_header(header: AreaHeader, cluster_uuid: bytes) -> bytes:
     check_area_header(header)
-    cluster_uuid = _check_uuid(cluster_uuid)
+    cluster_uuid = check_uuid(cluster_uuid)
     payload = AREA_FIXED.pack(int(header.kind), header.area_version, header.size_bytes)
-    return _seal(AREA_HEADER, cluster_uuid, 0, 0, 1, payload)
+    return seal(AREA_HEADER, cluster_uuid, 0, 0, 1, payload)
 
 
 def decode_area_header(buf: bytes | bytearray | memoryview, *, cluster_uuid: bytes | None = None,
@@ -789,7 +791,7 @@ def decode_area_header(buf: bytes | bytearray | memoryview, *, cluster_uuid: byt
     _header, payload = read_header(AREA_HEADER, buf, cluster_uuid=cluster_uuid, node_id=0)
 
     def build() -> AreaHeader:
-        reader = _Reader(payload, AREA_HEADER.name)
+        reader = Reader(payload, AREA_HEADER.name)
         kind_code, area_version, size_bytes = reader.take(AREA_FIXED, "fixed fields")
         reader.finish()
         found = AreaKind(kind_code)
@@ -797,7 +799,7 @@ def decode_area_header(buf: bytes | bytearray | memoryview, *, cluster_uuid: byt
             raise ValueError(f"the area at this position holds kind {found.name}, expected {AreaKind(kind).name}")
         return AreaHeader(kind=found, area_version=area_version, size_bytes=size_bytes)
 
-    return _decoded(AREA_HEADER, build, check_area_header)
+    return decoded(AREA_HEADER, build, check_area_header)
 
 
 def pad_to(data: bytes, multiple: int) -> bytes:

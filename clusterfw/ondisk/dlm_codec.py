@@ -39,7 +39,7 @@ import struct
 from typing import Any, Mapping
 
 from clusterfw.core.dlm import NAME_MAX_BYTES, EntryState, LockEntry, LockMode
-from clusterfw.core.model import NODES_MAX
+from clusterfw.core.model import NODES_MAX, U64_MAX
 from clusterfw.core.node import Unreadable
 
 from . import codec
@@ -62,29 +62,29 @@ def check_lock_entry(entry: Any) -> None:
     """The encoder's checks (the decoder runs them on what it decoded)."""
     if not isinstance(entry, LockEntry):
         raise ValueError(f"expected a LockEntry, got {type(entry).__name__}")
-    codec._check_int(entry.node_id, 1, NODES_MAX, "LockEntry.node_id")
-    codec._check_int(entry.incarnation, 0, codec.U64_MAX, "LockEntry.incarnation")
-    codec._check_int(entry.seq, 0, codec.U64_MAX, "LockEntry.seq")
-    codec._check_int(entry.stripe, 0, STRIPE_MAX, "LockEntry.stripe")
+    codec.check_int(entry.node_id, 1, NODES_MAX, "LockEntry.node_id")
+    codec.check_int(entry.incarnation, 0, U64_MAX, "LockEntry.incarnation")
+    codec.check_int(entry.seq, 0, U64_MAX, "LockEntry.seq")
+    codec.check_int(entry.stripe, 0, STRIPE_MAX, "LockEntry.stripe")
     if not isinstance(entry.state, EntryState):
         raise ValueError(f"LockEntry.state={entry.state!r}: must be an EntryState")
     if not isinstance(entry.mode, LockMode):
         raise ValueError(f"LockEntry.mode={entry.mode!r}: must be a LockMode")
-    codec._check_int(entry.ticket, 0, codec.U64_MAX, "LockEntry.ticket")
-    codec._check_int(entry.token, 0, codec.U64_MAX, "LockEntry.token")
-    codec._check_int(entry.stamp_ms, 0, codec.U64_MAX, "LockEntry.stamp_ms")
-    codec._check_int(entry.owner, 0, codec.U32_MAX, "LockEntry.owner")
+    codec.check_int(entry.ticket, 0, U64_MAX, "LockEntry.ticket")
+    codec.check_int(entry.token, 0, U64_MAX, "LockEntry.token")
+    codec.check_int(entry.stamp_ms, 0, U64_MAX, "LockEntry.stamp_ms")
+    codec.check_int(entry.owner, 0, codec.U32_MAX, "LockEntry.owner")
     minimum = 0 if entry.state is EntryState.FREE else 1
-    codec._encode_text(entry.name, "LockEntry.name", NAME_MAX_BYTES, minimum)
+    codec.encode_text(entry.name, "LockEntry.name", NAME_MAX_BYTES, minimum)
 
 
 def encode_lock_entry(entry: LockEntry, cluster_uuid: bytes) -> bytes:
     check_lock_entry(entry)
-    cluster_uuid = codec._check_uuid(cluster_uuid)
+    cluster_uuid = codec.check_uuid(cluster_uuid)
     payload = LOCK_ENTRY_FIXED.pack(entry.stripe, int(entry.state), int(entry.mode), 0, entry.ticket, entry.token,
                                     entry.stamp_ms, entry.owner)
-    payload += codec._encode_text(entry.name, "LockEntry.name", NAME_MAX_BYTES, 0)
-    return codec._seal(LOCK_ENTRY, cluster_uuid, entry.node_id, entry.incarnation, entry.seq, payload)
+    payload += codec.encode_text(entry.name, "LockEntry.name", NAME_MAX_BYTES, 0)
+    return codec.seal(LOCK_ENTRY, cluster_uuid, entry.node_id, entry.incarnation, entry.seq, payload)
 
 
 def decode_lock_entry(buf: bytes | bytearray | memoryview, *, cluster_uuid: bytes | None = None,
@@ -94,7 +94,7 @@ def decode_lock_entry(buf: bytes | bytearray | memoryview, *, cluster_uuid: byte
     header, payload = codec.read_header(LOCK_ENTRY, buf, cluster_uuid=cluster_uuid, node_id=node_id)
 
     def build() -> LockEntry:
-        reader = codec._Reader(payload, LOCK_ENTRY.name)
+        reader = codec.Reader(payload, LOCK_ENTRY.name)
         record_stripe, state, mode, reserved, ticket, token, stamp_ms, owner = reader.take(LOCK_ENTRY_FIXED,
                                                                                           "fixed fields")
         name = reader.text("name")
@@ -108,7 +108,8 @@ def decode_lock_entry(buf: bytes | bytearray | memoryview, *, cluster_uuid: byte
             raise ValueError(f"entry of stripe {record_stripe} in the position of stripe {stripe} (misplaced)")
         return entry
 
-    return codec._decoded(LOCK_ENTRY, build, check_lock_entry)
+    decoded: LockEntry = codec.decoded(LOCK_ENTRY, build, check_lock_entry)  # the check takes anything
+    return decoded
 
 
 def entry_bytes(entry: LockEntry, cluster_uuid: bytes, layout: Layout) -> tuple[int, bytes]:

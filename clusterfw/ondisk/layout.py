@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
 from clusterfw.core.model import NODES_MAX, SuperBlock
 
@@ -150,7 +151,8 @@ class Layout:
                 f"block_size_bytes={self.block_size_bytes}: the logical block size must be 512 or 4096")
         if not 1 <= self.nodes_max <= NODES_MAX:
             raise ValueError(f"nodes_max={self.nodes_max}: must be 1..{NODES_MAX}")
-        put = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
+        def put(name: str, value: int) -> None:
+            object.__setattr__(self, name, value)  # frozen
         offset = 0
         put("superblock_offset", offset)
         offset += SUPERBLOCK_AREA_BYTES
@@ -275,7 +277,7 @@ class Layout:
                 f"({self.total_bytes / MIB:.1f} MiB): use a larger device or fewer nodes",
                 size_bytes=size_bytes, needed_bytes=self.total_bytes)
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         """A plain dict for ``disk dump``."""
         return {
             "block_size_bytes": self.block_size_bytes,

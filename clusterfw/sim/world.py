@@ -623,7 +623,7 @@ class World:
                             (ev.level, ev.batch_id))
             elif isinstance(ev, Fenced):
                 self.stats["fences"] += 1
-                if "forced out" in ev.reason:
+                if ev.cause.forced_out:
                     self.stats["forced_out"] += 1
                 self.log(f"n{node.node_id} FENCE: {ev.reason}")
                 self.checker.on_fence_start(node, ev)

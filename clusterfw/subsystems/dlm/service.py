@@ -72,8 +72,7 @@ from clusterfw.core.dlm import (
     Revoked,
     WriteEntry,
 )
-from clusterfw.core.model import BatchEntry, Kind, Registration, ViewRecord
-from clusterfw.core.timing import Timing
+from clusterfw.core.model import BatchEntry, Kind, Registration, Timing, ViewRecord
 from clusterfw.ondisk import dlm_codec
 from clusterfw.ondisk.blockdev import BlockDevice
 from clusterfw.ondisk.clusterdisk import ClusterDisk

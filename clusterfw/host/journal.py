@@ -44,7 +44,7 @@ def _journal_send() -> Any:
     return journal.send
 
 
-def _stderr_is_journal() -> bool:
+def stderr_is_journal() -> bool:
     stream = os.environ.get("JOURNAL_STREAM", "")
     if not stream or ":" not in stream:
         return False
@@ -66,7 +66,7 @@ class Journal:
         self._send = None
         self._socket: socket.socket | None = None
         if use_journal is None:
-            use_journal = _stderr_is_journal()
+            use_journal = stderr_is_journal()
         if use_journal:
             self._send = _journal_send()
             if self._send is None and os.path.exists(JOURNAL_SOCKET):

@@ -1,4 +1,5 @@
-"""Notice that the host was suspended (and resumed).
+"""The daemon's clock (``clock_ms``), and noticing that the host was
+suspended (and resumed).
 
 How this works
 --------------
@@ -39,6 +40,17 @@ READ_SPREAD_MAX_MS = 1.0
 READ_TRIES = 5
 
 Clock = Callable[[], "tuple[float, float]"]
+
+
+def clock_ms() -> float:
+    """The daemon's clock, in milliseconds.
+
+    CLOCK_BOOTTIME rather than CLOCK_MONOTONIC: both never jump, but only
+    BOOTTIME keeps counting while the host is suspended.  A host that was
+    suspended for a minute must see that a minute passed, or it would write a
+    heartbeat after the others declared it dead.
+    """
+    return time.clock_gettime(time.CLOCK_BOOTTIME) * 1000.0
 
 
 def clock_pair() -> tuple[float, float]:
