@@ -164,3 +164,56 @@ def test_cli_mutations_join_with_plus_and_a_bad_name_is_named() -> None:
                            "--mutation", "skip-ack-wait+leave-bottom-up"], capture_output=True, text=True,
                           timeout=300)
     assert both.returncode == 1 and "mutation: skip-ack-wait+leave-bottom-up" in both.stdout, both.stdout
+
+
+def test_the_simulated_disk_is_one_the_daemons_code_can_open() -> None:
+    """The simulator writes through the daemon's encoder and placement: the
+    daemon's ``ClusterDisk.open`` reads the superblock, node table, slots and
+    views a run left on the simulated disk."""
+    from clusterfw.ondisk.clusterdisk import ClusterDisk
+    w = World(SimConfig(nodes=3, seed=2, faults=frozenset(), fault_phase_ms=2000))
+    assert w.run().ok
+    disk = ClusterDisk.open(w.store.dev)
+    assert disk.layout == w.store.layout and disk.cluster_uuid == w.store.cluster_uuid
+    assert [getattr(e, "name", None) for e in disk.read_node_table()[:4]] == ["n1", "n2", "n3", None]
+    slots = disk.read_slots()
+    master = next(n for n in w.nodes.values() if n.core is not None and n.core.role is Role.MASTER)
+    for n in w.nodes.values():
+        assert n.core is not None and slots[n.node_id - 1].incarnation == n.core.incarnation
+    view = disk.read_view(master.node_id)
+    assert master.core is not None and master.core.view is not None
+    assert (view.term, view.epoch) == (master.core.view.term, master.core.view.epoch)
+
+
+def test_a_feature_plugs_in_without_changing_the_world(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new subsystem's simulation is a Feature: listed in FEATURE_TYPES and
+    asked for by name, it gets its hooks, its own events and its counters,
+    and the membership run stays exactly what it was without it."""
+    from clusterfw.sim import world as world_mod
+    from clusterfw.sim.feature import Feature
+
+    class Probe(Feature):
+        name = "probe"
+        counters = ("probe_starts", "probe_views", "probe_lands", "probe_ticks")
+
+        def on_start(self, node) -> None:  # type: ignore[no-untyped-def]
+            self.w.stats["probe_starts"] += 1
+            self.w.at(self.w.t + 50, "probe-tick", node.node_id, node.gen)
+
+        def on_view(self, node) -> None:  # type: ignore[no-untyped-def]
+            self.w.stats["probe_views"] += 1
+
+        def on_land(self, node, rec) -> None:  # type: ignore[no-untyped-def]
+            self.w.stats["probe_lands"] += 1
+
+        def dispatch(self, node, kind, payload) -> None:  # type: ignore[no-untyped-def]
+            assert kind == "probe-tick"
+            self.w.stats["probe_ticks"] += 1
+
+    plain = run_seed(3, 4, frozenset(FAULTS), fault_phase_ms=4000)
+    monkeypatch.setattr(world_mod, "FEATURE_TYPES", world_mod.FEATURE_TYPES + (Probe,))
+    probed = run_seed(3, 4, frozenset(FAULTS) | {"probe"}, fault_phase_ms=4000)
+    assert probed.ok and probed.digest == plain.digest
+    assert all(probed.stats[k] > 0 for k in Probe.counters), probed.stats
+    assert probed.stats["probe_ticks"] <= probed.stats["probe_starts"]
+    assert {k: v for k, v in probed.stats.items() if not k.startswith("probe")} == plain.stats

@@ -5,8 +5,10 @@ How this works
 ``Placement`` is the pure half: given the ``Layout`` and the cluster UUID it
 turns a record into ``(offset, bytes)`` -- padded to whole logical blocks, so
 it can be written as is -- and raw bytes read from an area back into records
-(or the ``BlockError`` that rejected them).  The simulator uses it to
-schedule (and tear) writes on a ``SimDisk`` itself.
+(or the ``BlockError`` that rejected them).  The simulator's disk
+(``sim/store.py``) is a ``ClusterDisk`` over a ``SimDisk``: it takes these
+bytes when a write is issued and lands them (whole, torn or not at all) when
+it completes, and reads through the readers below.
 
 ``ClusterDisk`` adds the I/O over any ``Device`` (``BlockDevice`` or
 ``SimDisk``): ``write_slot``, ``read_slots`` (one read for every slot),

@@ -24,8 +24,10 @@ write, delivery, ack and fence, and after every simulator event.
 |  (daemon crash)         | running until the next daemon stopped its services or the      |
 |                         | watchdog reset the host                                        |
 | liveness                | after faults stop, all nodes Joined in one view (world.py)     |
-| dlm-*                   | with the DLM on: dlm-exclusive, dlm-token-order,               |
-|                         | dlm-no-grant-to-outsider, dlm-liveness (dlm_sim.py)            |
+
+A simulator feature (feature.py) checks its own invariants, e.g. the DLM's
+dlm-exclusive, dlm-token-order, dlm-no-grant-to-outsider and dlm-liveness
+(dlm_sim.py); the world calls them next to these.
 """
 from __future__ import annotations
 
@@ -34,10 +36,10 @@ from typing import TYPE_CHECKING, Any
 
 from ..core.model import Kind, NodeState, SlotRecord, ViewRecord
 from ..core.timing import CLOCK_DRIFT_MAX
+from .model import SimNode, WorldState
 
 if TYPE_CHECKING:
     from ..core.node import Fenced, Notify
-    from .world import SimNode, World
 
 LIVE = (NodeState.JOINING, NodeState.JOINED, NodeState.LEAVING)
 
@@ -60,7 +62,7 @@ class _Step:
 
 
 class Checker:
-    def __init__(self, world: "World") -> None:
+    def __init__(self, world: WorldState) -> None:
         self.w = world
         self.decided: dict[int, tuple[int, int]] = {}
         self.max_view: tuple[int, int] = (0, 0)
@@ -75,57 +77,62 @@ class Checker:
         self.deliveries = 0
         self.adopted: dict[tuple[int, int], int] = {}  # (node, incarnation) -> highest epoch acted on
         self.checks = 0
-        self.dlm: Any = None  # DLM hook: the DlmSim, when the DLM runs
+        self.features: dict[str, Any] = {}  # the running simulator features by name (the world sets it)
+
+    @property
+    def dlm(self) -> Any:
+        """The DLM feature when it runs, else None."""
+        return self.features.get("dlm")
 
     def fail(self, name: str, msg: str) -> None:
         raise Violation(name, msg)
 
     # ------------------------------------------------------------ lifecycle
-    def _inc(self, node: "SimNode") -> int:
+    def _inc(self, node: SimNode) -> int:
         assert node.core is not None
         return node.core.incarnation
 
-    def on_start(self, node: "SimNode") -> None:
+    def on_start(self, node: SimNode) -> None:
         self.status[(node.node_id, self._inc(node))] = "running"
 
-    def on_fence_start(self, node: "SimNode", ev: "Fenced") -> None:
+    def on_fence_start(self, node: SimNode, ev: "Fenced") -> None:
         self.status[(node.node_id, self._inc(node))] = "fencing"
 
-    def on_fenced(self, node: "SimNode") -> None:
+    def on_fenced(self, node: SimNode) -> None:
         self.status[(node.node_id, self._inc(node))] = "down"
 
-    def on_crash(self, node: "SimNode") -> None:
+    def on_crash(self, node: SimNode) -> None:
         self.status[(node.node_id, self._inc(node))] = "down"
 
-    def on_stopped(self, node: "SimNode") -> None:
+    def on_stopped(self, node: SimNode) -> None:
         self.status[(node.node_id, self._inc(node))] = "down"
 
-    def on_daemon_crash(self, node: "SimNode") -> None:
+    def on_daemon_crash(self, node: SimNode) -> None:
         """The daemon died; its services did not: still running."""
         self.status[(node.node_id, self._inc(node))] = "running (daemon crashed)"
 
-    def on_orphan_gone(self, node: "SimNode", incarnation: int) -> None:
+    def on_orphan_gone(self, node: SimNode, incarnation: int) -> None:
         self.status[(node.node_id, incarnation)] = "down"
 
-    def on_adopt(self, node: "SimNode") -> None:
+    def on_adopt(self, node: SimNode) -> None:
         core = node.core
         if core is not None and core.view is not None:
             key = (node.node_id, core.incarnation)
             self.adopted[key] = max(self.adopted.get(key, 0), core.view.epoch)
 
-    def on_resume(self, node: "SimNode", epoch: int) -> None:
+    def on_resume(self, node: SimNode, epoch: int) -> None:
         """A new master resumed from a view of ``epoch``.  Anything that
         landed above it was abandoned; view-rollback proves no running node
         acted on it (every node that did is down), so the steps of that
         history no longer bind the order of what is issued now."""
         self.last_step = {k: st for k, st in self.last_step.items() if st.epoch <= epoch}
 
-    def on_ack(self, node: "SimNode", level: int, batch_id: int) -> None:
+    def on_ack(self, node: SimNode, level: int, batch_id: int) -> None:
         key = (node.node_id, self._inc(node), level)
         self.acked[key] = max(self.acked.get(key, 0), batch_id)
 
     # ---------------------------------------------------------------- disk
-    def on_land(self, node: "SimNode", rec: Any) -> None:
+    def on_land(self, node: SimNode, rec: Any) -> None:
         self.checks += 1
         if isinstance(rec, SlotRecord):
             recent = self.landed.setdefault((rec.node_id, rec.incarnation), {})
@@ -141,8 +148,6 @@ class Checker:
                               f"term {lease.committed_term} decided for n{known[0]} and for n{value[0]}")
         elif isinstance(rec, ViewRecord):
             self._on_view(rec)
-            if self.dlm is not None:  # DLM hook: the newest landed view decides who counts
-                self.dlm.on_land_view(rec)
 
     def on_renewed(self, node_id: int, incarnation: int, seq: int) -> None:
         """The writer counted its heartbeat ``seq`` as completed (its fence
@@ -221,7 +226,7 @@ class Checker:
                       f"{where} only {self.w.t - last:.0f} ms after its last heartbeat landed (< {need:.0f})")
 
     # ---------------------------------------------------------- deliveries
-    def on_deliver(self, node: "SimNode", ev: "Notify") -> None:
+    def on_deliver(self, node: SimNode, ev: "Notify") -> None:
         self.deliveries += 1
         if ev.batch_id not in self.batches:
             self.fail("deliver-after-commit", f"n{node.node_id} delivered batch {ev.batch_id} that never landed")
@@ -243,5 +248,3 @@ class Checker:
                   if n.up and n.core is not None and n.core.is_acting_master(n.local(self.w.t))]
         if len(acting) > 1:
             self.fail("one-master", "acting masters at once: " + ", ".join(f"n{a}" for a in acting))
-        if self.dlm is not None:  # DLM hook
-            self.dlm.after_event()

@@ -5,11 +5,13 @@ list (``clusterfw sim --dlm``); off by default, and then nothing here runs.
 
 How this works
 --------------
-``World`` calls the hooks below (each call site in world.py is marked
-``# DLM hook``).  Per node, the DLM's I/O runs in its own pipeline beside
-the membership manager's, exactly as a daemon's DLM would: ``poll`` -> ops
-performed one after another against the ``SimStore`` (real encoded lock
-sectors, one sector per entry) -> ``complete``.  Latency and faults follow the
+``DlmSim`` is the simulator's first ``Feature`` (feature.py): the world calls
+its hooks at fixed points of a run, as it calls every feature's.  Per node,
+the DLM's I/O runs in its own pipeline beside the membership manager's,
+exactly as a daemon's DLM would: ``poll`` -> ops performed one after another
+against the ``SimStore`` (lock sectors encoded, placed and decoded by the
+daemon's ``dlm_codec`` and ``ClusterDisk``, one sector per entry) ->
+``complete``.  Latency and faults follow the
 world's fault model (a cut node's disk, whole-disk outages, EIO windows,
 slow I/O, crashes that land or lose the write in flight), and a DLM write
 issued when the node may no longer write fails without touching the disk,
@@ -43,7 +45,7 @@ Invariants (``DlmChecker``), each named:
 |                          | view still counts at level 10                             |
 | dlm-liveness             | after faults stop, every request is answered and every    |
 |                          | lock released within the membership bound plus            |
-|                          | ``DlmSim.liveness_extra_ms``, and no counted node's       |
+|                          | ``DlmSim.liveness_extra_ms()``, and no counted node's     |
 |                          | sector is left anything but FREE                          |
 | no-write-after-fence     | the DLM core produces no write when the node may not write|
 
@@ -83,10 +85,11 @@ from ..core.model import ViewRecord
 from ..core.node import Unreadable
 from ..ondisk import dlm_codec
 from .checker import Violation
+from .feature import Feature, FeatureWorld
+from .model import SimConfig, SimNode
 
 if TYPE_CHECKING:
-    from ..core.node import Notify
-    from .world import SimNode, World
+    from ..core.node import Fenced, Notify
 
 DLM_RNG_SALT = 0x0D1A_5EED_0D1A_5EED
 CLIENTS_PER_NODE = 2
@@ -134,9 +137,13 @@ class _DlmNode:
     next_req: int = 1
 
 
-class DlmSim:
-    def __init__(self, world: "World") -> None:
-        self.w = world
+class DlmSim(Feature):
+    name = "dlm"
+    counters = ("dlm_requests", "dlm_grants", "dlm_denied", "dlm_timeouts", "dlm_busy", "dlm_revoked",
+                "dlm_recovered", "dlm_ios", "dlm_lost_writes", "dlm_corrupted")
+
+    def __init__(self, world: FeatureWorld) -> None:
+        super().__init__(world)
         self.level = DLM_LEVEL
         self.rng = random.Random(world.cfg.seed ^ DLM_RNG_SALT)
         self.layout = world.store.layout
@@ -156,11 +163,13 @@ class DlmSim:
         io_max = world.cfg.io_latency_ms[1]
         # A sector damaged just before the faults stop is rewritten by its
         # owner within one scrub interval (and an area read).
-        self.liveness_extra_ms = (clients * (HOLD_MS[1] + self.poll_max_ms + self.poll_min_ms + 6 * io_max)
-                                  + TIMEOUT_MS[1] + 1000 + SCRUB_MS + io_max)
-        for key in ("dlm_requests", "dlm_grants", "dlm_denied", "dlm_timeouts", "dlm_busy", "dlm_revoked",
-                    "dlm_recovered", "dlm_ios", "dlm_lost_writes", "dlm_corrupted"):
-            world.stats[key] = 0
+        self.quiet_ms = (clients * (HOLD_MS[1] + self.poll_max_ms + self.poll_min_ms + 6 * io_max)
+                         + TIMEOUT_MS[1] + 1000 + SCRUB_MS + io_max)
+        self.heal_ms: float | None = None
+
+    @classmethod
+    def wanted(cls, cfg: SimConfig) -> bool:
+        return cfg.dlm or cls.name in cfg.faults
 
     # ------------------------------------------------------------ set-up
     def _names(self) -> list[str]:
@@ -176,13 +185,13 @@ class DlmSim:
     def _own_sectors(self, node_id: int) -> dict[int, LockEntry | Unreadable]:
         out = {}
         for stripe in range(self.layout.dlm_stripes_max):
-            raw = self.w.store.disk.read(self.layout.dlm_entry_offset(stripe, node_id), self.layout.block_size_bytes)
+            raw = self.w.store.dev.read(self.layout.dlm_entry_offset(stripe, node_id), self.layout.block_size_bytes)
             if raw.count(0) != len(raw):
                 out[stripe] = self._decode(stripe, node_id, raw)
         return out
 
     # ------------------------------------------------------------ hooks
-    def on_start(self, node: "SimNode") -> None:
+    def on_start(self, node: SimNode) -> None:
         core = node.core
         assert core is not None
         dlm = DlmCore(node_id=node.node_id, incarnation=core.incarnation, stripes_max=self.layout.dlm_stripes_max,
@@ -195,13 +204,13 @@ class DlmSim:
         for client in dn.clients:
             self._schedule_client(dn, client, self.rng.uniform(200, 1500))
 
-    def on_exit(self, node: "SimNode") -> None:
+    def on_exit(self, node: SimNode) -> None:
         dn = self.nodes.pop(node.node_id, None)
         if dn is not None:
             dn.core.stop("daemon exit")
             dn.core.take_events()  # the clients died with the daemon
 
-    def on_crash(self, node: "SimNode") -> None:
+    def on_crash(self, node: SimNode) -> None:
         dn = self._dn(node)
         if dn is None or dn.inflight_write is None:
             return
@@ -213,34 +222,38 @@ class DlmSim:
         else:
             self._land(offset, data, entry)
 
-    def on_view(self, node: "SimNode") -> None:
+    def on_view(self, node: SimNode) -> None:
         dn = self._dn(node)
         if dn is None or node.core is None or node.core.view is None:
             return
         dn.core.on_view(node.core.view, node.local(self.w.t))
         self._after(node, dn)
 
-    def on_notify(self, node: "SimNode", ev: "Notify") -> None:
+    def on_notify(self, node: SimNode, ev: "Notify") -> None:
         dn = self._dn(node)
         if dn is None:
             return
         dn.core.notify(ev.batch_id, ev.entries, node.local(self.w.t))
         self._after(node, dn)
 
-    def on_fence(self, node: "SimNode", reason: str) -> None:
+    def on_fence(self, node: SimNode, ev: "Fenced") -> None:
         dn = self._dn(node)
         if dn is None:
             return
-        dn.core.stop(f"fenced: {reason}")
+        dn.core.stop(f"fenced: {ev.reason}")
         self._handle_events(node, dn, fenced=True)
 
-    def on_land_view(self, view: ViewRecord) -> None:
-        self.checker.on_view(view)
+    def on_land(self, node: SimNode, rec: Any) -> None:
+        if isinstance(rec, ViewRecord):  # the newest landed view decides who counts
+            self.checker.on_view(rec)
 
     def on_heal(self) -> None:
         self.heal_ms = self.w.t
 
-    def dispatch(self, node: "SimNode", kind: str, payload: Any) -> None:
+    def liveness_extra_ms(self) -> float:
+        return self.quiet_ms + LIVENESS_MARGIN_MS
+
+    def dispatch(self, node: SimNode, kind: str, payload: Any) -> None:
         """A ``dlm-*`` event for a running daemon of the right generation."""
         dn = self._dn(node)
         if dn is None:
@@ -267,15 +280,15 @@ class DlmSim:
 
     def after_event(self) -> None:
         self.checker.prune()
-        heal = getattr(self, "heal_ms", None)
+        heal = self.heal_ms
         if heal is None:
             return
-        # World.liveness_bound() includes liveness_extra_ms + LIVENESS_MARGIN_MS:
-        # this check fires just before the world's own deadline.
+        # World.liveness_bound() includes liveness_extra_ms(), which has
+        # LIVENESS_MARGIN_MS: this check fires just before the world's own deadline.
         bound = heal + getattr(self.w, "liveness_bound_ms", self.w.liveness_bound()) - LIVENESS_MARGIN_MS
         if self.w.t < bound:
             return
-        if self.w.convergence_problem(dlm=False) is not None:
+        if self.w.convergence_problem(features=False) is not None:
             return  # the membership did not converge: the world reports that
         problem = self.quiescence_problem()
         if problem is not None:
@@ -319,7 +332,7 @@ class DlmSim:
             at = (at // BEAT_MS + 1) * BEAT_MS + self.rng.uniform(0.0, BEAT_JITTER_MS)
         self.w.at(at, "dlm-client", dn.node_id, dn.gen, (client.index, client.token, action))
 
-    def _client_action(self, node: "SimNode", dn: _DlmNode, payload: Any) -> None:
+    def _client_action(self, node: SimNode, dn: _DlmNode, payload: Any) -> None:
         index, token, action = payload
         client = dn.clients[index]
         if token != client.token:
@@ -335,7 +348,7 @@ class DlmSim:
             dn.core.release(client.req_id, now)
             self._schedule_client(dn, client, self.rng.uniform(*IDLE_MS))
         elif action == "request":
-            if client.state != "idle" or getattr(self, "heal_ms", None) is not None:
+            if client.state != "idle" or self.heal_ms is not None:
                 return  # after the faults stop, clients only finish what they started
             if ({"torn", "corrupt"} & self.w.cfg.faults) and not self.w.healed \
                     and self.rng.random() < CORRUPT_PROBABILITY:
@@ -383,12 +396,12 @@ class DlmSim:
         self.w.log(f"FAULT: random bytes into {what} lock sector: n{node_id}, stripe {stripe}")
 
     # ------------------------------------------------------------ events
-    def _after(self, node: "SimNode", dn: _DlmNode) -> None:
+    def _after(self, node: SimNode, dn: _DlmNode) -> None:
         self._handle_events(node, dn)
         if self.nodes.get(node.node_id) is dn:
             self._kick(node, dn)
 
-    def _handle_events(self, node: "SimNode", dn: _DlmNode, fenced: bool = False) -> None:
+    def _handle_events(self, node: SimNode, dn: _DlmNode, fenced: bool = False) -> None:
         for ev in dn.core.take_events():
             if isinstance(ev, Ack):
                 self.w.at(self.w.t + self.rng.uniform(0.0, 1.0), "ack", node.node_id, node.gen,
@@ -440,11 +453,11 @@ class DlmSim:
                 self.w.log(f"n{node.node_id} dlm: request {ev.req_id} released")
 
     # ------------------------------------------------------------ I/O
-    def _dn(self, node: "SimNode") -> _DlmNode | None:
+    def _dn(self, node: SimNode) -> _DlmNode | None:
         dn = self.nodes.get(node.node_id)
         return dn if dn is not None and dn.gen == node.gen and node.up else None
 
-    def _kick(self, node: "SimNode", dn: _DlmNode) -> None:
+    def _kick(self, node: SimNode, dn: _DlmNode) -> None:
         if dn.ops or node.core is None or node.paused_until > self.w.t:
             return
         now = node.local(self.w.t)
@@ -461,7 +474,7 @@ class DlmSim:
             dn.wake_token += 1
             self.w.at(max(self.w.t, node.real(wake)) + 0.001, "dlm-wake", node.node_id, node.gen, dn.wake_token)
 
-    def _issue(self, node: "SimNode", dn: _DlmNode) -> None:
+    def _issue(self, node: SimNode, dn: _DlmNode) -> None:
         w = self.w
         op = dn.ops[len(dn.results)]
         w.stats["dlm_ios"] += 1
@@ -487,13 +500,13 @@ class DlmSim:
             return
         if isinstance(op, WriteEntry):
             assert op.entry.node_id == node.node_id and op.stripe == op.entry.stripe
-            offset, data = dlm_codec.entry_bytes(op.entry, self.uuid, self.layout)
+            offset, data = self.w.store.entry_write(op.entry)
             dn.inflight_write = (offset, data, op.entry)
             if "crash" in w.cfg.faults and not w.healed and self.rng.random() < CRASH_IN_WRITE_PROBABILITY:
                 w.at(w.t + lat * self.rng.random(), "fault", 0, 0, ("crash-now", node.node_id))
         done(lat, True)
 
-    def _io_effect(self, node: "SimNode", dn: _DlmNode, payload: Any) -> Any:
+    def _io_effect(self, node: SimNode, dn: _DlmNode, payload: Any) -> Any:
         op, ok, start_local, value, error = payload
         if ok:
             if isinstance(op, WriteEntry):
@@ -507,7 +520,7 @@ class DlmSim:
                 value = self._read_area()
         return (op, ok, start_local, value, error)
 
-    def _op_done(self, node: "SimNode", dn: _DlmNode, payload: Any) -> None:
+    def _op_done(self, node: SimNode, dn: _DlmNode, payload: Any) -> None:
         op, ok, start_local, value, error = payload
         dn.results.append(DlmResult(op, ok, start_local, node.local(self.w.t), value, error))
         if len(dn.results) < len(dn.ops):
@@ -529,12 +542,10 @@ class DlmSim:
         return value
 
     def _read_stripe(self, stripe: int) -> dict[int, LockEntry | Unreadable]:
-        size = self.layout.block_size_bytes
-        raw = self.w.store.disk.read(self.layout.dlm_stripe_offset(stripe), self.layout.dlm_stripe_bytes)
-        return {n: self._decode(stripe, n, raw[(n - 1) * size:n * size]) for n in range(1, self.layout.nodes_max + 1)}
+        return self.w.store.read_lock_stripe(stripe)
 
     def _read_area(self) -> dict[int, dict[int, LockEntry | Unreadable]]:
-        return {s: self._read_stripe(s) for s in range(self.layout.dlm_stripes_max)}
+        return self.w.store.read_lock_area()
 
 
 @dataclass
@@ -547,7 +558,7 @@ class _Hold:
 class DlmChecker:
     """The DLM's invariants, with global knowledge (see the module doc)."""
 
-    def __init__(self, world: "World") -> None:
+    def __init__(self, world: FeatureWorld) -> None:
         self.w = world
         self.holds: dict[tuple[int, int, int], _Hold] = {}  # (node, incarnation, request) -> hold
         self.max_token: dict[str, int] = {}
@@ -571,7 +582,7 @@ class DlmChecker:
     def on_end(self, node_id: int, incarnation: int, req_id: int) -> None:
         self.holds.pop((node_id, incarnation, req_id), None)
 
-    def on_grant(self, node: "SimNode", incarnation: int, ev: Granted) -> None:
+    def on_grant(self, node: SimNode, incarnation: int, ev: Granted) -> None:
         self.grants += 1
         n = node.node_id
         where = f"n{n} granted {ev.name!r} {ev.mode.name} token {ev.token} (request {ev.req_id})"

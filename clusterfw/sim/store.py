@@ -1,94 +1,154 @@
-"""The simulated shared disk as the simulator sees it: records in, records out,
-through the real on-disk codecs, on an in-memory disk with per-sector
-atomicity.
+"""The simulated shared disk: the daemon's ``ClusterDisk`` over an in-memory
+``SimDisk``, initialised by ``disk init``'s ``format_disk`` and ``add_node``,
+so that every record the simulator writes or reads goes through the same
+encoder, placement and decoders as the daemon's.
 
-A write "lands" at one instant, whole, torn (only its first k sectors), or not
-at all; a read is a snapshot at one instant.  Decoding failures come back as
-``Unreadable`` exactly as the daemon would see them.
+How this works
+--------------
+The daemon writes a record with ``ClusterDisk.write_slot`` / ``write_view``:
+``Placement.slot_bytes`` / ``view_bytes`` (encode, pad to whole logical
+blocks, decode again and compare), then one device write.  In the simulator a
+write takes time and may be torn, lost, reported failed yet landed, or land
+late, so it splits the two halves: ``slot_write`` / ``view_write`` return
+Placement's ``(offset, bytes)`` when the write is issued, and ``land`` puts
+those bytes on the ``SimDisk`` when -- and as far as -- the write completes:
+whole, only its first ``k`` sectors (a torn write), or not at all.  Damage is
+injected with ``land`` too, at the byte and sector level: random bytes over a
+sector, an old record's bytes written back, a lock sector overwritten.
+
+Reads are the daemon's (``node/diskio.py``, ``node/dlm_service.py``), each a
+snapshot at one instant: ``slots_value`` is ``ClusterDisk.read_slots`` (one
+read of the slot area) with each block that does not decode given to the core
+as ``Unreadable``; ``ClusterDisk.read_view`` reads both copies at once and
+picks the best valid one; ``read_views`` reads a range of view pairs in one
+read; lock stripes are decoded by ``dlm_codec`` and the whole lock area by
+``ClusterDisk.read_lock_area``.
+
+Decoding is pure, and most reads see blocks decoded before: the slot and
+view-copy decoders' results are cached by content (bounded), so large
+simulated clusters stay fast; a cached result is exactly what decoding the
+same bytes again returns.
+
+Invariant: the simulator never encodes, places or decodes a record itself.
 """
 from __future__ import annotations
 
 import uuid as uuidlib
 
+from ..core import timing as timing_mod
+from ..core.dlm import LockEntry
 from ..core.model import SlotRecord, ViewRecord
 from ..core.node import Unreadable
-from ..ondisk import codec, errors
+from ..ondisk import admin, dlm_codec
+from ..ondisk.clusterdisk import ClusterDisk
+from ..ondisk.errors import BlockError, NotWritten
 from ..ondisk.layout import Layout
 from ..ondisk.simdisk import SimDisk
 
+CLUSTER_NAME = "sim"
 
-class SimStore:
-    def __init__(self, nodes_max: int, sector_size: int = 512, seed: int = 0) -> None:
-        self.layout = Layout(block_size_bytes=sector_size, nodes_max=nodes_max)
-        self.cluster_uuid = uuidlib.UUID(int=(seed * 0x9E3779B97F4A7C15) % (1 << 128)).bytes
-        self.disk = SimDisk(self.layout.total_bytes, sector_size=sector_size)
+
+def node_name(node_id: int) -> str:
+    """The simulated node's name in the node table (and in every trace)."""
+    return f"n{node_id}"
+
+
+class SimStore(ClusterDisk):
+    """A formatted in-memory cluster disk; ``dev`` is its ``SimDisk``."""
+
+    dev: SimDisk
+
+    def __init__(self, nodes_max: int, sector_size: int = 512, seed: int = 0, node_ids: tuple[int, ...] = (),
+                 profile: timing_mod.Profile = timing_mod.Profile()) -> None:
+        dev = SimDisk(Layout(block_size_bytes=sector_size, nodes_max=nodes_max).total_bytes, sector_size=sector_size)
+        sb = admin.format_disk(dev, CLUSTER_NAME, nodes_max, profile.heartbeat_interval_ms, profile.io_timeout_ms,
+                               cluster_uuid=uuidlib.UUID(int=(seed * 0x9E3779B97F4A7C15) % (1 << 128)).bytes,
+                               created_at_s=0)
+        super().__init__(dev, Layout.from_superblock(sb), sb.cluster_uuid)
+        self.superblock = sb
+        for node_id in node_ids:
+            admin.add_node(self, node_name(node_id), node_id)
         self.sector_size = sector_size
         self.nodes_max = nodes_max
-        # Decoding is pure, and most reads see blocks decoded before: cache
-        # by content (bounded) so large simulated clusters stay fast.
-        self._decoded: dict[tuple[int, bytes], SlotRecord | Unreadable] = {}
-        self._views: dict[tuple[int, bytes], ViewRecord | None] = {}
+        self._slots: dict[tuple[int, bytes], SlotRecord | BlockError] = {}
+        self._views: dict[tuple[int, bytes], ViewRecord | BlockError] = {}
 
     # -- writes -------------------------------------------------------------
     def slot_write(self, rec: SlotRecord) -> tuple[int, bytes]:
-        data = codec.pad_to(codec.encode_slot(rec, self.cluster_uuid), self.layout.slot_size_bytes)
-        if len(data) != self.layout.slot_size_bytes:
-            raise AssertionError("a slot record must fit one sector")
-        return self.layout.slot_offset(rec.node_id), data
+        """``(offset, bytes)`` of a slot write, as ``write_slot`` would write it."""
+        return self.slot_bytes(rec)
 
     def view_write(self, rec: ViewRecord, copy: int) -> tuple[int, bytes]:
-        data = codec.pad_to(codec.encode_view(rec, self.cluster_uuid), self.sector_size)
-        return self.layout.view_offset(rec.node_id, copy), data
+        """``(offset, bytes)`` of a view write, as ``write_view`` would write it."""
+        return self.view_bytes(rec, copy)
+
+    def entry_write(self, entry: LockEntry) -> tuple[int, bytes]:
+        """``(offset, bytes)`` of a lock-entry write, as the daemon's DLM writes it."""
+        return dlm_codec.entry_bytes(entry, self.cluster_uuid, self.layout)
 
     def land(self, offset: int, data: bytes, sectors: int | None = None) -> None:
-        self.disk.write(offset, data, sectors=sectors)
+        """Complete a write: all of ``data``, or only its first ``sectors``."""
+        self.dev.write(offset, data, sectors=sectors)
 
     def sectors_of(self, data: bytes) -> int:
         return max(1, len(data) // self.sector_size)
 
-    # -- reads --------------------------------------------------------------
-    def read_slots(self) -> dict[int, SlotRecord | Unreadable]:
-        size = self.layout.slot_size_bytes
-        raw = self.disk.read(self.layout.slots_offset, self.layout.slots_bytes)
+    # -- reads, as the daemon hands them to its cores --------------------------
+    def slots_value(self) -> dict[int, SlotRecord | Unreadable]:
+        """Every slot from one read, as ``diskio.perform`` gives ``ReadSlots``
+        (without a node table filter: damage in an unused slot reaches the
+        core as it is)."""
         out: dict[int, SlotRecord | Unreadable] = {}
-        for i in range(self.nodes_max):
-            node_id = i + 1
-            block = raw[i * size:(i + 1) * size]
-            key = (node_id, block)
-            hit = self._decoded.get(key)
-            if hit is None:
-                hit = self._decode_slot(node_id, block)
-                if len(self._decoded) > 8 * self.nodes_max + 64:
-                    self._decoded.clear()
-                self._decoded[key] = hit
-            out[node_id] = hit
+        for node_id, entry in enumerate(self.read_slots(), start=1):
+            if isinstance(entry, SlotRecord):
+                out[node_id] = entry
+            elif isinstance(entry, NotWritten):
+                out[node_id] = Unreadable("never written", never_written=True)
+            else:
+                out[node_id] = Unreadable(f"{type(entry).__name__}: {entry}")
         return out
 
-    def _decode_slot(self, node_id: int, block: bytes) -> SlotRecord | Unreadable:
-        try:
-            return codec.decode_slot(block, cluster_uuid=self.cluster_uuid, node_id=node_id)
-        except errors.NotWritten:
-            return Unreadable("never written", never_written=True)
-        except errors.BlockError as exc:
-            return Unreadable(type(exc).__name__)
-
-    def _read_view_copy(self, node_id: int, copy: int) -> ViewRecord | None:
-        block = self.disk.read(self.layout.view_offset(node_id, copy), self.layout.view_copy_bytes)
-        key = (node_id, block)
-        if key in self._views:
-            return self._views[key]
-        try:
-            view: ViewRecord | None = codec.decode_view(block, cluster_uuid=self.cluster_uuid, node_id=node_id)
-        except errors.BlockError:
-            view = None
-        if len(self._views) > 4 * self.nodes_max + 64:
-            self._views.clear()
-        self._views[key] = view
-        return view
-
-    def read_view(self, node_id: int) -> ViewRecord | None:
-        views = [v for v in (self._read_view_copy(node_id, c) for c in (0, 1)) if v is not None]
-        return max(views, key=lambda v: (v.term, v.epoch, v.seq), default=None)
+    def view_value(self, node_id: int) -> ViewRecord | None:
+        """The best valid view of ``node_id``'s pair, as for ``ReadView``."""
+        view = self.read_view(node_id)
+        return view if isinstance(view, ViewRecord) else None
 
     def read_views(self, first: int, count: int) -> dict[int, ViewRecord | None]:
-        return {n: self.read_view(n) for n in range(first, min(first + count, self.nodes_max + 1))}
+        """The best valid view of pairs ``first`` .. ``first + count - 1`` in
+        one read, as ``diskio.read_views`` (ids past the last are left out)."""
+        count = max(0, min(count, self.layout.nodes_max - first + 1))
+        if count == 0:
+            return {}
+        pair_offset, pair_bytes = self.view_pair_extent(first)
+        raw = self.dev.read(pair_offset, count * pair_bytes)
+        out: dict[int, ViewRecord | None] = {}
+        for index in range(count):
+            best = self.view_from_bytes(first + index, raw[index * pair_bytes:(index + 1) * pair_bytes])
+            out[first + index] = best if isinstance(best, ViewRecord) else None
+        return out
+
+    def read_lock_stripe(self, stripe: int) -> dict[int, LockEntry | Unreadable]:
+        """One stripe of the lock area from one read, as the daemon's DLM reads it."""
+        raw = self.dev.read(self.layout.dlm_stripe_offset(stripe), self.layout.dlm_stripe_bytes)
+        return dlm_codec.decode_stripe(raw, stripe, cluster_uuid=self.cluster_uuid, layout=self.layout)
+
+    # -- the decoders, cached by content -----------------------------------------
+    def slot_from_bytes(self, node_id: int, raw: bytes) -> SlotRecord | BlockError:
+        key = (node_id, raw)
+        hit = self._slots.get(key)
+        if hit is None:
+            hit = super().slot_from_bytes(node_id, raw)
+            if len(self._slots) > 8 * self.nodes_max + 64:
+                self._slots.clear()
+            self._slots[key] = hit
+        return hit
+
+    def view_copy_from_bytes(self, node_id: int, raw: bytes) -> ViewRecord | BlockError:
+        key = (node_id, raw)
+        hit = self._views.get(key)
+        if hit is None:
+            hit = super().view_copy_from_bytes(node_id, raw)
+            if len(self._views) > 4 * self.nodes_max + 64:
+                self._views.clear()
+            self._views[key] = hit
+        return hit

@@ -5,8 +5,9 @@ How this works
 --------------
 An event queue in *real* (simulated) milliseconds drives every node's
 ``NodeCore`` exactly as the daemon does: poll for ops, perform them one after
-another against the ``SimStore`` with sampled latencies and faults, hand the
-results back, act on the events (notifications go to test subsystems that ack
+another against the ``SimStore`` (the daemon's ``ClusterDisk`` over an
+in-memory disk: the same encoder, placement and decoders) with sampled
+latencies and faults, hand the results back, act on the events (notifications go to test subsystems that ack
 after a delay, fencing kills the node's "services", a stopped daemon is
 restarted later with a new incarnation).  Each node sees time through its own
 clock, ``local = offset + rate * real``, with ``rate`` within the drift bound.
@@ -29,34 +30,36 @@ The ``Checker`` (checker.py) is called on every landing write, delivery and
 fence and after every event; the first violated invariant stops the run.
 Everything random comes from ``random.Random(seed)``: a seed replays exactly.
 
-With ``SimConfig(dlm=True)`` (or ``dlm`` among the faults) every node also
-runs the DLM and lock clients (``dlm_sim.py``); its call sites here are
-marked ``# DLM hook``, and it draws from its own random stream, so runs
-without it are unchanged.
+A subsystem's simulation is a ``Feature`` (feature.py): the world calls the
+hooks of every feature the run asks for at fixed points (a daemon starts,
+crashes or exits, a batch is delivered, a view adopted or landed, a fence,
+the heal, after every event, the liveness check) and hands it the events it
+queued.  The first is the DLM with its lock clients (``dlm_sim.py``), on with
+``SimConfig(dlm=True)`` or ``dlm`` among the faults.  A feature draws from
+its own random stream, so runs without it are unchanged.
 """
 from __future__ import annotations
 
 import heapq
 import random
 from collections import deque
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable
 
 from ..core import levels
 from ..core import timing as timing_mod
 from ..core.coordinator import batch_label
 from ..core.model import NodeState, Registration, SlotRecord
 from ..core.node import (Fenced, MasterChanged, NodeCore, Notify, OpResult, ReadSlots, ReadViews,
-                         ReadView, Rejected, Role, StateChanged, Stopped, Unreadable, ViewAdopted,
+                         ReadView, Rejected, Role, StateChanged, Stopped, ViewAdopted,
                          WriteSlot, WriteView)
 from .checker import Checker, Violation
+from .dlm_sim import DlmSim
+from .feature import Feature
+from .model import FAULTS, SimConfig, SimNode, SubsystemSim
 from .store import SimStore
 
-if TYPE_CHECKING:
-    from .dlm_sim import DlmSim
-
-FAULTS = ("crash", "pause", "cut", "outage", "torn", "lost", "slowio", "eio", "drift", "hang",
-          "slowsub", "leave", "corrupt", "replay", "badsector", "late", "landed", "daemoncrash")
+__all__ = ["FAULTS", "FEATURES", "FEATURE_TYPES", "RunResult", "SimConfig", "SimNode", "SubsystemSim", "World"]
 
 UNUSED_SLOTS = 2  # slots past the last node: never written, but damage there must not matter
 
@@ -64,72 +67,13 @@ WATCHDOG_FIRE_FRACTION = 0.9
 """The watchdog resets a host this fraction of ``fence_margin`` after the
 fence deadline it last saw (the daemon's check: timeout <= margin)."""
 
-FEATURES = ("dlm",)  # not faults: switched on by name (``clusterfw sim --dlm``), never by "all"
+FEATURE_TYPES: tuple[type[Feature], ...] = (DlmSim,)  # in the order the world calls them
+FEATURES = tuple(f.name for f in FEATURE_TYPES)  # not faults: on by name (``clusterfw sim --dlm``), never by "all"
 
 # The level table (core/levels.py), except that the simulator's traces and golden
 # transcripts have always called level 40 "evm": renaming it there would change
 # every trace digest and five transcripts under tests/scenarios/.
 LEVELS = tuple((level, "evm" if level == levels.EVENTS else name) for level, name in levels.LEVELS)
-
-
-@dataclass
-class SimConfig:
-    nodes: int = 5
-    seed: int = 1
-    faults: frozenset[str] = frozenset(FAULTS)
-    fault_phase_ms: float = 20_000
-    profile: timing_mod.Profile = field(default_factory=lambda: timing_mod.Profile(transition_timeout_ms=0))
-    sector_size: int = 512
-    io_latency_ms: tuple[float, float] = (0.2, 2.0)
-    fault_rate_per_s: float = 0.6  # mean faults started per simulated second
-    trace_lines: int = 4000
-    registrations: tuple[Registration, ...] | None = None  # default: random barriers per seed
-    restart_delay_ms: tuple[float, float] = (300, 2500)
-    max_events: int = 3_000_000
-    dlm: bool = False  # run the DLM and lock clients on every node (dlm_sim.py)
-
-
-@dataclass
-class SubsystemSim:
-    level: int
-    name: str
-    delay_ms: tuple[float, float] = (0.0, 3.0)
-    hung: bool = False
-    pending: int = 0  # batch id being processed
-
-
-@dataclass
-class SimNode:
-    node_id: int
-    rate: float = 1.0
-    offset_ms: float = 0.0
-    gen: int = 0
-    core: NodeCore | None = None
-    up: bool = False
-    crashed: bool = False
-    fenced_done: bool = True  # services are down (true while no daemon has started them)
-    paused_until: float = 0.0
-    cut: str | None = None  # None | "eio" | "hang"
-    ops: list = field(default_factory=list)
-    results: list = field(default_factory=list)
-    inflight_write: tuple[int, bytes, Any] | None = None  # (offset, data, record)
-    deferred: list = field(default_factory=list)
-    subsystems: dict[int, SubsystemSim] = field(default_factory=dict)
-    wake_token: int = 0
-    watchdog_token: int = 0
-    watchdog_local_ms: float = -1.0
-    fence_timer_local_ms: float = -1.0
-    restart_pending: bool = False
-    crash_on_write: bool = False
-    want_down: bool = False  # left gracefully: restart later only if the leave fault plans it
-    orphan: int | None = None  # incarnation whose services outlived its daemon (daemoncrash)
-    orphan_token: int = 0
-
-    def local(self, t: float) -> float:
-        return self.offset_ms + self.rate * t
-
-    def real(self, local_ms: float) -> float:
-        return (local_ms - self.offset_ms) / self.rate
 
 
 class World:
@@ -143,7 +87,7 @@ class World:
             timing_mod.derive(timing_mod.Profile(cfg.profile.heartbeat_interval_ms, cfg.profile.io_timeout_ms,
                                                  cfg.profile.fence_margin_ms, transition_timeout_ms=1))
         self.store = SimStore(nodes_max=max(cfg.nodes, 1) + UNUSED_SLOTS, sector_size=cfg.sector_size,
-                              seed=cfg.seed)
+                              seed=cfg.seed, node_ids=tuple(range(1, cfg.nodes + 1)), profile=cfg.profile)
         self.bad: list[tuple[int, int]] = []  # (offset, length) whose I/O fails until the heal
         self.bad_forever: list[tuple[int, int]] = []  # unused view pairs: they stay bad after the heal
         self.history: dict[int, list[tuple[float, int, bytes]]] = {}  # node -> landed slot writes (for replay)
@@ -166,11 +110,22 @@ class World:
                       "torn_writes": 0, "lost_writes": 0, "hangs": 0, "forced_out": 0, "masters": 0,
                       "ios": 0, "corruptions": 0, "replays": 0, "bad_sectors": 0, "late_writes": 0,
                       "landed_failures": 0, "daemon_crashes": 0}
-        self.dlm: DlmSim | None = None  # DLM hook: the DLM and its lock clients, only when asked for
-        if cfg.dlm or "dlm" in cfg.faults:
-            from .dlm_sim import DlmSim
-            self.dlm = DlmSim(self)
-            self.checker.dlm = self.dlm
+        self.features: list[Feature] = []  # the subsystems' simulations this run asks for
+        for feature_type in FEATURE_TYPES:
+            if feature_type.wanted(cfg):
+                feature = feature_type(self)
+                self.features.append(feature)
+                for key in feature.counters:
+                    self.stats[key] = 0
+        self.checker.features = {f.name: f for f in self.features}
+        self._event_owners = {f.name: f for f in self.features}  # "<name>-..." events
+        self._level_owners = {f.level: f for f in self.features if f.level is not None}  # notifications
+
+    @property
+    def dlm(self) -> DlmSim | None:
+        """The DLM feature when this run simulates it, else None."""
+        feature = self._event_owners.get(DlmSim.name)
+        return feature if isinstance(feature, DlmSim) else None
 
     # ------------------------------------------------------------ utilities
     def _random_registrations(self) -> tuple[Registration, ...]:
@@ -207,6 +162,8 @@ class World:
             raise Violation("bounded-run", f"more than {self.cfg.max_events} events: livelock?")
         self._dispatch(kind, node_id, gen, payload)
         self.checker.after_event()
+        for feature in self.features:
+            feature.after_event()
         return True
 
     def next_event_ms(self) -> float:
@@ -262,9 +219,8 @@ class World:
         bound = (self.cfg.restart_delay_ms[1] + tm.fence_after_ms + 2 * tm.dead_after_ms
                  + tm.transition_timeout_ms + 20 * tm.fast_poll_ms
                  + steps * 6 * tm.fast_poll_ms * max(1, self.cfg.nodes // 8) + 2000)
-        if self.dlm is not None:  # DLM hook: every lock request answered and released too
-            from .dlm_sim import LIVENESS_MARGIN_MS
-            bound += self.dlm.liveness_extra_ms + LIVENESS_MARGIN_MS
+        for feature in self.features:  # and each feature settles: e.g. every lock request answered
+            bound += feature.liveness_extra_ms()
         return bound
 
     def _dispatch(self, kind: str, node_id: int, gen: int, payload: Any) -> None:
@@ -280,7 +236,7 @@ class World:
             self.stats["late_writes"] += 1
             self.log(f"n{writer} late write lands (it timed out)")
             self.store.land(offset, data)
-            self.checker.on_land(self.nodes[writer], rec)
+            self._landed(self.nodes[writer], rec)
         elif kind == "orphan-watchdog":
             assert node is not None
             if node.orphan is not None and payload == node.orphan_token:
@@ -308,9 +264,8 @@ class World:
                 node.deferred.append(("completion", payload))
             else:
                 self._op_done(node, payload)
-        elif kind.startswith("dlm-"):  # DLM hook: its I/O, timers and clients
-            assert self.dlm is not None
-            self.dlm.dispatch(node, kind, payload)
+        elif self._event_owners and kind.partition("-")[0] in self._event_owners:
+            self._event_owners[kind.partition("-")[0]].dispatch(node, kind, payload)  # a feature's event
         elif node.paused_until > self.t:
             node.deferred.append((kind, payload))
         elif kind == "completion":
@@ -353,7 +308,7 @@ class World:
         node.paused_until, node.deferred, node.ops, node.results = 0.0, [], [], []
         node.inflight_write, node.want_down, node.crash_on_write = None, False, False
         incarnation = self.rng.getrandbits(63) | 1
-        prev = self.store.read_slots().get(node.node_id)
+        prev = self.store.read_slot(node.node_id)
         prev_slot = prev if isinstance(prev, SlotRecord) else None
         node.core = NodeCore(node_id=node.node_id, incarnation=incarnation, timing=self.timing,
                              registrations=self.registrations, rng=self.rng.random,
@@ -371,8 +326,8 @@ class World:
             self.log(f"n{node.node_id} subsystem {victim.name} will hang")
         self.log(f"n{node.node_id} daemon starts, incarnation {incarnation:x}")
         self.checker.on_start(node)
-        if self.dlm is not None:  # DLM hook
-            self.dlm.on_start(node)
+        for feature in self.features:
+            feature.on_start(node)
         self._kick(node)
 
     def _startup_cleanup(self, node: SimNode) -> None:
@@ -397,13 +352,15 @@ class World:
         node.orphan = node.core.incarnation
         fire_local = node.watchdog_local_ms
         self.checker.on_daemon_crash(node)
+        for feature in self.features:
+            feature.on_daemon_crash(node)
         self._daemon_exit(node, restart=True)
         node.orphan_token += 1
         self.at(node.real(fire_local), "orphan-watchdog", node.node_id, 0, node.orphan_token)
 
     def _daemon_exit(self, node: SimNode, restart: bool) -> None:
-        if self.dlm is not None:  # DLM hook
-            self.dlm.on_exit(node)
+        for feature in self.features:
+            feature.on_exit(node)
         node.up = False
         node.core = None
         node.gen += 1
@@ -431,8 +388,8 @@ class World:
                 self.log(f"n{node.node_id} in-flight write torn after {k}/{sectors} sectors")
             else:
                 self._land(node, offset, data, rec)
-        if self.dlm is not None:  # DLM hook: its write in flight lands or is lost
-            self.dlm.on_crash(node)
+        for feature in self.features:  # e.g. the DLM's write in flight lands or is lost
+            feature.on_crash(node)
         node.crashed = True
         node.fenced_done = True  # the whole host died: its services with it
         self.checker.on_crash(node)
@@ -566,7 +523,12 @@ class World:
             if not h or self.t - h[-1][0] > 200:
                 h.append((self.t, offset, data))
                 del h[:-6]
+        self._landed(node, rec)
+
+    def _landed(self, node: SimNode, rec: Any) -> None:
         self.checker.on_land(node, rec)
+        for feature in self.features:
+            feature.on_land(node, rec)
 
     def _io_effect(self, node: SimNode, payload: Any) -> Any:
         op, ok, start_local, value, error = payload
@@ -577,9 +539,9 @@ class World:
                 node.inflight_write = None
                 self._land(node, offset, data, rec)
             elif isinstance(op, ReadSlots):
-                value = self.store.read_slots()
+                value = self.store.slots_value()
             elif isinstance(op, ReadView):
-                value = self.store.read_view(op.node_id)
+                value = self.store.view_value(op.node_id)
             elif isinstance(op, ReadViews):
                 value = self.store.read_views(op.first, op.count)
         return (op, ok, start_local, value, error)
@@ -616,8 +578,9 @@ class World:
                 sub.pending = ev.batch_id
                 self.log(f"n{node.node_id} {sub.name} notified batch {batch_label(ev.batch_id)}: "
                          + ", ".join(f"n{e.node_id} {e.kind.notification}#{e.barrier}" for e in ev.entries))
-                if self.dlm is not None and ev.level == self.dlm.level:  # DLM hook: the DLM acks (unless hung)
-                    self.dlm.on_notify(node, ev)
+                owner = self._level_owners.get(ev.level)
+                if owner is not None:  # a feature's subsystem: it acks (unless hung)
+                    owner.on_notify(node, ev)
                 elif not sub.hung:
                     self.at(self.t + self.rng.uniform(*sub.delay_ms), "ack", node.node_id, node.gen,
                             (ev.level, ev.batch_id))
@@ -627,8 +590,8 @@ class World:
                     self.stats["forced_out"] += 1
                 self.log(f"n{node.node_id} FENCE: {ev.reason}")
                 self.checker.on_fence_start(node, ev)
-                if self.dlm is not None:  # DLM hook
-                    self.dlm.on_fence(node, ev.reason)
+                for feature in self.features:
+                    feature.on_fence(node, ev)
                 self.at(self.t + self.rng.uniform(0, self.cfg.profile.fence_margin_ms * 0.9), "fence_done",
                         node.node_id, node.gen)
             elif isinstance(ev, MasterChanged):
@@ -639,8 +602,8 @@ class World:
                 for line in ev.log:
                     self.log(f"n{node.node_id} [master] {line}")
                 self.checker.on_adopt(node)
-                if self.dlm is not None:  # DLM hook: the view decides whose lock entries count
-                    self.dlm.on_view(node)
+                for feature in self.features:  # e.g. the view decides whose lock entries count
+                    feature.on_view(node)
             elif isinstance(ev, Rejected):
                 raise Violation("unexpected-rejection", f"n{node.node_id}: {ev.reason}")
             elif isinstance(ev, Stopped):
@@ -710,6 +673,8 @@ class World:
             node.paused_until = self.t + dur
             self.stats["pauses"] += 1
             self.log(f"n{node_id} PAUSE for {dur:.0f} ms")
+            for feature in self.features:
+                feature.on_pause(node, node.paused_until)
             self.at(node.paused_until, "resume", node_id, node.gen)
         elif kind == "cut" and node.cut is None:
             node.cut = self.rng.choice(("eio", "hang"))
@@ -820,8 +785,8 @@ class World:
         self.healed = True
         self.bad = list(self.bad_forever)
         self.log("HEAL: faults stop; liveness phase")
-        if self.dlm is not None:  # DLM hook
-            self.dlm.on_heal()
+        for feature in self.features:
+            feature.on_heal()
         self.outage_until = self.slow_io_until = self.eio_until = 0.0
         for node in self.nodes.values():
             node.cut = None
@@ -840,7 +805,10 @@ class World:
                 self.at(self.t + self.rng.uniform(*self.cfg.restart_delay_ms), "start", node.node_id)
 
     # ------------------------------------------------------------ liveness
-    def convergence_problem(self, dlm: bool = True) -> str | None:
+    def convergence_problem(self, features: bool = True) -> str | None:
+        """None when every node is Joined in one view with one acting master
+        and (with ``features``) every feature has settled; else the first
+        problem found."""
         views = set()
         masters = 0
         for node in self.nodes.values():
@@ -860,8 +828,10 @@ class World:
             return f"nodes hold different views {sorted(views)}"
         if masters != 1:
             return f"{masters} acting masters"
-        if dlm and self.dlm is not None:  # DLM hook: requests answered, locks released
-            return self.dlm.quiescence_problem()
+        for feature in self.features if features else ():
+            problem = feature.quiescence_problem()
+            if problem is not None:
+                return problem
         return None
 
 
