@@ -26,7 +26,7 @@ from clusterfw.host.watchdog import Watchdog
 from clusterfw.node import api, fencing, protocol
 from clusterfw.node.hub import Hub, RegistrationError
 from clusterfw.node.status import render
-from clusterfw.subsystems.base import Entry, Notification
+from clusterfw.subsystems.base import Entry, LocalSubsystem, Notification, Transition
 from clusterfw.subsystems.placeholders import PlaceholderSubsystem, default_subsystems
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,6 +100,50 @@ class _Sent:
 
 def _note(level: int, batch: int) -> Notification:
     return Notification(level, batch, 1, (Entry(1, "n1", "joining", 0),), ())
+
+
+class _Recorder(LocalSubsystem):
+    """An in-process subsystem that records what reaches its one door."""
+
+    def __init__(self, level: int) -> None:
+        self.level, self.name = level, "rec"
+        self.got: list[tuple[ViewRecord | None, Notification | None]] = []
+
+    def start(self, ack, log) -> None:
+        self.ack = ack
+
+    def deliver(self, view, notification=None) -> None:
+        self.got.append((view, notification))
+
+    def stop(self) -> None:
+        pass
+
+
+def test_an_in_process_subsystem_gets_typed_batches_and_the_view_through_one_door():
+    s = _Sent()
+    hub = s.hub()
+    rec = _Recorder(25)
+    hub.add_local(rec)
+    hub.freeze()
+    view = ViewRecord(node_id=1, incarnation=1, seq=4, term=1, epoch=4,
+                      members=(MemberEntry(node_id=1, incarnation=1, state=NodeState.JOINED),))
+    hub.view_adopted(view)
+    note = Notification(25, 9, 4, (Entry(2, "n2", Kind.FORCED, 0),), ((1, "n1", "joined"),), view=view)
+    assert note.entries[0].kind is Transition.FORCED_LEAVING and note.entries[0].kind.core_kind is Kind.FORCED
+    hub.deliver(note)
+    assert rec.got == [(view, None), (view, note)]
+    [entry] = rec.got[1][1].entries
+    assert entry.kind is Transition.FORCED_LEAVING and (entry.node_id, entry.node) == (2, "n2")
+    # The wire names exist only at the socket's edge, both ways, and the view stays in-process.
+    wire = note.to_json()
+    assert wire["entries"][0]["kind"] == "forced-leaving" and "view" not in wire
+    back = Notification.from_json(wire)
+    assert back == note and back.entries[0].kind is Transition.FORCED_LEAVING and back.view is None
+    assert back.entries[0].kind == "forced-leaving"  # socket clients compare it with the wire name, as ever
+    with pytest.raises(ValueError, match="unknown transition kind 'exploding'"):
+        Notification.from_json(dict(wire, entries=[dict(wire["entries"][0], kind="exploding")]))
+    rec.ack(9)
+    assert s.acked == [(25, 9)]
 
 
 def test_hub_registration_rules():

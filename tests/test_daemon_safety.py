@@ -40,7 +40,8 @@ from test_daemon_loop import HAVE_LOOP, needs_loop, Cluster, formatted_cluster, 
 
 from clusterfw.core.model import SlotRecord
 from clusterfw.core.node import OpResult, WriteSlot
-from clusterfw.node import blockcheck, diskio, fencing, units
+from clusterfw.node import blockcheck, fencing, units
+from clusterfw.ondisk import diskio
 from clusterfw.node.daemon import EXIT_CONFIG, EXIT_FAILED, Daemon, DaemonOptions
 from clusterfw.host.journal import Journal
 from clusterfw.host.clocks import SuspendDetector, clock_pair, suspended_ms

@@ -297,6 +297,29 @@ def test_release_before_the_grant_cancels():
     assert not c[2].core.busy()
 
 
+def test_every_denial_says_its_kind_so_no_caller_matches_the_sentence():
+    """busy, timeout, cancelled and the node's own state each carry a
+    DenyKind; ``reason`` is only the sentence for people."""
+    from clusterfw.core.dlm import DenyKind
+    c = Cluster()
+    c[1].core.request(1, "vol-a", EX, c.now)
+    c.settle()
+    c[2].core.request(2, "vol-a", SH, c.now, try_only=True)
+    c.settle()
+    c[2].core.request(3, "vol-a", EX, c.now, timeout_ms=50)
+    c.run(c.now + 100)
+    c[2].core.request(4, "vol-a", EX, c.now)
+    c.run(c.now + 30)
+    c[2].core.release(4, c.now)
+    c.settle()
+    c[1].core.request(5, "vol-a", SH, c.now, try_only=True)  # its own node holds it: busy at once
+    c[2].core.stop("fenced")
+    c[2].core.request(6, "vol-b", EX, c.now)
+    kinds = {d.req_id: d.kind for d in c[2].take(Denied) + c[1].take(Denied)}
+    assert kinds == {2: DenyKind.BUSY, 3: DenyKind.TIMEOUT, 4: DenyKind.CANCELLED, 5: DenyKind.BUSY,
+                     6: DenyKind.UNAVAILABLE}
+
+
 def test_failed_io_is_retried():
     c = Cluster()
     c[1].fail_next = 3

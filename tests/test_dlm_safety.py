@@ -161,7 +161,7 @@ def _service(disk: SimDisk, layout: Layout, lines: list, pushes: list, node_id: 
              incarnation: int = NEW) -> DlmService:
     svc = DlmService(path="/nonexistent", layout=layout, cluster_uuid=UUID, node_id=node_id,
                      incarnation=incarnation, timing=derive(), guard=lambda: None,
-                     push=lambda conn, msg: pushes.append(msg) or True, view_of=lambda: None,
+                     push=lambda conn, msg: pushes.append(msg) or True,
                      node_name=lambda n: f"a{n}", log=lambda prio, text: lines.append((prio, text)),
                      deadline_of=lambda: float("inf"))
     svc._dev = disk  # type: ignore[assignment]  # the service's I/O against a simulated disk
@@ -169,7 +169,7 @@ def _service(disk: SimDisk, layout: Layout, lines: list, pushes: list, node_id: 
 
 
 def _pump(svc: DlmService, _now: float, rounds: int = 20) -> None:
-    from clusterfw.node import diskio
+    from clusterfw.ondisk import diskio
     for _ in range(rounds):
         now = diskio.clock_ms()  # the service stamps requests with the daemon's clock
         with svc._lock:
@@ -196,14 +196,14 @@ def test_the_service_stops_vouching_for_a_lock_once_the_view_drops_this_incarnat
     lines: list = []
     pushes: list = []
     svc = _service(disk, layout, lines, pushes)
-    svc.on_view(_view(1, member(1, incarnation=NEW), member(2)))
+    svc.deliver(_view(1, member(1, incarnation=NEW), member(2)))
     svc.core.notify(1, [BatchEntry(1, Kind.JOIN, 0)], 0.0)  # its own join at the DLM level
     _pump(svc, 0.0)
     assert svc.lock(7, 4242, 1, "mx", EX, None, False) is None
     _pump(svc, 0.0)
     assert [p["op"] for p in pushes if p.get("op") == "granted"] == ["granted"]
     assert svc.valid_for_ms(0.0) > 0
-    svc.on_view(_view(2, member(1, incarnation=OLD), member(2)))  # a view that went back
+    svc.deliver(_view(2, member(1, incarnation=OLD), member(2)))  # a view that went back
     assert svc.valid_for_ms(0.0) == 0  # no renewal vouches for it any more
     svc._renew(0.0)  # a renewal before the revocation is dispatched says why it vouches 0 ms
     [zero] = [p for p in pushes if p.get("op") == "valid"]
@@ -222,7 +222,7 @@ def test_a_damaged_lock_sector_is_logged_once_named_busy_shown_and_repaired():
     lines: list = []
     pushes: list = []
     svc = _service(disk, layout, lines, pushes)
-    svc.on_view(_view(1, member(1, incarnation=NEW), member(2), member(3)))
+    svc.deliver(_view(1, member(1, incarnation=NEW), member(2), member(3)))
     svc.core.notify(1, [BatchEntry(1, Kind.JOIN, 0)], 0.0)  # its own join at the DLM level
     _pump(svc, 0.0)
     for _ in range(3):  # read again and again: logged once per occurrence

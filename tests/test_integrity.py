@@ -23,11 +23,12 @@ from test_daemon_loop import HAVE_LOOP, needs_loop, Cluster, cli, formatted_clus
 
 from clusterfw.core.model import SlotRecord
 from clusterfw.core.node import OpResult, ReadSlots, ReadView, ReadViews, Unreadable
+from clusterfw.core.text import printable
 from clusterfw.core.timing import derive
-from clusterfw.node.integrity import IntegrityTracker, printable
 from clusterfw.ondisk.blockdev import BlockDevice
 from clusterfw.ondisk.clusterdisk import ClusterDisk
 from clusterfw.ondisk.errors import NotWritten
+from clusterfw.ondisk.integrity import IntegrityTracker
 
 RUNNING = ("n1", "n2")  # the cluster of these tests; n3 is configured but mostly not running
 UNUSED_ID = 6  # a slot no node-table entry names (the disk has 8 ids, 3 nodes)

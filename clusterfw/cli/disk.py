@@ -409,7 +409,7 @@ RESET_WATCH_INTERVALS = 3  # a slot must stay unchanged this many heartbeat inte
 
 def _resolve_node(disk: ClusterDisk, text: str) -> tuple[int, str | None]:
     """NODE as (node id, name or None): a name from the node table, or an id."""
-    from clusterfw.node.integrity import printable
+    from clusterfw.core.text import printable
 
     table = disk.read_node_table()
     names = {cfg.node_id: cfg.name for cfg in table if isinstance(cfg, NodeConfig)}
@@ -437,7 +437,7 @@ def _reset_refused(args: argparse.Namespace, out: dict[str, Any], reason: str, m
 def cmd_disk_reset_slot(args: argparse.Namespace) -> int:
     import time
 
-    from clusterfw.node.integrity import printable
+    from clusterfw.core.text import printable
 
     dev = _open(args.device, readonly=False)
     try:

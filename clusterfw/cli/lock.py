@@ -251,7 +251,7 @@ def _locked_run(conn: Connection, args: argparse.Namespace, command: list[str]) 
             _say(f"'{args.name}': the lock of {message.get('from')} (forced out of the cluster) was recovered")
         elif op == "denied":
             reason = str(message.get("reason"))
-            if reason.startswith(("busy", "timeout")):
+            if message.get("kind") in ("busy", "timeout"):  # DenyKind's values on the wire
                 _say(f"'{args.name}' not acquired: {reason}")
                 return args.conflict_exit_code
             _say(f"'{args.name}' not acquired: {reason}")

@@ -159,7 +159,8 @@ def _levels_order(nodes: list[dict[str, Any]]) -> list[str]:
 
 
 def format_status(status: dict[str, Any]) -> str:
-    from clusterfw.node.integrity import printable, warning_lines
+    from clusterfw.core.text import printable
+    from clusterfw.ondisk.integrity import warning_lines
 
     nodes = status.get("nodes", [])
     levels = _levels_order(nodes)

@@ -256,6 +256,16 @@ class Granted:
     token: int
 
 
+class DenyKind(enum.Enum):
+    """Why a request ended without a grant, for callers that act on it
+    (``reason`` is the sentence for people)."""
+
+    BUSY = "busy"  # a try-lock found a holder, a waiter or a damaged sector in its way
+    TIMEOUT = "timeout"  # its timeout passed before the grant
+    CANCELLED = "cancelled"  # released before it was granted
+    UNAVAILABLE = "unavailable"  # this node cannot grant now: not a member, leaving, fencing, stopped, too many requests
+
+
 @dataclass(frozen=True)
 class Denied:
     """The request ended without a grant: try-lock busy, timeout, cancelled,
@@ -263,6 +273,7 @@ class Denied:
 
     req_id: int
     reason: str
+    kind: DenyKind = field(default=DenyKind.UNAVAILABLE, compare=False)
 
 
 @dataclass(frozen=True)
@@ -540,10 +551,10 @@ class DlmCore:
             raise DlmMisuse(f"timeout_ms={timeout_ms}: must be >= 0 or None")
         why = self.may_request()
         if why is not None:
-            self._events.append(Denied(req_id, why))
+            self._events.append(Denied(req_id, why, DenyKind.UNAVAILABLE))
             return
         if len(self._requests) >= REQUESTS_MAX:
-            self._events.append(Denied(req_id, f"too many outstanding requests (REQUESTS_MAX={REQUESTS_MAX})"))
+            self._events.append(Denied(req_id, f"too many outstanding requests (REQUESTS_MAX={REQUESTS_MAX})", DenyKind.UNAVAILABLE))
             return
         stripe = stripe_of(name, self.stripes_max)
         if isinstance(owner, bool) or not isinstance(owner, int) or not 0 <= owner <= 0xFFFFFFFF:
@@ -552,7 +563,7 @@ class DlmCore:
         if try_only and queue:
             # Another local request owns this node's sector on the stripe: a
             # try-lock would have to wait for it to end, so it is busy now.
-            self._events.append(Denied(req_id, self._local_busy_reason(name, mode, queue)))
+            self._events.append(Denied(req_id, self._local_busy_reason(name, mode, queue), DenyKind.BUSY))
             return
         req = _Request(req_id, name, mode, stripe, try_only,
                        None if timeout_ms is None else now_ms + timeout_ms, now_ms, next_ms=now_ms, owner=owner)
@@ -573,7 +584,7 @@ class DlmCore:
             self._move(req, Phase.RELEASING)
             req.next_ms = now_ms
         else:
-            self._abandon(req, "cancelled", now_ms)
+            self._abandon(req, "cancelled", now_ms, DenyKind.CANCELLED)
         return True
 
     def on_view(self, view: ViewRecord, now_ms: float) -> None:
@@ -643,7 +654,7 @@ class DlmCore:
                 if req.phase in (Phase.HELD, Phase.RELEASING) and req.abandon is None:
                     self._events.append(Revoked(req.req_id, req.name, reason))
                 elif req.phase is not Phase.WITHDRAWING and req.abandon is None:
-                    self._events.append(Denied(req.req_id, reason))
+                    self._events.append(Denied(req.req_id, reason, DenyKind.UNAVAILABLE))
         self._stripes.clear()
         self._requests.clear()
         self._in_flight = None
@@ -939,7 +950,8 @@ class DlmCore:
                      and e.state in (EntryState.CHOOSING, EntryState.WAITING)
                      and self._counted(e.node_id, e.incarnation))
 
-    def _abandon(self, req: _Request, reason: str, now_ms: float) -> None:
+    def _abandon(self, req: _Request, reason: str, now_ms: float,
+                 kind: DenyKind = DenyKind.UNAVAILABLE) -> None:
         """End a request that is not granted (or is revoked): report it now,
         withdraw its sector if anything may be on the disk."""
         if req.abandon is not None:
@@ -947,7 +959,7 @@ class DlmCore:
         if req.phase is Phase.HELD:
             self._events.append(Revoked(req.req_id, req.name, reason))
         elif req.phase not in (Phase.RELEASING, Phase.WITHDRAWING):
-            self._events.append(Denied(req.req_id, reason))
+            self._events.append(Denied(req.req_id, reason, kind))
         req.abandon = reason
         if self._in_flight is not None and any(owner is req for owner, _ in self._in_flight.owners):
             return  # decided when its op completes
@@ -971,7 +983,7 @@ class DlmCore:
             if req.deadline_ms is None or now_ms < req.deadline_ms or req.abandon is not None:
                 continue
             if req.phase in (Phase.QUEUED, *_WAITING_PHASES):
-                self._abandon(req, "timeout", now_ms)
+                self._abandon(req, "timeout", now_ms, DenyKind.TIMEOUT)
 
     def _retry(self, req: _Request, now_ms: float) -> None:
         req.next_ms = now_ms + self.poll_min_ms
@@ -1068,7 +1080,7 @@ class DlmCore:
         elif phase is Phase.GRANTING and not self.can_write(now_ms):
             self._abandon(req, "this node can no longer write to the disk (fencing)", now_ms)
         elif phase is Phase.GRANTING and req.deadline_ms is not None and now_ms >= req.deadline_ms:
-            self._abandon(req, "timeout", now_ms)  # the HELD write completed too late
+            self._abandon(req, "timeout", now_ms, DenyKind.TIMEOUT)  # the HELD write completed too late
         elif phase is Phase.GRANTING:
             self._move(req, Phase.HELD)
             req.granted_ms = now_ms
@@ -1105,7 +1117,7 @@ class DlmCore:
         if req.try_only:
             only_choosing = all(b.why == "choosing" for b in blockers)
             if not only_choosing or req.choosing_rereads <= 0:
-                self._abandon(req, busy_reason(blockers, self.name_of), now_ms)
+                self._abandon(req, busy_reason(blockers, self.name_of), now_ms, DenyKind.BUSY)
                 return
             req.choosing_rereads -= 1
         if blockers != req.blockers:

@@ -46,7 +46,7 @@ def records_from(note: Notification, observer: str, now: float | None = None) ->
     context = [{"node": name, "id": node_id, "state": state} for node_id, name, state in note.context]
     return [{
         "v": RECORD_VERSION, "time": iso_utc(ts), "ts": round(ts, 3), "observer": observer,
-        "node": e.node, "id": e.node_id, "event": EVENT_OF_KIND.get(e.kind, e.kind), "kind": e.kind,
+        "node": e.node, "id": e.node_id, "event": EVENT_OF_KIND[e.kind], "kind": e.kind.value,
         "barrier": e.barrier, "level": note.level, "epoch": note.epoch, "batch": note.batch,
         "context": context,
     } for e in note.entries]
@@ -57,7 +57,7 @@ def batch_key(level: int, epoch: int, batch: int, entries: list[tuple[int, str, 
 
 
 def note_key(note: Notification) -> tuple[Any, ...]:
-    return batch_key(note.level, note.epoch, note.batch, [(e.node_id, e.kind, e.barrier) for e in note.entries])
+    return batch_key(note.level, note.epoch, note.batch, [(e.node_id, e.kind.value, e.barrier) for e in note.entries])
 
 
 def describe(record: dict[str, Any]) -> str:

@@ -96,23 +96,24 @@ from clusterfw.core.node import (
     WriteSlot,
     WriteView,
 )
+from clusterfw.core.text import printable
 from clusterfw.exitcodes import EXIT_CONFIG, EXIT_FAILED, EXIT_FENCED, EXIT_OK, EXIT_USAGE
 from clusterfw.host.clocks import SUSPEND_THRESHOLD_MS, SuspendDetector, clock_pair
 from clusterfw.host.journal import Journal
 from clusterfw.host.notify import Notifier
 from clusterfw.host.watchdog import Watchdog
-from clusterfw.ondisk import admin
+from clusterfw.ondisk import admin, diskio
 from clusterfw.ondisk.blockdev import BlockDevice
 from clusterfw.ondisk.clusterdisk import ClusterDisk
 from clusterfw.ondisk.errors import BlockError, BlockSizeMismatch, DeviceError, DeviceTooSmall, IoError, NotWritten
-from clusterfw.subsystems.base import Entry, Notification
+from clusterfw.ondisk.integrity import IntegrityTracker
+from clusterfw.subsystems.base import Entry, Notification, Transition
 from clusterfw.subsystems.dlm.service import AREA_READ_BYTES_MAX, DlmService, describe_area
 from clusterfw.subsystems.placeholders import default_subsystems
 
-from . import api, blockcheck, diskio, fencing, protocol
+from . import api, blockcheck, fencing, protocol
 from .fencing import FENCE_ACTIONS, Fencer, read_managed_units, should_feed
 from .hub import Hub, RegistrationError
-from .integrity import IntegrityTracker, printable
 from .slowreads import LockTableReader
 from .status import add_integrity, render, timing_json
 
@@ -496,7 +497,7 @@ class Daemon:
         assert self.disk is not None
         return DlmService(path=self.opts.disk, layout=self.disk.layout, cluster_uuid=self.disk.cluster_uuid,
                           node_id=self.node_id, incarnation=self.incarnation, timing=self.timing,
-                          guard=self._write_guard, push=self.server.push, view_of=self._current_view,
+                          guard=self._write_guard, push=self.server.push,
                           node_name=self._node_name, log=self._log, deadline_of=lambda: self._write_deadline_ms)
 
     def _current_view(self) -> ViewRecord | None:
@@ -891,10 +892,9 @@ class Daemon:
                 self._update_status()
                 self._progress()
             elif isinstance(ev, ViewAdopted):
-                if self.dlm is not None:
-                    view = self._current_view()
-                    if view is not None:
-                        self.dlm.on_view(view)
+                view = self._current_view()
+                if view is not None:
+                    self.hub.view_adopted(view)
                 for line in ev.log:
                     self.log.info(f"[master] {line}", EPOCH=ev.epoch, TERM=ev.term)
                 self.log.debug(f"view epoch {ev.epoch} of term {ev.term}", EPOCH=ev.epoch, TERM=ev.term)
@@ -920,9 +920,10 @@ class Daemon:
         names = self.names
         return Notification(
             level=ev.level, batch=ev.batch_id, epoch=ev.epoch,
-            entries=tuple(Entry(e.node_id, names.get(e.node_id, f"node{e.node_id}"), e.kind.notification, e.barrier)
+            entries=tuple(Entry(e.node_id, names.get(e.node_id, f"node{e.node_id}"), Transition.of(e.kind), e.barrier)
                           for e in ev.entries),
-            context=tuple((node_id, names.get(node_id, f"node{node_id}"), state) for node_id, state in ev.context))
+            context=tuple((node_id, names.get(node_id, f"node{node_id}"), state) for node_id, state in ev.context),
+            view=self._current_view())
 
     def _update_status(self) -> None:
         with self._lock:

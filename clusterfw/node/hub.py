@@ -31,7 +31,7 @@ import threading
 from dataclasses import dataclass
 from typing import Callable
 
-from clusterfw.core.model import REGISTRATIONS_MAX, Registration
+from clusterfw.core.model import REGISTRATIONS_MAX, Registration, ViewRecord
 from clusterfw.subsystems.base import LocalSubsystem, Notification
 
 
@@ -169,6 +169,14 @@ class Hub:
                     for ep in sorted(self._endpoints.values(), key=lambda e: e.registration.level)]
 
     # -------------------------------------------------------------- delivering
+    def view_adopted(self, view: ViewRecord) -> None:
+        """Every in-process subsystem learns the adopted view (the same
+        door as its notifications); external ones learn it with their next."""
+        with self._lock:
+            locals_ = [ep.local for ep in self._endpoints.values() if ep.local is not None]
+            for local in locals_:
+                local.deliver(view)
+
     def deliver(self, notification: Notification) -> None:
         with self._lock:
             ep = self._endpoints.get(notification.level)
@@ -179,7 +187,7 @@ class Hub:
             ep.delivered_to = conn_id
             # Under the lock (both only queue): notifications keep their order.
             if local is not None:
-                local.deliver(notification)
+                local.deliver(notification.view, notification)
                 sent = True
             else:
                 sent = conn_id is not None and self._send(conn_id, notification)

@@ -20,7 +20,7 @@ daemon runs on this host: the view and the master are what the disk says,
 but a single read cannot tell a live heartbeat from a dead one, so every
 ``heartbeat_age_ms`` is null.
 
-Both add ``integrity`` (node/integrity.py): ``{"damaged": [...], "counts":
+Both add ``integrity`` (ondisk/integrity.py): ``{"damaged": [...], "counts":
 {...}}`` -- the areas that do not decode (superblock, node-table entries,
 slots and view copies of configured nodes) and, from the daemon, how many
 times each kind of area became damaged since it started.  When the
@@ -43,7 +43,7 @@ from clusterfw.ondisk.clusterdisk import ClusterDisk, best_view
 from clusterfw.ondisk.errors import NotWritten
 from clusterfw.subsystems.placeholders import PLACEHOLDER_LEVELS
 
-from .integrity import COPY_NAMES, KINDS, NODE_TABLE, SLOT, VIEW, Damage, IntegrityTracker, damage_json, error_text
+from clusterfw.ondisk.integrity import COPY_NAMES, KINDS, NODE_TABLE, SLOT, VIEW, Damage, IntegrityTracker, damage_json, error_text
 
 UNKNOWN = "unknown"
 PLACEHOLDER = "placeholder"

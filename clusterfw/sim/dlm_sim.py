@@ -67,6 +67,7 @@ from ..core.dlm import (
     DLM_LEVEL,
     Ack,
     Denied,
+    DenyKind,
     DlmCore,
     DlmResult,
     EntryState,
@@ -425,9 +426,9 @@ class DlmSim(Feature):
                 self._schedule_client(dn, client, self.rng.uniform(*HOLD_MS), "release")
             elif isinstance(ev, Denied):
                 self.w.stats["dlm_denied"] += 1
-                if ev.reason == "timeout":
+                if ev.kind is DenyKind.TIMEOUT:
                     self.w.stats["dlm_timeouts"] += 1
-                elif ev.reason.startswith("busy"):
+                elif ev.kind is DenyKind.BUSY:
                     self.w.stats["dlm_busy"] += 1
                 self.w.log(f"n{node.node_id} dlm: request {ev.req_id} denied: {ev.reason}")
                 dn.issued_ms.pop(ev.req_id, None)

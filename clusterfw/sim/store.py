@@ -16,7 +16,7 @@ whole, only its first ``k`` sectors (a torn write), or not at all.  Damage is
 injected with ``land`` too, at the byte and sector level: random bytes over a
 sector, an old record's bytes written back, a lock sector overwritten.
 
-Reads are the daemon's (``node/diskio.py``, ``node/dlm_service.py``), each a
+Reads are the daemon's (``ondisk/diskio.py``, ``subsystems/dlm/service.py``), each a
 snapshot at one instant: ``slots_value`` is ``ClusterDisk.read_slots`` (one
 read of the slot area) with each block that does not decode given to the core
 as ``Unreadable``; ``ClusterDisk.read_view`` reads both copies at once and

@@ -22,6 +22,7 @@ import threading
 from typing import Callable
 
 from clusterfw.core import levels
+from clusterfw.core.model import ViewRecord
 
 from .base import LocalSubsystem, Notification
 
@@ -50,7 +51,9 @@ class PlaceholderSubsystem(LocalSubsystem):
         self._thread = threading.Thread(target=self._run, name=f"subsystem-{self.name}", daemon=True)
         self._thread.start()
 
-    def deliver(self, notification: Notification) -> None:
+    def deliver(self, view: ViewRecord | None, notification: Notification | None = None) -> None:
+        if notification is None:
+            return  # a view alone: nothing to acknowledge
         while True:
             try:
                 self._queue.put_nowait(notification)

@@ -12,8 +12,9 @@ How this works
   guard again (the device asks it once more right before the system call),
   so nothing is written once the node may not write (fence deadline, fenced,
   exiting); such a write is reported to the core as failed.
-* **Membership.**  The daemon hands over every adopted view (``on_view``)
-  and the hub delivers the level-10 notifications (``deliver``).  The core
+* **Membership.**  The hub hands over every adopted view and every
+  level-10 notification through the one door of a subsystem,
+  ``deliver(view, notification)`` (subsystems/base.py).  The core
   answers a notification with ``Ack`` once its work is done (the join's read
   of the lock area, the leave's releases); the thread passes that to the
   hub.  Core events are only ever taken on the DLM thread, so nothing the
@@ -72,16 +73,15 @@ from clusterfw.core.dlm import (
     Revoked,
     WriteEntry,
 )
-from clusterfw.core.model import BatchEntry, Kind, Registration, Timing, ViewRecord
-from clusterfw.ondisk import dlm_codec
+from clusterfw.core.model import BatchEntry, Registration, Timing, ViewRecord
+from clusterfw.core.text import printable
+from clusterfw.ondisk import diskio, dlm_codec
 from clusterfw.ondisk.blockdev import BlockDevice
 from clusterfw.ondisk.clusterdisk import ClusterDisk
 from clusterfw.ondisk.errors import DeviceError
+from clusterfw.ondisk.integrity import IntegrityTracker, error_text, is_unreadable
 from clusterfw.ondisk.layout import Layout
 from clusterfw.subsystems.base import LocalSubsystem, Notification
-
-from clusterfw.node import diskio
-from clusterfw.node.integrity import IntegrityTracker, error_text, is_unreadable, printable
 
 CLIENT_REQUESTS_MAX = 64
 """Outstanding lock requests per socket connection."""
@@ -89,9 +89,6 @@ AREA_READ_BYTES_MAX = 1 << 20
 """The own-join read of the lock area goes in reads of whole stripes of at
 most this many bytes."""
 WAIT_MAX_S = 1.0
-_KINDS = {kind.notification: kind for kind in Kind}
-
-
 @dataclass
 class _ClientRequest:
     conn_id: int
@@ -113,7 +110,7 @@ class DlmService(LocalSubsystem):
 
     def __init__(self, *, path: str, layout: Layout, cluster_uuid: bytes, node_id: int, incarnation: int,
                  timing: Timing, guard: Callable[[], str | None], push: Callable[[int, dict[str, Any]], bool],
-                 view_of: Callable[[], ViewRecord | None], node_name: Callable[[int], str],
+                 node_name: Callable[[int], str],
                  log: Callable[[str, str], None], deadline_of: Callable[[], float] | None = None) -> None:
         self.path = path
         self.layout = layout
@@ -123,7 +120,6 @@ class DlmService(LocalSubsystem):
         self.timing = timing
         self._guard = guard
         self._push = push
-        self._view_of = view_of
         self._node_name = node_name
         self._logf = log
         self._deadline_of = deadline_of or (lambda: float("inf"))
@@ -162,15 +158,16 @@ class DlmService(LocalSubsystem):
         self._renew_thread = threading.Thread(target=self._renew_loop, name="dlm-renew", daemon=True)
         self._renew_thread.start()
 
-    def deliver(self, notification: Notification) -> None:
-        """A level-10 notification (called by the hub, under its lock)."""
-        entries = [BatchEntry(e.node_id, _KINDS[e.kind], e.barrier) for e in notification.entries]
-        view = self._view_of()
+    def deliver(self, view: ViewRecord | None, notification: Notification | None = None) -> None:
+        """The adopted view, with a level-10 batch when there is one (called
+        by the hub, under its lock)."""
         now = diskio.clock_ms()
         with self._lock:
             if view is not None:
                 self.core.on_view(view, now)
-            self.core.notify(notification.batch, entries, now)
+            if notification is not None:
+                entries = [BatchEntry(e.node_id, e.kind.core_kind, e.barrier) for e in notification.entries]
+                self.core.notify(notification.batch, entries, now)
         self._kick.set()
 
     def stop(self, reason: str = "the daemon is exiting") -> None:
@@ -194,11 +191,6 @@ class DlmService(LocalSubsystem):
         return {n: self._node_name(n) for n in range(1, self.layout.nodes_max + 1)}
 
     # ------------------------------------------------------------- daemon
-    def on_view(self, view: ViewRecord) -> None:
-        with self._lock:
-            self.core.on_view(view, diskio.clock_ms())
-        self._kick.set()
-
     # ------------------------------------------------------------- clients
     def lock(self, conn_id: int, pid: int, client_id: int, name: str, mode: LockMode, timeout_ms: float | None,
              try_only: bool) -> str | None:
@@ -419,7 +411,8 @@ class DlmService(LocalSubsystem):
             else:
                 final: dict[str, Any]
                 if isinstance(ev, Denied):
-                    final = {"op": "denied", "id": req.client_id, "name": req.name, "reason": ev.reason}
+                    final = {"op": "denied", "id": req.client_id, "name": req.name, "reason": ev.reason,
+                             "kind": ev.kind.value}
                 elif isinstance(ev, Released):
                     final = {"op": "released", "id": req.client_id, "name": req.name}
                 elif isinstance(ev, Revoked):

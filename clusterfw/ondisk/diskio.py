@@ -1,4 +1,6 @@
-"""The daemon's disk I/O: NodeCore's ops carried out on the real device.
+"""A node's disk I/O: NodeCore's ops carried out on the real device (the
+daemon's and its in-process subsystems', which is why it lives here and not
+in node/).
 
 How this works
 --------------
@@ -31,7 +33,7 @@ from typing import Callable
 
 from clusterfw.core.model import SlotRecord, ViewRecord
 from clusterfw.core.node import Op, OpResult, ReadSlots, ReadView, ReadViews, Unreadable, WriteSlot, WriteView
-from clusterfw.host.clocks import clock_ms
+from clusterfw.host.clocks import clock_ms as clock_ms  # the daemon's clock, re-exported for the I/O callers
 from clusterfw.ondisk.blockdev import BlockDevice
 from clusterfw.ondisk.clusterdisk import ClusterDisk
 from clusterfw.ondisk.errors import DeviceError, NotWritten
