@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from test_daemon_loop import wait_for
 
+from clusterfw.core import timing
 from clusterfw.core.model import Request, SlotRecord, Timing
 from clusterfw.ondisk.admin import add_node, format_disk
 from clusterfw.ondisk.blockdev import BlockDevice
@@ -31,6 +32,8 @@ from clusterfw.ondisk.layout import MIB
 REPO = Path(__file__).resolve().parents[1]
 EX_USAGE_LOCK = 64  # `clusterfw lock` follows flock(1): EX_USAGE
 EX_CONFIG = 78
+LAB_FAILOVER = f"forced out after about {timing.ms_text(timing.failover_ms(timing.derive(timing.LAB)))}"
+SAN_FAILOVER = f"about {timing.ms_text(timing.failover_ms(timing.derive(timing.SAN)))}"
 
 
 def _env() -> dict[str, str]:
@@ -96,11 +99,26 @@ CASES = [
      ["small.img", "2048 bytes", "4096"]),
     ("node-add-small-disk", lambda w: ["node", "add", str(w / "small.img"), "--name", "a"], 2,
      ["small.img", "2048 bytes", "4096"]),
-    ("init-heartbeat-1", lambda w: ["disk", "init", str(w / "fresh.img"), "--cluster", "t", "--heartbeat-ms", "1"],
+    ("init-heartbeat-1", lambda w: ["disk", "init", str(w / "fresh.img"), "--cluster", "t", "--heartbeat-ms", "1",
+                                    "--io-timeout-ms", "200"],
      2, ["--heartbeat-ms 1 ", "use 10.."]),
     ("init-heartbeat-u32max",
-     lambda w: ["disk", "init", str(w / "fresh.img"), "--cluster", "t", "--heartbeat-ms", "4294967295"],
+     lambda w: ["disk", "init", str(w / "fresh.img"), "--cluster", "t", "--heartbeat-ms", "4294967295",
+                "--io-timeout-ms", "200"],
      2, ["--heartbeat-ms 4294967295", "use 10.."]),
+    ("init-no-timing", lambda w: ["disk", "init", str(w / "fresh.img"), "--cluster", "t"], 2,
+     ["choose a timing", "--profile lab (heartbeat 100 ms, io timeout 200 ms", LAB_FAILOVER, "--profile san",
+      SAN_FAILOVER, "--heartbeat-ms and --io-timeout-ms"]),
+    ("init-heartbeat-only", lambda w: ["disk", "init", str(w / "fresh.img"), "--cluster", "t", "--heartbeat-ms",
+                                       "100"], 2, ["--heartbeat-ms needs --io-timeout-ms too", "--profile lab"]),
+    ("init-io-timeout-only", lambda w: ["disk", "init", str(w / "fresh.img"), "--cluster", "t", "--io-timeout-ms",
+                                        "200"], 2, ["--io-timeout-ms needs --heartbeat-ms too"]),
+    ("init-profile-and-heartbeat", lambda w: ["disk", "init", str(w / "fresh.img"), "--cluster", "t", "--profile",
+                                              "san", "--heartbeat-ms", "100"], 2,
+     ["--profile san sets the heartbeat", "not --heartbeat-ms too"]),
+    ("daemon-profile-contradicts-the-disk", lambda w: daemon(w, str(w / "ok.img"), "--profile", "san",
+                                                             run="run-profile"), EX_CONFIG,
+     ["--profile san contradicts the disk", "ok.img", "io timeout of 200 ms", "'lab' disk", "--profile san --force"]),
     ("init-io-timeout-1",
      lambda w: ["disk", "init", str(w / "fresh.img"), "--cluster", "t", "--heartbeat-ms", "1000",
                 "--io-timeout-ms", "1"], 2, ["--io-timeout-ms 1 ", "use 50.."]),
@@ -160,12 +178,12 @@ def test_disk_init_refuses_a_live_disk_whose_superblock_is_damaged(tmp_path, dam
     assert "destroys the node table" in advice.stderr
     assert "initialise it with" not in advice.stderr  # the old advice that wiped a live disk
 
-    refused = clusterfw("disk", "init", str(image), "--cluster", "t")
+    refused = clusterfw("disk", "init", str(image), "--cluster", "t", "--profile", "lab")
     assert refused.returncode == 3, refused.stderr
     assert "refusing to initialise" in refused.stderr and "slot" in refused.stderr
     assert image.read_bytes() == before  # not one byte written
 
-    forced = clusterfw("disk", "init", str(image), "--cluster", "t", "--force")
+    forced = clusterfw("disk", "init", str(image), "--cluster", "t", "--profile", "lab", "--force")
     assert forced.returncode == 0, forced.stderr
 
 

@@ -259,7 +259,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_cli_on_a_file(image):
-    result = cli("disk", "init", image, "--cluster", "lab", "--max-nodes", "4")
+    result = cli("disk", "init", image, "--cluster", "lab", "--profile", "lab", "--max-nodes", "4")
     assert result.returncode == 0, result.stderr
     assert "cluster 'lab'" in result.stdout
     assert cli("node", "add", image, "--name", "n1").returncode == 0
@@ -270,7 +270,8 @@ def test_cli_on_a_file(image):
     assert bad.returncode == 2 and "a-z 0-9" in bad.stderr
     out_of_range = cli("node", "add", image, "--name", "n9", "--id", "9")
     assert out_of_range.returncode == 2 and "1..4" in out_of_range.stderr
-    again = cli("disk", "init", image, "--cluster", "lab", "--max-nodes", "4")  # 16 would not fit 4 MiB
+    # 16 node ids would not fit 4 MiB
+    again = cli("disk", "init", image, "--cluster", "lab", "--profile", "lab", "--max-nodes", "4")
     assert again.returncode == 3 and "--force" in again.stderr
 
     dumped = cli("disk", "dump", image, "--json")
@@ -290,15 +291,16 @@ def test_cli_on_a_file(image):
 
 
 def test_cli_errors_name_the_input(tmp_path, image):
-    missing = cli("disk", "init", str(tmp_path / "nope"), "--cluster", "lab")
+    missing = cli("disk", "init", str(tmp_path / "nope"), "--cluster", "lab", "--profile", "lab")
     assert missing.returncode == 2 and "nope" in missing.stderr
-    assert cli("disk", "init", image, "--cluster", "bad name").returncode == 2
-    assert "--max-nodes 0" in cli("disk", "init", image, "--cluster", "lab", "--max-nodes", "0").stderr
+    assert cli("disk", "init", image, "--cluster", "bad name", "--profile", "lab").returncode == 2
+    assert "--max-nodes 0" in cli("disk", "init", image, "--cluster", "lab", "--profile", "lab",
+                                  "--max-nodes", "0").stderr
     not_ours = cli("disk", "dump", image)
     assert not_ours.returncode == 1 and "disk init" in not_ours.stderr
     assert cli("probe", image).returncode == 1
     (tmp_path / "small").mkdir()
-    small = cli("disk", "init", make_file(tmp_path / "small", 1 * MIB), "--cluster", "lab")
+    small = cli("disk", "init", make_file(tmp_path / "small", 1 * MIB), "--cluster", "lab", "--profile", "lab")
     assert small.returncode == 2 and "needs at least" in small.stderr
 
 

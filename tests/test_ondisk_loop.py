@@ -148,9 +148,9 @@ def test_cli_on_a_loop_device(loop):
     assert lines["CLUSTERFW_UUID"] == state["superblock"]["cluster_uuid"]
     assert lines["CLUSTERFW_BLOCK_SIZE"] == str(sector)
 
-    refused = cli("disk", "init", device, "--cluster", "lab2")
+    refused = cli("disk", "init", device, "--cluster", "lab2", "--profile", "lab")
     assert refused.returncode == 3 and "clusterfw cluster 'lab'" in refused.stderr
-    forced = cli("disk", "init", device, "--cluster", "lab2", "--force")
+    forced = cli("disk", "init", device, "--cluster", "lab2", "--profile", "lab", "--force")
     assert forced.returncode == 0, forced.stderr
     assert json.loads(cli("disk", "dump", device, "--json").stdout)["nodes"][0]["error"] == "not-written"
 
@@ -164,11 +164,11 @@ def test_an_ext4_filesystem_is_refused_unless_forced(loop):
         with pytest.raises(FormatRefused) as info:
             format_disk(dev, "lab", 8, 100, 200)
         assert "ext4" in info.value.found
-    refused = cli("disk", "init", device, "--cluster", "lab")
+    refused = cli("disk", "init", device, "--cluster", "lab", "--profile", "lab")
     assert refused.returncode == 3
     assert "ext4" in refused.stderr and "--force" in refused.stderr
     assert probe(device) is None
-    forced = cli("disk", "init", device, "--cluster", "lab", "--force")
+    forced = cli("disk", "init", device, "--cluster", "lab", "--profile", "lab", "--force")
     assert forced.returncode == 0, forced.stderr
     assert probe(device)["cluster_name"] == "lab"
     if shutil.which("blkid"):  # no filesystem signature is left behind
@@ -178,7 +178,7 @@ def test_an_ext4_filesystem_is_refused_unless_forced(loop):
 def test_a_disk_presented_with_another_sector_size_is_refused(tmp_path):
     backing = sparse_file(tmp_path)
     with loop_device(backing, 512) as device:
-        assert cli("disk", "init", device, "--cluster", "lab").returncode == 0
+        assert cli("disk", "init", device, "--cluster", "lab", "--profile", "lab").returncode == 0
     with loop_device(backing, 4096) as device:
         with BlockDevice(device) as dev:
             with pytest.raises(BlockSizeMismatch, match="512-byte blocks"):

@@ -52,8 +52,6 @@ from clusterfw.ondisk.layout import AreaKind, Layout
 
 ADMIN_IO_TIMEOUT_MS = 30_000  # admin tools wait longer than the daemon does
 DEFAULT_MAX_NODES = 16
-DEFAULT_HEARTBEAT_MS = 100
-DEFAULT_IO_TIMEOUT_MS = 200
 COPY_NAMES = ("A", "B")
 TIMING_OPTIONS = {"heartbeat_interval_ms": "--heartbeat-ms", "io_timeout_ms": "--io-timeout-ms"}
 
@@ -73,12 +71,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     init.add_argument("--cluster", required=True, metavar="NAME", help="the cluster's name")
     init.add_argument("--max-nodes", type=int, default=DEFAULT_MAX_NODES, metavar="N",
                       help=f"node ids the disk has room for, 1..{NODES_MAX} (default {DEFAULT_MAX_NODES})")
-    init.add_argument("--heartbeat-ms", type=int, default=DEFAULT_HEARTBEAT_MS, metavar="MS",
-                      help=f"heartbeat interval, at least {timing.HEARTBEAT_MIN_MS} (default {DEFAULT_HEARTBEAT_MS})")
-    init.add_argument("--io-timeout-ms", type=int, default=DEFAULT_IO_TIMEOUT_MS, metavar="MS",
+    init.add_argument("--profile", choices=tuple(timing.PROFILES_BY_NAME), metavar="lab|san",
+                      help=profile_help())
+    init.add_argument("--heartbeat-ms", type=int, metavar="MS",
+                      help=f"heartbeat interval, at least {timing.HEARTBEAT_MIN_MS} (with --io-timeout-ms, "
+                           f"instead of --profile)")
+    init.add_argument("--io-timeout-ms", type=int, metavar="MS",
                       help=f"disk I/O timeout all other timeouts derive from, at least {timing.IO_TIMEOUT_MIN_MS} "
-                           f"(default {DEFAULT_IO_TIMEOUT_MS})")
+                           f"(with --heartbeat-ms, instead of --profile); the daemons run with the san profile's "
+                           f"fence margin and transition timeout from {timing.SAN_IO_TIMEOUT_MIN_MS} ms on, "
+                           f"else the lab profile's")
     init.add_argument("--force", action="store_true", help="destroy whatever the device holds")
+    add_json(init, "print one JSON object: the disk and its timing (profile, derived timeouts, failover time)")
     init.set_defaults(func=cmd_disk_init)
 
     dump = disk_sub.add_parser("dump", help="show everything on DEVICE",
@@ -189,6 +193,50 @@ def _error_text(exc: BlockError) -> str:
 # --------------------------------------------------------------------------
 # disk init
 
+def _profile_consequence(name: str) -> str:
+    """``heartbeat 100 ms, io timeout 200 ms: a crashed node is forced out
+    after about 1.2 s``, computed from the profile."""
+    profile = timing.PROFILES_BY_NAME[name]
+    t = timing.derive(profile)
+    return (f"heartbeat {timing.ms_text(t.heartbeat_interval_ms)}, io timeout {timing.ms_text(t.io_timeout_ms)}: "
+            f"a crashed node is forced out after about {timing.ms_text(timing.failover_ms(t))}")
+
+
+def profile_help() -> str:
+    return "; ".join(f"{name}: {_profile_consequence(name)}" for name in timing.PROFILES_BY_NAME) + \
+        " (or give --heartbeat-ms and --io-timeout-ms)"
+
+
+def timing_choice_hint() -> str:
+    """What ``disk init`` says when no timing was chosen."""
+    san = timing.derive(timing.SAN)
+    return (f"choose a timing: --profile lab ({_profile_consequence('lab')}; for a lab or a local disk) or "
+            f"--profile san (heartbeat {timing.ms_text(san.heartbeat_interval_ms)}, io timeout "
+            f"{timing.ms_text(san.io_timeout_ms)}: about {timing.ms_text(timing.failover_ms(san))}; for a SAN "
+            f"or multipath disk, whose I/O may take seconds), or --heartbeat-ms and --io-timeout-ms")
+
+
+def chosen_settings(args: argparse.Namespace) -> tuple[int, int]:
+    """(heartbeat, io timeout) from --profile or both explicit options;
+    a CliError (usage) naming the choices otherwise."""
+    explicit = {"--heartbeat-ms": args.heartbeat_ms, "--io-timeout-ms": args.io_timeout_ms}
+    given = [option for option, value in explicit.items() if value is not None]
+    if args.profile is not None:
+        if given:
+            raise CliError(f"--profile {args.profile} sets the heartbeat and the io timeout: give either "
+                           f"--profile or both --heartbeat-ms and --io-timeout-ms, not {' and '.join(given)} too",
+                           EXIT_USAGE)
+        profile = timing.PROFILES_BY_NAME[args.profile]
+        return profile.heartbeat_interval_ms, profile.io_timeout_ms
+    if not given:
+        raise CliError(timing_choice_hint(), EXIT_USAGE)
+    if len(given) == 1:
+        missing = "--io-timeout-ms" if given == ["--heartbeat-ms"] else "--heartbeat-ms"
+        raise CliError(f"{given[0]} needs {missing} too (or use --profile lab|san instead of both): "
+                       f"{timing_choice_hint()}", EXIT_USAGE)
+    return args.heartbeat_ms, args.io_timeout_ms
+
+
 def cmd_disk_init(args: argparse.Namespace) -> int:
     try:
         admin.check_cluster_name(args.cluster)
@@ -196,16 +244,18 @@ def cmd_disk_init(args: argparse.Namespace) -> int:
         raise CliError(f"--cluster: {exc}", EXIT_USAGE) from None
     if not 1 <= args.max_nodes <= NODES_MAX:
         raise CliError(f"--max-nodes {args.max_nodes} is out of range: use 1..{NODES_MAX}", EXIT_USAGE)
+    heartbeat_ms, io_timeout_ms = chosen_settings(args)
     try:
-        timing.check_settings(args.heartbeat_ms, args.io_timeout_ms)
+        timing.check_settings(heartbeat_ms, io_timeout_ms)
     except timing.SettingOutOfRange as exc:
         option = TIMING_OPTIONS[exc.setting]
-        raise CliError(f"{option} {exc.value} is out of range: use {exc.low}..{exc.high} ms ({exc.why}); the "
-                       f"defaults are --heartbeat-ms {DEFAULT_HEARTBEAT_MS} --io-timeout-ms {DEFAULT_IO_TIMEOUT_MS}",
-                       EXIT_USAGE) from None
+        lab = timing.LAB
+        raise CliError(f"{option} {exc.value} is out of range: use {exc.low}..{exc.high} ms ({exc.why}); or "
+                       f"choose a profile: --profile lab is --heartbeat-ms {lab.heartbeat_interval_ms} "
+                       f"--io-timeout-ms {lab.io_timeout_ms}", EXIT_USAGE) from None
     dev = _open(args.device, readonly=False)
     try:
-        sb = admin.format_disk(dev, args.cluster, args.max_nodes, args.heartbeat_ms, args.io_timeout_ms,
+        sb = admin.format_disk(dev, args.cluster, args.max_nodes, heartbeat_ms, io_timeout_ms,
                                force=args.force)
         layout_total = Layout(sb.block_size, sb.nodes_max).total_bytes
     except FormatRefused as exc:
@@ -216,11 +266,31 @@ def cmd_disk_init(args: argparse.Namespace) -> int:
         raise _device_error(dev, exc) from None
     finally:
         dev.close()
+    name, profile = timing.disk_profile(sb.heartbeat_interval_ms, sb.io_timeout_ms)
+    summary = timing.summary(name, profile)
+    if args.json:
+        json.dump({"device": args.device, "cluster": sb.cluster_name, "uuid": codec.uuid_text(sb.cluster_uuid),
+                   "nodes_max": sb.nodes_max, "block_size": sb.block_size, "metadata_bytes": layout_total,
+                   "timing": summary}, sys.stdout)
+        print()
+        return 0
     print(f"initialised {args.device}: cluster '{sb.cluster_name}' uuid {codec.uuid_text(sb.cluster_uuid)}, "
           f"{sb.nodes_max} node ids, {sb.block_size}-byte blocks, heartbeat {sb.heartbeat_interval_ms} ms, "
           f"io timeout {sb.io_timeout_ms} ms; metadata uses the first {layout_total} bytes")
+    print(timing_sentence(summary, chosen=args.profile))
     print(f"next: clusterfw node add {args.device} --name n1")
     return 0
+
+
+def timing_sentence(summary: dict[str, Any], chosen: str | None = None) -> str:
+    """``profile lab: dead after 1017 ms; a crashed node's services restart
+    elsewhere after about 1.2 s``."""
+    name = summary["profile"]
+    how = (f"profile {name}" if chosen else
+           f"profile {name} (derived from the io timeout: san from {timing.SAN_IO_TIMEOUT_MIN_MS} ms, else lab; "
+           f"its fence margin {summary['fence_margin_ms']} ms and transition timeout apply)")
+    return (f"timing: {how}; fence after {summary['fence_after_ms']} ms, dead after {summary['dead_after_ms']} ms: "
+            f"a crashed node's services restart elsewhere after about {timing.ms_text(summary['failover_ms'])}")
 
 
 # --------------------------------------------------------------------------

@@ -329,7 +329,7 @@ def register(subparsers) -> None:
     p.add_argument("--setup-command", action="append", default=[], metavar="CMD",
                    help="run CMD on the host once the disk views exist, before the nodes "
                         "boot (repeatable; {disk} = n1's loop device, {image}, {nodes}, "
-                        "{dir}); e.g. 'clusterfw disk init {disk} --cluster lab --force'")
+                        "{dir}); e.g. 'clusterfw disk init {disk} --cluster lab --profile lab --force'")
     p.add_argument("--no-autostart", dest="autostart", action="store_false",
                    help="nspawn mode: do not enable clusterfw.service at boot (default: enabled, "
                         "so every node runs `systemctl start clusterfw` as it boots)")

@@ -36,7 +36,8 @@ exit codes:
       the new incarnation can rejoin once the cluster has forced the old one out)
   78  refused (configuration): the node is not in the node table, the disk path is not a
       device, the device is too small or not a clusterfw disk, its timings cannot be run,
-      the runtime directory, socket or watchdog cannot be used, another daemon or host
+      --profile contradicts the disk's, the runtime directory, socket or watchdog cannot be
+      used (or its timeout cannot be kept within the fence margin), another daemon or host
       runs this node, or the join was rejected; the message names the path; a restart
       cannot help (clusterfw.service: RestartPreventExitStatus=78)"""
 
@@ -69,8 +70,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument("--runtime-dir", default=protocol.DEFAULT_RUNTIME_DIR, metavar="DIR",
                    help=f"lock files and the managed-units list (default {protocol.DEFAULT_RUNTIME_DIR})")
     d.add_argument("--profile", choices=("auto", "lab", "san"), default="auto",
-                   help="fence margin and transition timeout (heartbeat and io timeout come from the disk); "
-                        "auto: san when the disk's io timeout is >= 1000 ms, else lab")
+                   help="the timing profile comes from the disk (san when its io timeout is >= 1000 ms, else "
+                        "lab; set by 'clusterfw disk init --profile'): auto (default) uses it; lab or san only "
+                        "checks it and refuses (exit 78) when the disk says otherwise")
     d.add_argument("--watchdog", metavar="DEVICE",
                    help="a watchdog device (/dev/watchdog) fed while the node may write; never disarmed "
                         "once fenced")
@@ -187,6 +189,9 @@ def format_status(status: dict[str, Any]) -> str:
     lines += ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
     lines.append("")
     lines.append("* master")
+    timing = status.get("cluster_timing")
+    if isinstance(timing, dict) and isinstance(timing.get("failover_ms"), int):
+        lines.append(timing_line(timing))
     warnings = []
     if status.get("view_error"):
         warnings.append(f"WARNING: {printable(status['view_error'])}")
@@ -195,6 +200,16 @@ def format_status(status: dict[str, Any]) -> str:
         lines.append("")
         lines += warnings
     return "\n".join(lines)
+
+
+def timing_line(timing: dict[str, Any]) -> str:
+    """``timing: profile lab (heartbeat 100 ms, io timeout 200 ms), dead after
+    1017 ms: a crashed node's services restart elsewhere after about 1.2 s``."""
+    from clusterfw.core.timing import ms_text
+
+    return (f"timing: profile {timing.get('profile')} (heartbeat {timing.get('heartbeat_interval_ms')} ms, io timeout "
+            f"{timing.get('io_timeout_ms')} ms), dead after {timing.get('dead_after_ms')} ms: a crashed node's "
+            f"services restart elsewhere after about {ms_text(timing['failover_ms'])}")
 
 
 def cmd_status(args: argparse.Namespace) -> int:

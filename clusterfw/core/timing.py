@@ -80,6 +80,72 @@ FAST_POLL_MIN_MS = 10
 LAB = Profile()
 SAN = Profile(heartbeat_interval_ms=1000, io_timeout_ms=10_000, fence_margin_ms=10_000,
               transition_timeout_ms=120_000)
+PROFILES_BY_NAME: dict[str, Profile] = {"lab": LAB, "san": SAN}
+"""The shipped profiles by the name ``disk init --profile`` takes."""
+SAN_IO_TIMEOUT_MIN_MS = 1000
+"""A disk's profile is derived from its io timeout (the superblock has no
+field for it, and adding one would change the on-disk format): ``san`` when
+the io timeout is at least this, else ``lab``.  ``disk init --profile lab``
+(200 ms) and ``--profile san`` (10 s) land on their own side."""
+
+
+def profile_name(io_timeout_ms: int) -> str:
+    """The name of the profile a disk with this io timeout runs with."""
+    return "san" if io_timeout_ms >= SAN_IO_TIMEOUT_MIN_MS else "lab"
+
+
+def disk_profile(heartbeat_interval_ms: int, io_timeout_ms: int) -> tuple[str, Profile]:
+    """The profile every node of a disk runs with: the named profile's fence
+    margin and transition timeout with the disk's own two settings."""
+    name = profile_name(io_timeout_ms)
+    return name, replace(PROFILES_BY_NAME[name], heartbeat_interval_ms=heartbeat_interval_ms,
+                         io_timeout_ms=io_timeout_ms)
+
+
+def failover_ms(t: Timing) -> int:
+    """About how long after a node crashes the others force it out, and its
+    services restart elsewhere.  The crash leaves its last heartbeat on the
+    disk; the master first reads that value within one heartbeat interval,
+    judges the node dead ``dead_after`` after that read, and sees so on the
+    first read it starts after then, within another heartbeat interval.  The
+    forced leave's notifications then take a few fast polls (tens of
+    milliseconds): the lab's measurements match it within those
+    (docs/daemon.md, "Measured")."""
+    return t.dead_after_ms + 2 * t.heartbeat_interval_ms
+
+
+def summary(name: str, profile: Profile) -> dict[str, int | str]:
+    """What ``disk init --json`` and ``status --json`` say about a cluster's
+    timing: the profile, everything derived from it and the failover time."""
+    t = derive(profile)
+    return {"profile": name, "heartbeat_interval_ms": t.heartbeat_interval_ms,
+            "io_timeout_ms": t.io_timeout_ms, "fence_margin_ms": profile.fence_margin_ms,
+            "fence_after_ms": t.fence_after_ms, "dead_after_ms": t.dead_after_ms,
+            "transition_timeout_ms": t.transition_timeout_ms, "fast_poll_ms": t.fast_poll_ms,
+            "failover_ms": failover_ms(t)}
+
+
+def ms_text(ms: int) -> str:
+    """``100 ms``, ``1 s``, ``1.2 s``: a duration as people read it."""
+    if ms < 1000:
+        return f"{ms} ms"
+    return f"{ms // 1000} s" if ms % 1000 == 0 else f"{ms / 1000:.1f} s"
+
+
+def watchdog_timeout_max_s(fence_margin_ms: int) -> int:
+    """The longest hardware watchdog timeout (whole seconds: what
+    ``WDIOC_SETTIMEOUT`` takes) that keeps the rule, 0 if none does.
+
+    Fencing must complete within ``fence_margin`` of the fence deadline, and
+    in production the watchdog's reset is what completes it.  The watchdog
+    is fed only after a cycle whose heartbeat write succeeded and only while
+    the node can still write, i.e. before its fence deadline; it resets the
+    host at most its timeout after the last feed, so ``timeout <=
+    fence_margin`` puts the reset before the deadline plus the margin.  (The
+    node's own fence deadline is ``io_timeout`` before ``last_ok +
+    fence_after``: that slack covers the moment between the last check and
+    the feed, and the watchdog's clock being off by the drift bound.)"""
+    return max(0, fence_margin_ms // 1000)
 
 
 def derive(profile: Profile = LAB, clock_drift: float = CLOCK_DRIFT_MAX) -> Timing:

@@ -502,6 +502,7 @@ class Lab:
     def _prepare_cluster_disk(self) -> None:
         """A new (or foreign) shared disk becomes a clusterfw disk for cluster
         'lab' with nodes n1..nN; an existing lab disk only gains missing nodes."""
+        from ..core.timing import LAB
         from ..ondisk import admin
         from ..ondisk.blockdev import BlockDevice
         from ..ondisk.clusterdisk import ClusterDisk
@@ -510,9 +511,10 @@ class Lab:
         first = self._st()["nodes"]["n1"]["loop"]
         names = sorted(self._st()["nodes"], key=lambda n: int(n[1:]))
         if admin.probe(first) is None:
-            log(f"formatting the shared disk for cluster 'lab' ({len(names)} nodes)")
+            log(f"formatting the shared disk for cluster 'lab' ({len(names)} nodes, the lab profile)")
             with BlockDevice(first) as dev:
-                admin.format_disk(dev, "lab", max(16, len(names)), 100, 200, force=True)
+                admin.format_disk(dev, "lab", max(16, len(names)), LAB.heartbeat_interval_ms, LAB.io_timeout_ms,
+                                  force=True)
         with BlockDevice(first) as dev:
             disk = ClusterDisk.open(dev)
             have = {e.name for e in disk.read_node_table() if hasattr(e, "name")}

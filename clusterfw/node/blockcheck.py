@@ -130,7 +130,7 @@ def _too_long(label: str, name: str, bound_ms: int, where: str, io_timeout_ms: i
 def _seconds_fix(io_timeout_ms: int, seconds: int, how: str) -> str:
     """The fix for a block-layer timeout of whole ``seconds`` above io_timeout."""
     larger = (f"give the cluster an io_timeout of at least {seconds * 1000} ms ('clusterfw disk init ... "
-              f"--io-timeout-ms {seconds * 1000}')")
+              f"--heartbeat-ms MS --io-timeout-ms {seconds * 1000}')")
     if io_timeout_ms < 1000:
         return f"this timeout is whole seconds (at least 1 s), so {larger}"
     return f"{how} with N at most {io_timeout_ms // 1000}, or {larger}"

@@ -18,12 +18,15 @@ Start-up (``Daemon.run``), each step refusing with a clear message:
 4. read it again three of its heartbeat intervals later: if it changed,
    another host is running NODE now -- refuse;
 5. derive the timing from the superblock's heartbeat and io_timeout
-   (``core.timing.derive`` with the chosen profile), pick a new random
-   63-bit incarnation;
+   (``core.timing.derive`` with the disk's profile, ``disk_profile``;
+   ``--profile lab|san`` only checks it, 78 on a contradiction); refuse (78)
+   a watchdog device when the fence margin leaves no whole-second timeout;
+   pick a new random 63-bit incarnation;
 6. open the local API socket and tell systemd READY=1;
 7. wait until every ``--wait-for-subsystem`` name registered, then write
    the ``NODE.running`` marker (removed only after a graceful leave), open
-   the watchdog and create NodeCore with every registration (the join
+   the watchdog -- set its timeout within the fence margin, read it back,
+   refuse (78) if it does not fit -- and create NodeCore with every registration (the join
    request goes out with the first heartbeat).
 
 Threads, and the one lock (``_lock``) that guards NodeCore:
@@ -69,8 +72,8 @@ import signal
 import struct
 import threading
 import time
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import fasteners
 
@@ -101,7 +104,7 @@ from clusterfw.exitcodes import EXIT_CONFIG, EXIT_FAILED, EXIT_FENCED, EXIT_OK, 
 from clusterfw.host.clocks import SUSPEND_THRESHOLD_MS, SuspendDetector, clock_pair
 from clusterfw.host.journal import Journal
 from clusterfw.host.notify import Notifier
-from clusterfw.host.watchdog import Watchdog
+from clusterfw.host.watchdog import DeviceFile, Watchdog, WatchdogDevice, is_device, timeout_problem
 from clusterfw.ondisk import admin, diskio
 from clusterfw.ondisk.blockdev import BlockDevice
 from clusterfw.ondisk.clusterdisk import ClusterDisk
@@ -122,8 +125,8 @@ STARTUP_IO_TIMEOUT_MS = 10_000
 DISK_MAY_RETURN_ERRNOS = frozenset({errno.ENOENT, errno.ENXIO, errno.ENODEV, errno.EIO, errno.ETIMEDOUT,
                                     errno.ENOMEDIUM, errno.EBUSY})
 OTHER_HOST_CHECK_INTERVALS = 3
-PROFILES = {"lab": timing_mod.LAB, "san": timing_mod.SAN}
-AUTO_SAN_IO_TIMEOUT_MS = 1000  # profile "auto": san when the disk's io_timeout is at least this
+PROFILES = timing_mod.PROFILES_BY_NAME
+PROFILE_FROM_DISK = "auto"  # --profile's default: the disk's profile (core.timing.disk_profile)
 WAIT_MAX_S = 1.0  # no thread sleeps longer than this without looking around
 WATCHDOG_NOTIFY_MIN_S = 1.0
 NAMES_REFRESH_MIN_S = 5.0
@@ -173,10 +176,19 @@ def lock_holder_pid(path: str) -> int | None:
         os.close(fd)
 
 
-def choose_profile(name: str, io_timeout_ms: int) -> timing_mod.Profile:
-    if name == "auto":
-        name = "san" if io_timeout_ms >= AUTO_SAN_IO_TIMEOUT_MS else "lab"
-    return PROFILES[name]
+def choose_profile(name: str, path: str, heartbeat_interval_ms: int, io_timeout_ms: int) -> tuple[str, timing_mod.Profile]:
+    """The disk's profile (``core.timing.disk_profile``: the superblock has no
+    field for it, so it is derived from the io timeout, as every node does).
+    ``--profile lab|san`` only checks it: a contradiction refuses (78)."""
+    derived, profile = timing_mod.disk_profile(heartbeat_interval_ms, io_timeout_ms)
+    if name not in (PROFILE_FROM_DISK, derived):
+        raise StartupError(
+            f"--profile {name} contradicts the disk {path}: its io timeout of {io_timeout_ms} ms makes it a "
+            f"'{derived}' disk (san from {timing_mod.SAN_IO_TIMEOUT_MIN_MS} ms, else lab), and every node runs "
+            f"with the disk's profile. Drop --profile (or give --profile {derived}); to run the {name} profile, "
+            f"stop every node and re-create the disk with 'clusterfw disk init --profile {name} --force' "
+            f"(that destroys its node table, slots, views and locks)", EXIT_CONFIG)
+    return derived, profile
 
 
 _OP_NAMES = {WriteSlot: "writing its heartbeat slot", ReadSlots: "reading all slots",
@@ -234,6 +246,9 @@ class Daemon:
         self.suspend: SuspendDetector | None = None
         self.suspend_clock = clock_pair  # (CLOCK_BOOTTIME, CLOCK_MONOTONIC) in ms; tests inject a fake
         self.profile = PROFILES["lab"]
+        self.profile_name = "lab"
+        # Opens the watchdog device (arming it): tests put a fake device below this seam.
+        self.watchdog_opener: Callable[[str], WatchdogDevice] = DeviceFile
         self.integrity = IntegrityTracker(log=self.log.log, names=lambda: self.names, clock=diskio.clock_ms)
 
     # ------------------------------------------------------------------ logging
@@ -384,9 +399,9 @@ class Daemon:
                 EXIT_CONFIG)
         self.node_id = found[0]
         sb = disk.superblock
-        chosen = choose_profile(self.opts.profile, sb.io_timeout_ms)
+        name, profile = choose_profile(self.opts.profile, path, sb.heartbeat_interval_ms, sb.io_timeout_ms)
         try:
-            timing_mod.check_settings(sb.heartbeat_interval_ms, sb.io_timeout_ms, (chosen,))
+            timing_mod.check_settings(sb.heartbeat_interval_ms, sb.io_timeout_ms, (profile,))
         except timing_mod.SettingOutOfRange as exc:
             raise StartupError(
                 f"the superblock of {path} sets {exc.setting} to {exc.value} ms, which this daemon cannot run: "
@@ -394,8 +409,8 @@ class Daemon:
                 f"and re-create the disk with timings in range (--force: that destroys its node table, slots, "
                 f"views and locks)", EXIT_CONFIG) from None
         self._check_block_layer(sb.io_timeout_ms)
-        profile = replace(chosen, heartbeat_interval_ms=sb.heartbeat_interval_ms, io_timeout_ms=sb.io_timeout_ms)
         self.profile = profile
+        self.profile_name = name
         self.timing = timing_mod.derive(profile)
 
     def _read_own_slot(self) -> SlotRecord | None:
@@ -431,6 +446,45 @@ class Daemon:
                 f"one for another node", EXIT_CONFIG)
         self.previous_slot = second
 
+    def _check_watchdog_path(self) -> None:
+        """Before READY (and without opening it, which would arm it): the
+        watchdog can be written, and this disk's fence margin leaves room for
+        a whole-second watchdog timeout at all."""
+        path = self.opts.watchdog
+        if path is None:
+            return
+        if not os.access(path, os.W_OK):
+            raise StartupError(f"--watchdog {path}: no such device, or not writable", EXIT_CONFIG)
+        max_s = timing_mod.watchdog_timeout_max_s(self.profile.fence_margin_ms)
+        if is_device(path) and max_s < 1:
+            problem = timeout_problem(path, None, max_s, self.profile.fence_margin_ms)
+            raise StartupError(f"--watchdog {path}: {problem}", EXIT_CONFIG)
+
+    def _open_watchdog(self) -> Watchdog:
+        """Open (arm) the watchdog, set its timeout to the longest that keeps
+        the rule and read it back: StartupError (78) when it does not keep
+        it -- the device is then closed with the magic 'V'."""
+        path = self.opts.watchdog
+        try:
+            wd = Watchdog(path, self._log, opener=self.watchdog_opener)
+        except OSError as exc:
+            raise StartupError(f"cannot open the watchdog {path}: {exc}") from None
+        if path is None:
+            return wd
+        margin = self.profile.fence_margin_ms
+        max_s = timing_mod.watchdog_timeout_max_s(margin)
+        problem = wd.apply_timeout(max_s, margin)
+        if problem is not None:
+            wd.close_gracefully()
+            raise StartupError(f"--watchdog {path}: {problem}", EXIT_CONFIG)
+        if wd.stand_in:
+            self.log.warning(f"--watchdog {path} is a regular file, not a watchdog device: fed, but it resets "
+                             f"nothing and its timeout is not checked")
+        else:
+            self.log.notice(f"watchdog {path}: timeout {wd.timeout_s} s (the fence margin {margin} ms allows at "
+                            f"most {max_s} s)")
+        return wd
+
     def run(self) -> int:
         """Run until left, fenced or refused; returns the exit code."""
         code = self.startup()
@@ -450,8 +504,7 @@ class Daemon:
             self.fencer.margin_ms = self.profile.fence_margin_ms
             self.previous_slot = self._read_own_slot()
             self._check_other_host()
-            if self.opts.watchdog is not None and not os.access(self.opts.watchdog, os.W_OK):
-                raise StartupError(f"--watchdog {self.opts.watchdog}: no such device, or not writable", EXIT_CONFIG)
+            self._check_watchdog_path()
             prev = self.previous_slot.incarnation if self.previous_slot else 0
             while self.incarnation in (0, prev):
                 self.incarnation = secrets.randbits(63)
@@ -486,7 +539,10 @@ class Daemon:
             f"node {self.opts.node} (id {self.node_id}) of cluster '{self.cluster}' on {self.opts.disk}: "
             f"incarnation {self.incarnation:x}; heartbeat {self.timing.heartbeat_interval_ms} ms, io timeout "
             f"{self.timing.io_timeout_ms} ms, fence after {self.timing.fence_after_ms} ms, dead after "
-            f"{self.timing.dead_after_ms} ms; socket {self.opts.socket_path}; fence action {self.opts.fence_action}")
+            f"{self.timing.dead_after_ms} ms (profile {self.profile_name}, fence margin {self.profile.fence_margin_ms} "
+            f"ms: a crashed node's services restart elsewhere after about "
+            f"{timing_mod.ms_text(timing_mod.failover_ms(self.timing))}); socket {self.opts.socket_path}; "
+            f"fence action {self.opts.fence_action}")
         waiting = self._missing_subsystems()
         self.notifier.ready(f"waiting for subsystems: {', '.join(waiting)}" if waiting else "joining")
         if waiting:
@@ -579,9 +635,9 @@ class Daemon:
             self._finish(EXIT_FAILED, f"cannot write {self._marker_path()}: {exc}")
             return
         try:
-            self.watchdog = Watchdog(self.opts.watchdog, self._log)
-        except OSError as exc:
-            self._finish(EXIT_FAILED, f"cannot open the watchdog {self.opts.watchdog}: {exc}")
+            self.watchdog = self._open_watchdog()
+        except StartupError as exc:
+            self._finish(exc.exit_code, str(exc))  # logged by _shutdown
             return
         registrations = self.hub.freeze()
         self.suspend = SuspendDetector(SUSPEND_THRESHOLD_MS, self.suspend_clock)
@@ -1150,6 +1206,7 @@ class Daemon:
             "phase": phase, "role": role, "acting_master": acting_master,
             "incarnation": self.incarnation, "fenced": fenced, "pid": os.getpid(),
             "disk": self.opts.disk, "timing": timing_json(self.timing),
+            "cluster_timing": timing_mod.summary(self.profile_name, self.profile),
             "fence_action": self.opts.fence_action,
             "subsystems": self.hub.describe(), "waiting_for": self._missing_subsystems() if core is None else [],
             "uptime_ms": int(now - self._started_ms),

@@ -14,7 +14,11 @@ status object::
                 "master": true}, ...],
      "services": []}
 
-The daemon adds its own keys (node, role, incarnation, timing, ...).
+Both add ``cluster_timing`` (``core.timing.summary``): the disk's profile
+(derived from its io timeout), every timeout derived from it, ``dead_after_ms``
+and ``failover_ms`` -- about how long after a node crashes its services
+restart elsewhere.  The daemon adds its own keys (node, role, incarnation,
+its own ``timing``, ...).
 ``from_disk`` builds the same object from one read of the disk, for when no
 daemon runs on this host: the view and the master are what the disk says,
 but a single read cannot tell a live heartbeat from a dead one, so every
@@ -38,6 +42,7 @@ from typing import Any, Collection, Mapping
 from clusterfw.core.coordinator import level_state
 from clusterfw.core.election import Decision, highest_decision
 from clusterfw.core import levels as default_levels
+from clusterfw.core import timing as timing_mod
 from clusterfw.core.model import MemberEntry, NodeConfig, SlotRecord, Timing, ViewRecord
 from clusterfw.ondisk.clusterdisk import ClusterDisk, best_view
 from clusterfw.ondisk.errors import NotWritten
@@ -201,5 +206,11 @@ def from_disk(disk: ClusterDisk) -> dict[str, Any]:
     for d in damaged:
         counts[d.kind] += 1
     out["integrity"] = {"damaged": [damage_json(d, names) for d in damaged], "counts": counts}
+    out["cluster_timing"] = cluster_timing(disk.superblock.heartbeat_interval_ms, disk.superblock.io_timeout_ms)
     out["source"] = "disk"
     return out
+
+
+def cluster_timing(heartbeat_interval_ms: int, io_timeout_ms: int) -> dict[str, int | str]:
+    """The ``cluster_timing`` of a disk with these two settings."""
+    return timing_mod.summary(*timing_mod.disk_profile(heartbeat_interval_ms, io_timeout_ms))

@@ -369,7 +369,7 @@ def unreadable_superblock_advice(dev: Device, exc: BlockError, scan: bool = True
     if not magic_found and not records:
         if scan:
             return (f"{where} is not a clusterfw disk ({error}) and holds no clusterfw record: initialise it "
-                    f"with 'clusterfw disk init {where} --cluster NAME'")
+                    f"with 'clusterfw disk init {where} --cluster NAME --profile lab|san'")
         return (f"{where} is not a clusterfw disk ({error}); if it should be one, 'clusterfw disk dump {where}' "
                 f"looks for clusterfw records in its metadata before you initialise it")
     damage = (f"the clusterfw superblock of {where} is damaged ({error})" if magic_found
@@ -377,7 +377,7 @@ def unreadable_superblock_advice(dev: Device, exc: BlockError, scan: bool = True
                    f"superblock was damaged or overwritten")
     return (f"{damage}. No command can repair it: it has no second copy and is not rebuilt from the other "
             f"records, and 'clusterfw disk init' refuses this disk. The only way on is to stop the daemon on "
-            f"every node that uses {where} and run 'clusterfw disk init {where} --cluster NAME --force' "
+            f"every node that uses {where} and run 'clusterfw disk init {where} --cluster NAME --profile lab|san --force' "
             f"knowingly: that destroys the node table, every node's slot and view and every cluster lock "
             f"(the cluster starts anew; add the nodes again with 'clusterfw node add')")
 
