@@ -495,3 +495,41 @@ def test_locks_table_escapes_control_characters_in_lock_and_node_names():
     assert "\x1b" not in text
     assert all(not line.startswith("x") for line in text.splitlines())  # the newline did not split a row
     assert "db\\n\\x1b[2Jx" in text and "web\\x1b[31m1" in text
+
+
+# ----------------------------------------------- a timeout names the holder
+def test_lock_timeout_prints_who_holds_the_lock_and_exits_with_the_conflict_code(tmp_path, capsys):
+    """The daemon's denial (kind timeout) names the holder; `clusterfw lock`
+    prints that reason, not a bare "timeout", and exits with the conflict
+    code; the command never runs."""
+    import threading
+
+    from clusterfw import cli
+
+    path = str(tmp_path / "d.sock")
+    server = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM)
+    server.bind(path)
+    server.listen(1)
+    reason = "timeout after 0.2 s: held by pid 321 on n1 since 12:00:01"
+    asked: dict = {}
+
+    def serve() -> None:
+        peer, _ = server.accept()
+        with peer:
+            ask = json.loads(peer.makefile("rb").readline())
+            asked.update(ask)
+            send(peer, ok=True, op="lock-queued", id=ask["id"], name=ask["name"], node="n2")
+            send(peer, op="denied", id=ask["id"], name=ask["name"], kind="timeout", reason=reason,
+                 blockers=[{"node": "n1", "why": "held", "pid": 321, "since_unix_ms": 1}])
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    ran = tmp_path / "ran"
+    code = cli.main(["lock", "db", "--timeout", "0.2", "--conflict-exit-code", "9", "--socket", path, "--",
+                     "touch", str(ran)])
+    thread.join(5)
+    server.close()
+    assert asked["timeout_ms"] == 200
+    assert code == 9
+    assert f"'db' not acquired: {reason}" in capsys.readouterr().err
+    assert not ran.exists()

@@ -78,6 +78,7 @@ class Node:
     now: float = 0.0
     writable: bool = True
     fail_next: int = 0  # fail this many of the next ops
+    stamp_ms: int = 0  # the wall clock its writes carry (0: none), as the daemon stamps them
     core: DlmCore = field(init=False)
     events: list = field(default_factory=list)
     writes: int = 0
@@ -98,7 +99,7 @@ class Node:
         if isinstance(op, WriteEntry):
             assert self.writable, "a write issued while the node may not write"
             self.writes += 1
-            self.disk.write(op.entry)
+            self.disk.write(replace(op.entry, stamp_ms=self.stamp_ms) if self.stamp_ms else op.entry)
             return DlmResult(op, True, self.now, self.now)
         self.reads += 1
         value = self.disk.stripe(op.stripe) if isinstance(op, ReadStripe) else self.disk.area()
@@ -276,7 +277,7 @@ def test_timeout_denies_at_the_deadline_and_withdraws():
     c.run(95)
     assert not c[2].events
     c.run(130)
-    assert c[2].take(Denied) == [Denied(2, "timeout")]
+    assert c[2].take(Denied) == [Denied(2, "timeout after 0.1 s: held by n1")]
     stripe = stripe_of("vol-a", c.disk.layout.dlm_stripes_max)
     assert c.disk.sector(stripe, 2).state is EntryState.FREE
     c[1].core.release(1, c.now)
@@ -679,3 +680,49 @@ def test_a_try_lock_denial_names_the_holder_by_its_node_name():
     c[2].core.request(2, "vol-a", SH, c.now, try_only=True)
     c.settle()
     assert c[2].take(Denied) == [Denied(2, "busy: web1")]
+
+
+# ------------------------------------------------- who a timeout waited for
+def test_a_timeout_names_the_holder_its_pid_and_since_when():
+    """The timeout's reason carries the blockers of the last stripe read:
+    the holder's node, the pid that asked there and the stamp of its write
+    (12:00:01 UTC here), while the kind stays TIMEOUT."""
+    from clusterfw.core.dlm import DenyKind
+    c = Cluster()
+    c[1].stamp_ms = (12 * 3600 + 1) * 1000 + 250  # 1970-01-01 12:00:01.250 UTC
+    c[1].core.request(1, "vol-a", EX, c.now, owner=321)
+    c.settle()
+    assert granted(c[1])
+    c[3].core.request(7, "vol-a", SH, c.now, owner=55)  # waits behind n1 too, with a ticket before n2's
+    c.run(c.now + 20)
+    c[2].core.name_of = {1: "web1", 2: "web2", 3: "web3"}.__getitem__
+    c[2].core.request(2, "vol-a", EX, c.now, timeout_ms=5000, owner=99)
+    c.run(c.now + 5100)
+    [denied] = c[2].take(Denied)
+    assert denied.kind is DenyKind.TIMEOUT
+    assert denied.reason == ("timeout after 5 s: held by pid 321 on web1 since 12:00:01 UTC; "
+                             "asked for earlier by pid 55 on web3"), denied.reason
+    assert [(b.node_id, b.why, b.owner, b.since_unix_ms) for b in denied.blockers] == [
+        (1, "held", 321, c[1].stamp_ms), (3, "waiting", 55, 0)]
+    c[2].core.time_of = lambda ms: f"<{ms}>"  # the daemon writes local time instead
+    c[2].core.request(3, "vol-a", EX, c.now, timeout_ms=100)
+    c.run(c.now + 200)
+    [denied] = c[2].take(Denied)
+    assert denied.reason.startswith(f"timeout after 0.1 s: held by pid 321 on web1 since <{c[1].stamp_ms}>")
+
+
+def test_a_timeout_queued_behind_a_local_request_names_it():
+    """A request that never reached the disk (queued behind its own node's
+    holder of the same lock) names that local holder."""
+    c = Cluster()
+    c[1].core.request(1, "vol-a", EX, c.now, owner=4242)
+    c.settle()
+    c[1].core.request(2, "vol-a", EX, c.now, timeout_ms=50)
+    c.run(c.now + 100)
+    assert [d.reason for d in c[1].take(Denied)] == ["timeout after 0.05 s: n1 (this node: pid 4242 holds it)"]
+
+
+def test_the_default_clock_text_is_utc_arithmetic():
+    from clusterfw.core.dlm import utc_clock_text
+    assert utc_clock_text(0) == "00:00:00 UTC"
+    assert utc_clock_text(86_400_000 + (23 * 3600 + 59 * 60 + 58) * 1000 + 999) == "23:59:58 UTC"

@@ -99,7 +99,8 @@ def test_flock_like_exit_codes(dlm_cluster, tmp_path):
         start = time.monotonic()
         timed = run_lock(c, "n3", "codes", "true", opts=("--timeout", "0.5"))
         waited = time.monotonic() - start
-        assert timed.returncode == 1 and "timeout" in timed.stderr, timed.stderr
+        assert timed.returncode == 1 and "timeout after 0.5 s: held by pid " in timed.stderr, timed.stderr
+        assert " on n2 since " in timed.stderr, timed.stderr  # who holds it, and since when
         assert waited >= 0.5
     finally:
         holder.send_signal(signal.SIGTERM)  # forwarded to sleep; the lock is released

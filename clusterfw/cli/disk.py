@@ -1,4 +1,5 @@
-"""``clusterfw disk init|dump``, ``clusterfw node add`` and ``clusterfw probe``.
+"""``clusterfw disk init|dump|reset-slot``, ``clusterfw node add`` and ``clusterfw probe``
+(``node list`` and ``node remove`` are in nodetable.py).
 
 How this works
 --------------
@@ -88,7 +89,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     dump = disk_sub.add_parser("dump", help="show everything on DEVICE",
                                description="Show the superblock, layout, node table, every slot and "
                                            "every view copy (decoded, or why it was rejected).")
-    dump.add_argument("device", metavar="DEVICE")
+    dump.add_argument("device", metavar="DEVICE", help="the shared block device (or a file, for tests)")
     add_json(dump)
     dump.set_defaults(func=cmd_disk_dump)
 
@@ -102,7 +103,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "(on every host) first.",
         epilog="exit codes: 0 reset; 1 failed (I/O); 2 bad usage (unknown node, not a device); "
                "3 refused (the slot is valid, never written, or being written)")
-    reset.add_argument("device", metavar="DEVICE")
+    reset.add_argument("device", metavar="DEVICE", help="the shared block device (or a file, for tests)")
     reset.add_argument("node", metavar="NODE", help="the node's name in the node table, or its node id")
     add_json(reset, "print one JSON object (also when refused)")
     reset.set_defaults(func=cmd_disk_reset_slot)
@@ -113,16 +114,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     node_sub.required = True
     add = node_sub.add_parser("add", help="add a node to the node table",
                               description="Add a node to the node table (names: a-z 0-9 '-').")
-    add.add_argument("device", metavar="DEVICE")
+    add.add_argument("device", metavar="DEVICE", help="the shared block device (or a file, for tests)")
     add.add_argument("--name", required=True, metavar="NAME", help="the node's name, e.g. n1")
     add.add_argument("--id", type=int, dest="node_id", metavar="N", help="its node id (default: lowest free)")
     add.set_defaults(func=cmd_node_add)
+    from clusterfw.cli import nodetable  # list, remove: they import this module's helpers
+    nodetable.register(node_sub)
 
     probe = subparsers.add_parser(
         "probe", help="is DEVICE a clusterfw disk? (udev KEY=VALUE output)",
         description="Print CLUSTERFW_CLUSTER=..., CLUSTERFW_UUID=... if DEVICE is a clusterfw disk; "
                     "exit 1 if it is not.")
-    probe.add_argument("device", metavar="DEVICE")
+    probe.add_argument("device", metavar="DEVICE", help="the block device to look at (udev passes $devnode)")
     probe.set_defaults(func=cmd_probe)
 
 

@@ -18,8 +18,9 @@ import sys
 import time
 from typing import Any
 
+from clusterfw.cli import lab as lab_cli
 from clusterfw.cli.errors import EXIT_USAGE, CliError
-from clusterfw.cli.options import add_json, add_socket, socket_path
+from clusterfw.cli.options import add_json, add_socket, client_socket, socket_path
 from clusterfw.events.eventlog import DEFAULT_LOG, DEFAULT_MAX_BYTES, MIN_MAX_BYTES, Follower, rotated_path
 
 MANAGER_EXIT_CODES = """\
@@ -35,7 +36,8 @@ EVENTS_EXIT_CODES = """\
 exit codes:
   0   success (also when the log holds no event yet; --follow: ended with Ctrl-C)
   1   the event log cannot be read: it does not exist (the event manager has not run on
-      this host) or is not readable
+      this host; without a daemon here either, a host running 'clusterfw lab' asks a lab
+      node, and says so) or is not readable
   2   bad usage"""
 
 EVENTS_LOG = os.environ.get("CLUSTERFW_EVENTS_LOG") or DEFAULT_LOG
@@ -102,6 +104,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"the event log (default $CLUSTERFW_EVENTS_LOG or {DEFAULT_LOG}); FILE.1 is read too")
     e.add_argument("-n", "--lines", type=_count, default=None, metavar="N",
                    help=f"only the newest N events (default: all; with --follow {FOLLOW_DEFAULT_LINES})")
+    add_socket(e, "asked only when there is no event log here: " + lab_cli.ASKS_A_LAB_NODE)
     e.set_defaults(func=cmd_events)
 
 
@@ -119,6 +122,44 @@ def cmd_event_manager(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------
 # events
+
+def _events_argv(args: argparse.Namespace) -> list[str]:
+    """The ``events`` command line a person ran (without --log and --socket)."""
+    return ["clusterfw", "events", *(["--follow"] if args.follow else []), *(["--json"] if args.json else []),
+            *([f"-n {args.lines}"] if args.lines is not None else [])]
+
+
+def _no_log(args: argparse.Namespace, message: str) -> int | None:
+    """No event log here: if no daemon runs here either, say so as every
+    host-side command does, after asking a lab node when nobody named a
+    socket (not for --follow, which a lab node runs itself); None if a
+    daemon answers (then ``message``, how to start the manager, applies)."""
+    from clusterfw.client import Client, ClientError, DaemonUnavailable
+
+    path, chosen_by = client_socket(args.socket)
+    try:
+        Client(path, timeout_s=5).status()
+        return None
+    except DaemonUnavailable as exc:
+        why: object = exc
+    except ClientError:
+        return None
+    if chosen_by is None and not args.follow:
+        argv = ["clusterfw", "events", "--json", *(["-n", str(args.lines)] if args.lines is not None else [])]
+        found = lab_cli.ask_lab_node(argv, timeout=15, parse=_json_lines)
+        if found is not None:
+            node, records = found
+            print(lab_cli.asked_lab_node(why, node, _events_argv(args)), file=sys.stderr if args.json else sys.stdout)
+            _show(args, records)
+            return 0
+    raise CliError(lab_cli.no_daemon(why, _events_argv(args), chosen_by,
+                                     f"No event log at {args.log} either"))
+
+
+def _json_lines(text: str) -> list[dict[str, Any]]:
+    import json
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
 
 def _open(path: str) -> Follower:
     if os.path.isdir(path):
@@ -149,7 +190,15 @@ def _warn_bad(follower: Follower, path: str, reported: int) -> int:
 
 
 def cmd_events(args: argparse.Namespace) -> int:
-    follower = _open(args.log)
+    try:
+        follower = _open(args.log)
+    except CliError as exc:
+        if os.path.exists(args.log) or exc.exit_code == EXIT_USAGE:
+            raise
+        answered = _no_log(args, str(exc))
+        if answered is None:
+            raise
+        return answered
     try:
         try:
             records = follower.history()

@@ -7,9 +7,10 @@ tables for a person, what ``Lab`` returned with ``--json``; errors become
 ``CliError`` with the CLI's exit codes.
 
 It is also the one place where another command asks a lab node
-(``ask_lab_node``): ``status`` and ``locks`` on a host that runs a lab and
-no daemon of its own, when nobody named a socket.  They then say so and
-name the ``lab exec`` command that does the same.
+(``ask_lab_node``): ``status``, ``locks`` and ``events`` on a host that runs
+a lab and no daemon of its own, when nobody named a socket.  They then say
+so and name the ``lab exec`` command that does the same.  Every command that
+finds no daemon says so the same way (``no_daemon``), naming that command.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from typing import Any
 from clusterfw.cli.errors import EXIT_FAILED, EXIT_USAGE, CliError
 from clusterfw.cli.options import add_json
 
+NODE_HELP = "the lab node's name (n1..nN, as 'clusterfw lab status' lists them)"
 ASKS_A_LAB_NODE = "without either, a host running 'clusterfw lab' and no daemon asks a lab node, and says so"
 
 
@@ -65,16 +67,27 @@ def lab_hint(argv: list[str]) -> str:
     return f"On a host running 'clusterfw lab', ask a lab node: '{lab_exec_command('NODE', argv)}'"
 
 
+def no_daemon(why: object, argv: list[str], chosen_by: str | None, also: str = "") -> str:
+    """What every host-side command that finds no daemon says (``why``: the
+    ``DaemonUnavailable``; ``chosen_by``: who named the socket, None for the
+    default; ``also``: a sentence of the command's own, e.g. another way)."""
+    if chosen_by is not None:
+        head = f"{why}: check the socket given by {chosen_by} (is the daemon running? 'systemctl status clusterfw')."
+    else:
+        head = f"{why}: is the daemon running ('systemctl status clusterfw')?"
+    return f"{head}{' ' + also.rstrip('.') + '.' if also else ''} {lab_hint(argv)}"
+
+
 def asked_lab_node(why: object, node: str, argv: list[str]) -> str:
     """What a command that asked lab node ``node`` instead of its daemon says."""
     return (f"{why}: asked lab node {node} of the lab in {_default_dir()} instead, as "
             f"'{lab_exec_command(node, argv)}' does")
 
 
-def ask_lab_node(argv: list[str], timeout: float) -> tuple[str, dict[str, Any]] | None:
+def ask_lab_node(argv: list[str], timeout: float, parse: Any = json.loads) -> tuple[str, Any] | None:
     """Run ``argv`` (a clusterfw command printing JSON) in the first running
-    node of the default lab that answers: (node, the parsed JSON), or None
-    without a lab (or not as root)."""
+    node of the default lab that answers: (node, its output as ``parse``
+    reads it), or None without a lab (or not as root)."""
     from clusterfw.lab.lab import Lab, LabError
 
     lab = Lab(_default_dir())
@@ -84,7 +97,7 @@ def ask_lab_node(argv: list[str], timeout: float) -> tuple[str, dict[str, Any]] 
         for node in [n for n in lab.status()["nodes"] if n["state"] == "up"]:
             cp = lab.exec(node["name"], argv, timeout=timeout)
             if cp.returncode == 0:
-                return node["name"], json.loads(cp.stdout)
+                return node["name"], parse(cp.stdout)
     except (LabError, OSError, ValueError):
         return None
     return None
@@ -157,10 +170,26 @@ def cmd_status(args):
     return 0
 
 
+def format_down(res: dict[str, Any]) -> str:
+    """What ``lab down`` did, what it kept and how to delete that too."""
+    text = f"lab {res['dir']}: down" + (" (nothing was up)" if not res["removed"] else
+                                        f" in {res.get('seconds', 0):g} s")
+    kept = res.get("kept") or []
+    if res.get("purged"):
+        return text + "; purged: the lab directory and its disk image are deleted"
+    if not kept:
+        return text + "; nothing kept"
+    return (text + "; kept for the next 'clusterfw lab up' (it reuses the disk and its cluster): "
+            + ", ".join(kept) + f". To delete them too: 'clusterfw lab down --purge"
+            + (f" --dir {res['dir']}'" if res["dir"] != _default_dir() else "'"))
+
+
 def cmd_down(args):
     res = _lab(args).down(purge=args.purge, timeout=args.timeout)
-    print(f"lab {res['dir']}: down" + (" (nothing was up)" if not res["removed"] else
-                                       f" in {res.get('seconds', 0)}s"), file=sys.stderr)
+    if args.json:
+        _print(res)
+    else:
+        print(format_down(res))
     return 0
 
 
@@ -261,7 +290,7 @@ def _split_exec(args) -> list[str]:
     else:
         head, cmd = rest[:1], rest[1:]
     p = argparse.ArgumentParser(prog="clusterfw lab exec", add_help=False)
-    p.add_argument("node")
+    p.add_argument("node", metavar="NODE", help=NODE_HELP)
     p.add_argument("--dir", default=args.dir)
     p.add_argument("--cache-dir", default=args.cache_dir)
     p.add_argument("--timeout", type=float, default=args.timeout)
@@ -312,7 +341,8 @@ def register(subparsers) -> None:
         return p
 
     p = add("up", cmd_up, "create the lab and boot nodes n1..nN (idempotent)")
-    p.add_argument("--nodes", type=int, required=True)
+    p.add_argument("--nodes", type=int, required=True, metavar="N",
+                   help="how many nodes: n1..nN, each in the node table of the shared disk")
     p.add_argument("--mode", choices=("nspawn", "process"), default="nspawn",
                    help="nspawn: systemd containers (default); process: namespaced processes")
     p.add_argument("--disk-size", default="256M", help="size of a new disk.img (default 256M)")
@@ -336,7 +366,8 @@ def register(subparsers) -> None:
     p.add_argument("--no-disk-setup", dest="prepare_disk", action="store_false",
                    help="leave the shared disk as it is (default: format a new disk for "
                         "cluster 'lab' and add nodes n1..nN)")
-    p.add_argument("--boot-timeout", type=float, default=90)
+    p.add_argument("--boot-timeout", type=float, default=90, metavar="S",
+                   help="give up if a node has not booted within S seconds (default %(default)s)")
     p.add_argument("--rebuild-rootfs", action="store_true", help="rebuild the cached rootfs")
     p.add_argument("--keep-on-failure", action="store_true",
                    help="leave a failed lab as it is for inspection (default: clean up)")
@@ -345,42 +376,45 @@ def register(subparsers) -> None:
     p = add("status", cmd_status, "show nodes, disk views, PIDs, addresses")
     add_json(p, "print what the lab reports as JSON")
 
-    p = add("down", cmd_down, "stop everything and remove every resource of the lab")
+    p = add("down", cmd_down, "stop every node and remove the lab's resources; keeps the disk image and "
+                              "shared/ for the next 'up' unless --purge")
     p.add_argument("--purge", action="store_true",
                    help="also delete the lab directory (disk.img, shared/)")
-    p.add_argument("--timeout", type=float, default=20,
+    p.add_argument("--timeout", type=float, default=20, metavar="S",
                    help="graceful stop budget before SIGKILL (default 20 s)")
+    add_json(p, "print what the lab reports as JSON (kept: the paths left for the next 'up')")
 
     p = add("crash", cmd_crash, "SIGKILL the node's init: the whole node dies at once")
-    p.add_argument("node")
+    p.add_argument("node", metavar="NODE", help=NODE_HELP)
     add_json(p, "print what the lab reports as JSON")
 
     p = add("restart", cmd_restart, "boot the node again (stops it gracefully if it is up)")
-    p.add_argument("node")
-    p.add_argument("--boot-timeout", type=float, default=90)
+    p.add_argument("node", metavar="NODE", help=NODE_HELP)
+    p.add_argument("--boot-timeout", type=float, default=90, metavar="S",
+                   help="give up if the node has not booted within S seconds (default %(default)s)")
     add_json(p, "print what the lab reports as JSON")
 
     p = add("pause", cmd_pause, "freeze the whole node for SECS seconds, then thaw it")
-    p.add_argument("node")
-    p.add_argument("seconds", type=float)
+    p.add_argument("node", metavar="NODE", help=NODE_HELP)
+    p.add_argument("seconds", type=float, metavar="SECS", help="how long the node stays frozen")
     p.add_argument("--background", action="store_true",
                    help="return at once; a helper thaws the node after SECS")
     add_json(p, "print what the lab reports as JSON")
 
     p = add("resume", cmd_resume, "thaw a paused node now")
-    p.add_argument("node")
+    p.add_argument("node", metavar="NODE", help=NODE_HELP)
     p.add_argument("--after", type=float, default=0, help=argparse.SUPPRESS)
     p.add_argument("--token", default=None, help=argparse.SUPPRESS)
     add_json(p, "print what the lab reports as JSON")
 
     p = add("cut-disk", cmd_cut_disk, "cut the node's path to the shared disk")
-    p.add_argument("node")
+    p.add_argument("node", metavar="NODE", help=NODE_HELP)
     p.add_argument("--mode", choices=("eio", "hang"), default="eio",
                    help="eio: every I/O fails; hang: every I/O stalls until restore")
     add_json(p, "print what the lab reports as JSON")
 
     p = add("restore-disk", cmd_restore_disk, "give the node its disk back")
-    p.add_argument("node")
+    p.add_argument("node", metavar="NODE", help=NODE_HELP)
     add_json(p, "print what the lab reports as JSON")
 
     p = add("exec", cmd_exec, "run a command inside a node (argv, no shell); "
@@ -392,6 +426,7 @@ def register(subparsers) -> None:
 
     p = add("bench-disk", cmd_bench_disk,
             "4 KiB O_DIRECT read latency through a node's disk view vs a plain loop device")
-    p.add_argument("node")
-    p.add_argument("--count", type=int, default=2000)
+    p.add_argument("node", metavar="NODE", help=NODE_HELP)
+    p.add_argument("--count", type=int, default=2000, metavar="N",
+                   help="how many reads to time on each path (default %(default)s)")
     add_json(p, "print what the lab reports as JSON")

@@ -200,9 +200,7 @@ def cmd_lock(args: argparse.Namespace) -> int:
     try:
         conn = Connection(path)
     except DaemonUnavailable as exc:
-        _say(f"{exc}: " + (f"check the socket given by {chosen_by} (is the daemon running? 'systemctl status "
-                           f"clusterfw')" if chosen_by else
-                           "is the daemon running on this node ('systemctl status clusterfw')?"))
+        _say(lab_cli.no_daemon(exc, ["clusterfw", "lock", args.name, "--", *command], chosen_by))
         return EXIT_UNAVAILABLE
     except ClientError as exc:
         _say(str(exc))
@@ -620,12 +618,10 @@ def cmd_locks(args: argparse.Namespace) -> int:
         reply = Client(path, timeout_s=15).request("locks")
     except DaemonUnavailable as exc:
         if chosen_by is not None:
-            raise CliError(f"{exc}: check the socket given by {chosen_by} (is the daemon running? "
-                           f"'systemctl status clusterfw')") from None
+            raise CliError(lab_cli.no_daemon(exc, _locks_argv(args), chosen_by)) from None
         lab = _locks_from_lab(args, exc)
         if lab is None:
-            raise CliError(f"{exc}: is the daemon running ('systemctl status clusterfw')? "
-                           f"{lab_cli.lab_hint(_locks_argv(args))}") from None
+            raise CliError(lab_cli.no_daemon(exc, _locks_argv(args), None)) from None
         reply = lab
     except RequestFailed as exc:
         raise CliError(str(exc)) from None

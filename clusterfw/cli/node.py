@@ -217,16 +217,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         status = Client(path).status()
     except DaemonUnavailable as exc:
+        command = ["clusterfw", "status", *(["--json"] if args.json else [])]
+        direct = "To read the shared disk directly, add --disk DEVICE"
         if not args.disk and chosen_by is not None:
-            raise CliError(f"{exc}: check the socket given by {chosen_by} (is the daemon running? "
-                           f"'systemctl status clusterfw'); to read the shared disk directly, add --disk "
-                           f"DEVICE") from None
+            raise CliError(lab_cli.no_daemon(exc, command, chosen_by, direct)) from None
         if not args.disk:
-            command = ["clusterfw", "status", *(["--json"] if args.json else [])]
             found = lab_cli.ask_lab_node(["clusterfw", "status", "--json"], timeout=15)
             if found is None:
-                raise CliError(f"{exc}: is the daemon running ('systemctl status clusterfw')? To read the "
-                               f"shared disk directly, add --disk DEVICE. {lab_cli.lab_hint(command)}") from None
+                raise CliError(lab_cli.no_daemon(exc, command, None, direct)) from None
             via, status = found
             print(lab_cli.asked_lab_node(exc, via, command), file=sys.stderr if args.json else sys.stdout)
         else:
@@ -289,7 +287,8 @@ def cmd_leave(args: argparse.Namespace) -> int:
     try:
         final = Client(socket_path(args.socket)).leave(progress=_progress_printer(args.quiet), timeout_s=args.timeout)
     except DaemonUnavailable as exc:
-        raise CliError(f"{exc}: nothing to leave (is the daemon running? 'systemctl status clusterfw')") from None
+        raise CliError(lab_cli.no_daemon(exc, ["clusterfw", "leave"], client_socket(args.socket)[1],
+                                         "Nothing to leave")) from None
     except RequestFailed as exc:
         raise CliError(f"the daemon refused to leave: {exc}") from None
     except ClientError as exc:
@@ -351,8 +350,10 @@ def cmd_join(args: argparse.Namespace) -> int:
                            "again")
     else:
         if not _under_systemd():
-            raise CliError("no clusterfw daemon runs on this host and systemd does not manage this host: "
-                           "start one with 'clusterfw daemon --disk DEVICE --node NAME'")
+            raise CliError(lab_cli.no_daemon(f"no clusterfw daemon answers on {path}", ["clusterfw", "join"],
+                                             client_socket(args.socket)[1],
+                                             "systemd does not manage this host: start one with 'clusterfw "
+                                             "daemon --disk DEVICE --node NAME'"))
         proc = subprocess.run(["systemctl", "start", "--no-block", args.unit], capture_output=True, text=True,
                               timeout=60)
         if proc.returncode != 0:

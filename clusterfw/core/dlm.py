@@ -214,6 +214,45 @@ def busy_reason(blockers: Sequence["Blocker"], name_of: NameOf = node_id_name) -
     return "busy: " + ", ".join(parts)
 
 
+TimeOf = Callable[[int], str]
+"""How a denial writes a wall-clock stamp (Unix ms) for people."""
+
+
+def utc_clock_text(unix_ms: int) -> str:
+    """``12:00:01 UTC``: the default ``TimeOf`` (pure arithmetic, no clock:
+    the daemon passes one that writes the host's local time)."""
+    seconds = (unix_ms // 1000) % 86400
+    return f"{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d} UTC"
+
+
+_BLOCKER_VERBS = {"held": "held by", "waiting": "asked for earlier by", "choosing": "being asked for by"}
+
+
+def blocker_text(b: "Blocker", name_of: NameOf = node_id_name, time_of: TimeOf = utc_clock_text) -> str:
+    """``held by pid 321 on n1 since 12:00:01``: one blocker for people (the
+    pid and the stamp are what its node wrote: informational)."""
+    node = name_of(b.node_id)
+    if b.why == "damaged":
+        return (f"{node}'s lock sector on stripe {b.stripe} is damaged "
+                f"({printable(b.detail) if b.detail else 'does not decode'}): {node} rewrites it")
+    who = f"pid {b.owner} on {node}" if b.owner else node
+    since = f" since {time_of(b.since_unix_ms)}" if b.since_unix_ms else ""
+    return f"{_BLOCKER_VERBS.get(b.why, b.why + ' by')} {who}{since}"
+
+
+def timeout_reason(timeout_ms: float, blockers: Sequence["Blocker"], name_of: NameOf = node_id_name,
+                   time_of: TimeOf = utc_clock_text, local: str = "") -> str:
+    """A timeout's denial: how long it waited and whom it waited for as of
+    the last read of the lock's stripe (``local``: the local requests it
+    queued behind, when it never reached the disk)."""
+    head = f"timeout after {timeout_ms / 1000:g} s"
+    if blockers:
+        return f"{head}: " + "; ".join(blocker_text(b, name_of, time_of) for b in blockers)
+    if local:
+        return f"{head}: {local}"
+    return f"{head} (no other node was seen holding or asking for it: the lock area's reads did not complete in time)"
+
+
 # --------------------------------------------------------------------- ops
 @dataclass(frozen=True)
 class WriteEntry:
@@ -274,6 +313,9 @@ class Denied:
     req_id: int
     reason: str
     kind: DenyKind = field(default=DenyKind.UNAVAILABLE, compare=False)
+    # BUSY and TIMEOUT: whom the request found in its way (TIMEOUT: as of the
+    # last read of its stripe); ``reason`` names them for people.
+    blockers: tuple["Blocker", ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True)
@@ -374,6 +416,9 @@ class Blocker:
     why: str  # "choosing" | "held" | "waiting" | "damaged" (the sector did not decode)
     stripe: int = 0
     detail: str = ""  # "damaged": the decode error
+    # Informational, as its node wrote them (for people; never compared):
+    owner: int = field(default=0, compare=False)  # the pid of the client that asked
+    since_unix_ms: int = field(default=0, compare=False)  # the writer's wall clock at that write
 
 
 @dataclass(frozen=True)
@@ -471,7 +516,8 @@ class DlmCore:
                  own_sectors: Mapping[int, LockEntry | Unreadable] | None = None,
                  can_write: Callable[[float], bool] | None = None,
                  poll_min_ms: float = 20.0, poll_max_ms: float = 100.0,
-                 scrub_ms: float | None = SCRUB_MS, name_of: NameOf = node_id_name) -> None:
+                 scrub_ms: float | None = SCRUB_MS, name_of: NameOf = node_id_name,
+                 time_of: TimeOf = utc_clock_text) -> None:
         if not 1 <= node_id <= nodes_max:
             raise DlmMisuse(f"node_id={node_id}: must be 1..{nodes_max}")
         if stripes_max < 1:
@@ -483,6 +529,7 @@ class DlmCore:
         self.node_id = node_id
         self.incarnation = incarnation
         self.name_of = name_of  # how a denial names the nodes that hold or ask for the lock
+        self.time_of = time_of  # how a denial writes when they did (the writers' stamps)
         self.stripes_max = stripes_max
         self.nodes_max = nodes_max
         self.poll_min_ms = poll_min_ms
@@ -934,14 +981,15 @@ class DlmCore:
             if not conflicts(e.name, e.mode, req.name, req.mode):
                 continue
             if e.state is EntryState.CHOOSING:
-                out.append(Blocker(node_id, e.incarnation, e.name, "choosing"))
+                out.append(Blocker(node_id, e.incarnation, e.name, "choosing", owner=e.owner,
+                                   since_unix_ms=e.stamp_ms))
             elif (e.ticket, e.node_id) < (req.ticket, self.node_id):
                 # WAITING or HELD with a smaller ticket.  (A conflicting HELD
                 # entry always has the smaller ticket: its holder read this
                 # node CHOOSING or WAITING before it was granted otherwise --
                 # docs/dlm.md §3.)
                 out.append(Blocker(node_id, e.incarnation, e.name, "held" if e.state is EntryState.HELD
-                                   else "waiting"))
+                                   else "waiting", owner=e.owner, since_unix_ms=e.stamp_ms))
         return tuple(out)
 
     def _waiters(self, req: _Request, entries: Mapping[int, object]) -> tuple[tuple[int, int, LockMode], ...]:
@@ -951,7 +999,7 @@ class DlmCore:
                      and self._counted(e.node_id, e.incarnation))
 
     def _abandon(self, req: _Request, reason: str, now_ms: float,
-                 kind: DenyKind = DenyKind.UNAVAILABLE) -> None:
+                 kind: DenyKind = DenyKind.UNAVAILABLE, blockers: tuple[Blocker, ...] = ()) -> None:
         """End a request that is not granted (or is revoked): report it now,
         withdraw its sector if anything may be on the disk."""
         if req.abandon is not None:
@@ -959,7 +1007,7 @@ class DlmCore:
         if req.phase is Phase.HELD:
             self._events.append(Revoked(req.req_id, req.name, reason))
         elif req.phase not in (Phase.RELEASING, Phase.WITHDRAWING):
-            self._events.append(Denied(req.req_id, reason, kind))
+            self._events.append(Denied(req.req_id, reason, kind, blockers))
         req.abandon = reason
         if self._in_flight is not None and any(owner is req for owner, _ in self._in_flight.owners):
             return  # decided when its op completes
@@ -983,7 +1031,19 @@ class DlmCore:
             if req.deadline_ms is None or now_ms < req.deadline_ms or req.abandon is not None:
                 continue
             if req.phase in (Phase.QUEUED, *_WAITING_PHASES):
-                self._abandon(req, "timeout", now_ms, DenyKind.TIMEOUT)
+                self._time_out(req, now_ms)
+
+    def _time_out(self, req: _Request, now_ms: float) -> None:
+        """Deny ``req`` at its deadline, naming whom it waited for."""
+        assert req.deadline_ms is not None
+        local = ""
+        if req.phase is Phase.QUEUED:
+            queue = self._stripes.get(req.stripe, deque())
+            ahead = deque(r for r in queue if r is not req)
+            if ahead:
+                local = self._local_busy_reason(req.name, req.mode, ahead).removeprefix("busy: ")
+        reason = timeout_reason(req.deadline_ms - req.requested_ms, req.blockers, self.name_of, self.time_of, local)
+        self._abandon(req, reason, now_ms, DenyKind.TIMEOUT, req.blockers)
 
     def _retry(self, req: _Request, now_ms: float) -> None:
         req.next_ms = now_ms + self.poll_min_ms
@@ -1080,7 +1140,7 @@ class DlmCore:
         elif phase is Phase.GRANTING and not self.can_write(now_ms):
             self._abandon(req, "this node can no longer write to the disk (fencing)", now_ms)
         elif phase is Phase.GRANTING and req.deadline_ms is not None and now_ms >= req.deadline_ms:
-            self._abandon(req, "timeout", now_ms, DenyKind.TIMEOUT)  # the HELD write completed too late
+            self._time_out(req, now_ms)  # the HELD write completed too late
         elif phase is Phase.GRANTING:
             self._move(req, Phase.HELD)
             req.granted_ms = now_ms
@@ -1117,7 +1177,7 @@ class DlmCore:
         if req.try_only:
             only_choosing = all(b.why == "choosing" for b in blockers)
             if not only_choosing or req.choosing_rereads <= 0:
-                self._abandon(req, busy_reason(blockers, self.name_of), now_ms, DenyKind.BUSY)
+                self._abandon(req, busy_reason(blockers, self.name_of), now_ms, DenyKind.BUSY, blockers)
                 return
             req.choosing_rereads -= 1
         if blockers != req.blockers:

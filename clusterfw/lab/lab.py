@@ -1056,7 +1056,8 @@ class Lab:
                     shutil.rmtree(self.dir, ignore_errors=True)
                 if purge:  # the image directory a lab of this DIR would have made
                     shutil.rmtree(IMAGE_TMPFS / f"clusterfw-lab-{self.hash}", ignore_errors=True)
-                return {"dir": str(self.dir), "removed": False, "leftovers": []}
+                return {"dir": str(self.dir), "removed": False, "leftovers": [], "purged": purge,
+                        "kept": self._kept(None)}
             t0 = time.monotonic()
             problems: list[str] = []
             st = self._st()
@@ -1124,7 +1125,8 @@ class Lab:
             else:
                 self._save()
             result = {"dir": str(self.dir), "removed": not problems, "leftovers": problems,
-                      "seconds": round(time.monotonic() - t0, 2)}
+                      "seconds": round(time.monotonic() - t0, 2), "purged": purge and not problems,
+                      "kept": self._kept(st["disk"]) if not problems else []}
         if problems:
             raise LabError("down left resources behind (state kept, re-run down):\n  "
                            + "\n  ".join(problems))
@@ -1144,6 +1146,18 @@ class Lab:
             raise LabError(f"loop device(s) {sorted(devs)} still attached")
         rec["loop"] = None
         self._save()
+
+    def _kept(self, disk: dict | None) -> list[str]:
+        """What ``down`` leaves for the next ``up`` (``--purge`` deletes it):
+        the shared disk image and what is left in DIR (shared/ and any file
+        of the user's), the lock file aside."""
+        images = [Path(disk["image"])] if disk else [self.dir / "disk.img",
+                                                     IMAGE_TMPFS / f"clusterfw-lab-{self.hash}" / "disk.img"]
+        kept = [str(image) for image in images if image.exists()]
+        if self.dir.is_dir():
+            kept += [str(path) + ("/" if path.is_dir() else "") for path in sorted(self.dir.iterdir())
+                     if path.name != "lab.lock" and str(path) not in kept]
+        return kept
 
     def _purge_image(self, disk: dict) -> None:
         """``down --purge``: the disk image, and its directory if the lab made it."""

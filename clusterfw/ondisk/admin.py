@@ -1,5 +1,5 @@
 """The administrator's operations on the shared disk: ``format_disk``,
-``add_node``, ``probe``.
+``add_node``, ``remove_node``, ``probe``.
 
 How this works
 --------------
@@ -26,7 +26,7 @@ signature found, the last MiB of the device is zeroed as well, so trailing
 signatures (a GPT backup header, an md 1.0 superblock) do not survive.
 Finally it reads everything back and checks it.
 
-``add_node`` is a read-modify-write of the node table.  It is for the
+``add_node`` and ``remove_node`` are read-modify-writes of the node table.  It is for the
 administrator's tools only and must not run concurrently with itself (the
 node table is not a single-writer block; nothing else writes it).
 
@@ -349,6 +349,29 @@ def add_node(disk: ClusterDisk, name: str, node_id: int | None = None) -> NodeCo
     if read_back != cfg:
         raise AssertionError(f"node-table entry {node_id} read back as {read_back!r}, wrote {cfg!r}")
     return cfg
+
+
+def remove_node(disk: ClusterDisk, node_id: int) -> NodeConfig:
+    """Remove node ``node_id`` from the node table and return the record it
+    had.  Only the node-table entry goes: the node's slot (its Disk Paxos
+    ballot state) and view copies stay, so a node added later with this id
+    continues from them.  The caller checks that the node is inactive
+    (``clusterfw node remove``).  Raises ``NodeTableError`` if the entry is
+    not a valid record (never written, or damaged)."""
+    table = disk.read_node_table()
+    if not 1 <= node_id <= len(table):
+        raise ValueError(f"node id {node_id!r} is out of range: this disk holds node ids 1..{len(table)}")
+    entry = table[node_id - 1]
+    if isinstance(entry, NotWritten):
+        raise NodeTableError(f"node id {node_id} is not in the node table: nothing to remove")
+    if not isinstance(entry, NodeConfig):
+        raise NodeTableError(f"node-table entry {node_id} is damaged ({type(entry).__name__}: {entry}); "
+                             f"refusing to remove what cannot be read")
+    disk.clear_node_config(node_id)
+    read_back = disk.read_node_table()[node_id - 1]
+    if not isinstance(read_back, NotWritten):
+        raise AssertionError(f"node-table entry {node_id} read back as {read_back!r} after it was cleared")
+    return entry
 
 
 # --------------------------------------------------------------------------

@@ -336,6 +336,16 @@ class ClusterDisk(Placement):
         offset, data = self.node_block_bytes(cfg, current)
         self.dev.write(offset, data)
 
+    def clear_node_config(self, node_id: int) -> None:
+        """Zero node ``node_id``'s node-table record, so that it reads as
+        ``NotWritten`` (read-modify-write of its block: admin tools only)."""
+        record_offset = self.layout.node_record_offset(node_id)
+        block_size = self.layout.block_size_bytes
+        block_offset = record_offset - record_offset % block_size
+        current = bytes(self.dev.read(block_offset, block_size))
+        start = record_offset - block_offset
+        self.dev.write(block_offset, current[:start] + bytes(NODE_RECORD_BYTES) + current[start + NODE_RECORD_BYTES:])
+
 
 def read_superblock_from(dev: Device) -> SuperBlock:
     """Read and decode the superblock of any device (no UUID expected).

@@ -131,7 +131,7 @@ class DlmService(LocalSubsystem):
                             nodes_max=layout.nodes_max, now_ms=diskio.clock_ms(),
                             can_write=lambda _now: guard() is None,
                             poll_min_ms=float(timing.fast_poll_ms), poll_max_ms=float(timing.heartbeat_interval_ms),
-                            name_of=lambda n: printable(node_name(n)))
+                            name_of=lambda n: printable(node_name(n)), time_of=_local_clock_text)
         self._requests: dict[int, _ClientRequest] = {}  # core request id -> client
         self._by_client: dict[tuple[int, int], int] = {}  # (conn id, client id) -> core request id
         self._next_req = 1
@@ -413,6 +413,10 @@ class DlmService(LocalSubsystem):
                 if isinstance(ev, Denied):
                     final = {"op": "denied", "id": req.client_id, "name": req.name, "reason": ev.reason,
                              "kind": ev.kind.value}
+                    if ev.blockers:
+                        final["blockers"] = [{"node": printable(self._node_name(b.node_id)), "why": b.why,
+                                              "pid": b.owner or None, "since_unix_ms": b.since_unix_ms or None}
+                                             for b in ev.blockers]
                 elif isinstance(ev, Released):
                     final = {"op": "released", "id": req.client_id, "name": req.name}
                 elif isinstance(ev, Revoked):
@@ -425,6 +429,11 @@ class DlmService(LocalSubsystem):
                         self._requests.pop(ev.req_id, None)
                         self._by_client.pop((req.conn_id, req.client_id), None)
                     self._push(req.conn_id, final)
+
+
+def _local_clock_text(unix_ms: int) -> str:
+    """A lock writer's stamp in denials: the host's local time."""
+    return time.strftime("%H:%M:%S", time.localtime(unix_ms / 1000))
 
 
 def _unix_ms() -> int:
