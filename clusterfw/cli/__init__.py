@@ -6,7 +6,8 @@ Each command group is a module of this package with a
 ``events`` (event-manager, events).  ``errors`` holds ``CliError`` and the
 exit codes (the table is ``clusterfw.exitcodes``), ``options`` the options
 the client commands share (``--socket``, ``--json``).  This module only
-wires the groups together and maps errors to exit codes.
+wires the groups together, answers ``--version`` (the installed package's
+version) and maps errors to exit codes.
 
 Exit codes:
   0  success
@@ -21,9 +22,9 @@ import argparse
 import sys
 from types import ModuleType
 
-from clusterfw.cli.errors import EPILOG, EXIT_INTERRUPTED, CliError
+from clusterfw.cli.errors import EPILOG, EXIT_FAILED, EXIT_INTERRUPTED, CliError
 
-__all__ = ["CliError", "build_parser", "main"]
+__all__ = ["CliError", "build_parser", "main", "package_version"]
 
 # Commands run often from scripts (a lock per loop iteration) build only
 # their own group's parser: importing every command group costs ~0.3 s.
@@ -40,6 +41,41 @@ def command_groups(command: str | None = None) -> tuple[ModuleType, ...]:
     return (disk, sim, lab, node, lock, events)
 
 
+def package_version() -> str:
+    """The installed package's version (its metadata: what pip installed),
+    else ``clusterfw.__version__`` (a source tree that is not installed).
+    Raises CliError when neither is there."""
+    from importlib import metadata
+    try:
+        return metadata.version("clusterfw")
+    except metadata.PackageNotFoundError:
+        pass
+    import clusterfw
+    found = getattr(clusterfw, "__version__", None)
+    if isinstance(found, str) and found:
+        return found
+    raise CliError(f"cannot tell the version: no 'clusterfw' package metadata is installed and "
+                   f"{clusterfw.__file__} has no __version__; install clusterfw with scripts/setup.sh",
+                   EXIT_FAILED)
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: print ``clusterfw X.Y.Z`` and exit 0 (looked up only
+    when asked for, not at every parser build)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS,
+                 help="print the installed version (clusterfw X.Y.Z) and exit"):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        try:
+            line = f"clusterfw {package_version()}"
+        except CliError as exc:
+            parser.exit(exc.exit_code, f"clusterfw: {exc}\n")
+        print(line)  # stdout, like argparse's own version action
+        parser.exit(0)
+
+
 def build_parser(groups: tuple[ModuleType, ...] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="clusterfw",
@@ -47,6 +83,7 @@ def build_parser(groups: tuple[ModuleType, ...] | None = None) -> argparse.Argum
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for group in command_groups() if groups is None else groups:
@@ -56,6 +93,13 @@ def build_parser(groups: tuple[ModuleType, ...] | None = None) -> argparse.Argum
 
 def main(argv: list[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else argv
+    if words == ["--version"]:  # without importing every command group
+        try:
+            print(f"clusterfw {package_version()}")
+        except CliError as exc:
+            print(f"clusterfw: {exc}", file=sys.stderr)
+            return exc.exit_code
+        return 0
     parser = build_parser(command_groups(words[0] if words else None))
     args = parser.parse_args(argv)
     try:
