@@ -895,8 +895,9 @@ class Daemon:
                 view = self._current_view()
                 if view is not None:
                     self.hub.view_adopted(view)
-                for line in ev.log:
-                    self.log.info(f"[master] {line}", EPOCH=ev.epoch, TERM=ev.term)
+                for line in ev.log:  # decisions at info, the steps of each transition at debug
+                    self.log.log("debug" if line.detail else "info", f"[master] {line.text}",
+                                 EPOCH=ev.epoch, TERM=ev.term)
                 self.log.debug(f"view epoch {ev.epoch} of term {ev.term}", EPOCH=ev.epoch, TERM=ev.term)
                 self._progress()
             elif isinstance(ev, Rejected):
