@@ -96,7 +96,7 @@ from clusterfw.core.node import (
     WriteSlot,
     WriteView,
 )
-from clusterfw.core.text import printable
+from clusterfw.core.text import incarnation_text, printable
 from clusterfw.exitcodes import EXIT_CONFIG, EXIT_FAILED, EXIT_FENCED, EXIT_OK, EXIT_USAGE
 from clusterfw.host.clocks import SUSPEND_THRESHOLD_MS, SuspendDetector, clock_pair
 from clusterfw.host.journal import Journal
@@ -1149,7 +1149,7 @@ class Daemon:
         out.update({
             "source": "daemon", "node": self.opts.node, "node_id": self.node_id, "state": state,
             "phase": phase, "role": role, "acting_master": acting_master,
-            "incarnation": self.incarnation, "fenced": fenced, "pid": os.getpid(),
+            "incarnation": incarnation_text(self.incarnation), "fenced": fenced, "pid": os.getpid(),
             "disk": self.opts.disk, "timing": timing_json(self.timing),
             "fence_action": self.opts.fence_action,
             "subsystems": self.hub.describe(), "waiting_for": self._missing_subsystems() if core is None else [],
