@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -64,7 +65,7 @@ RECORDED = {
                          "view": "pass"},
                 "init_pid": 41377, "launcher_pid": 41370, "fuse_pid": 40021, "netns": "cfwlab-n2",
                 "cgroup": "/sys/fs/cgroup/machine.slice/machine-cfwlab\\x2dn2.scope",
-                "pids": [41377, 41402, 41433], "ready_seconds": 2.41},
+                "pids": [41377, 41402, 41433], "ready_seconds": 2.41, "seconds": 2.634},
     "cut-disk": {"node": "n3", "disk": "hang"},
     "restore-disk": {"node": "n3", "disk": "pass"},
     "pause": {"node": "n1", "paused": False, "frozen_while_paused": True, "seconds": 1.0},
@@ -75,15 +76,16 @@ RECORDED = {
 CALLS = {"crash": "crash", "restart": "restart", "cut-disk": "cut_disk", "restore-disk": "restore_disk",
          "pause": "pause", "resume": "resume", "bench-disk": "bench_disk"}
 ARGS = {"pause": ["1"], "cut-disk": ["--mode", "hang"]}
-SAYS = {
-    "crash": ["node n2 crashed", "pid 41234", "0.087 s", "'clusterfw lab restart n2'"],
-    "restart": ["node n2 up after 2.41 s", "init pid 41377", "10.231.0.2", "disk pass"],
-    "cut-disk": ["node n3 lost its path to the disk", "every I/O stalls", "'clusterfw lab restore-disk n3'"],
-    "restore-disk": ["node n3 has its disk back"],
-    "pause": ["node n1 was paused for 1 s and is running again"],
-    "resume": ["node n1 is running again"],
+SAYS = {  # the whole line a person sees, exactly
+    "crash": ["n2 crashed (SIGKILL of init 41234) in 0.09 s"],
+    "restart": ["n2 restarted (init 41377) in 2.63 s"],
+    "cut-disk": ["n3 disk cut (hang: every I/O stalls until 'clusterfw lab restore-disk n3')"],
+    "restore-disk": ["n3 disk restored (I/O passes through)"],
+    "pause": ["n1 paused for 1.00 s, running again"],
+    "resume": ["n1 resumed"],
     "bench-disk": ["node n2: 2000 reads of 4096 B", "61.3 us", "18.9 us", "adds 42.4 us"],
 }
+WHOLE_LINE = {"crash", "restart", "cut-disk", "restore-disk", "pause", "resume"}
 
 
 class RecordedLab:
@@ -103,6 +105,8 @@ def test_lab_faults_print_a_sentence_and_json_only_when_asked(command, monkeypat
     assert cli.main(["lab", command, node, *ARGS.get(command, [])]) == 0
     out = capsys.readouterr().out
     assert out.count("\n") == 1 and not out.lstrip().startswith("{"), out
+    if command in WHOLE_LINE:
+        assert out == SAYS[command][0] + "\n"
     for words in SAYS[command]:
         assert words in out, (words, out)
     assert cli.main(["lab", command, node, *ARGS.get(command, []), "--json"]) == 0
@@ -110,8 +114,22 @@ def test_lab_faults_print_a_sentence_and_json_only_when_asked(command, monkeypat
 
 
 def test_a_background_pause_says_when_the_node_thaws():
-    text = cli_lab.format_pause({"node": "n1", "paused": True, "frozen": True, "until": 0.0, "background": True})
-    assert text.startswith("node n1 paused: frozen; a helper thaws it at ")
-    assert "'clusterfw lab resume n1'" in text
+    until = 1_700_000_000.0
+    clock = time.strftime("%H:%M:%S", time.localtime(until))
+    text = cli_lab.format_pause({"node": "n1", "paused": True, "frozen": True, "until": until, "background": True})
+    assert text == f"n1 paused until {clock} (a helper thaws it; 'clusterfw lab resume n1' now)"
+    text = cli_lab.format_pause({"node": "n1", "paused": True, "frozen": False, "until": until, "background": True})
+    assert text == f"n1 paused until {clock}, not yet frozen (a helper thaws it; 'clusterfw lab resume n1' now)"
     assert cli_lab.format_resume({"node": "n1", "resumed": False, "reason": "pause superseded"}) \
-        == "node n1 left as it is: pause superseded"
+        == "n1 left as it is: pause superseded"
+
+
+def test_the_fault_lines_say_what_went_wrong_in_a_node():
+    """A restart that left the node in another state than up says so; an EIO
+    cut says every I/O fails; a pause that could not freeze the node says so."""
+    restart = {**RECORDED["restart"], "state": "starting", "init_pid": None}
+    assert cli_lab.format_restart(restart) == "n2 restarted (init -) in 2.63 s, now starting"
+    assert cli_lab.format_disk_mode({"node": "n3", "disk": "eio"}) \
+        == "n3 disk cut (eio: every I/O fails until 'clusterfw lab restore-disk n3')"
+    assert cli_lab.format_pause({**RECORDED["pause"], "frozen_while_paused": False}) \
+        == "n1 paused for 1.00 s, running again (it was not fully frozen)"

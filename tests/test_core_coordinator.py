@@ -11,6 +11,7 @@ bottom-up and only up to ``top_level``, re-notification with a new batch id.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 from typing import Callable, Iterable
 
@@ -654,8 +655,8 @@ def test_master_log_lines_name_nodes_by_their_node_table_name() -> None:
     lines: list[str] = []
     for _ in range(60):
         b.ack_all(hold_nothing)
-        lines += b.step().log
-    assert "web2 joining" in lines and "web2 joined" in lines
+        lines += [line.text for line in b.step().log]
+    assert "web2 joining" in lines and "web2 joins: all levels notified" in lines
     assert any(line.startswith("batch ") and "web2 joining#0 to db1,web2" in line for line in lines), lines
     assert not any("n1" in line or "n2" in line for line in lines), lines
 
@@ -678,3 +679,65 @@ def test_the_coordinator_raises_instead_of_making_an_illegal_move() -> None:
     b = Bench([joined(1), MemberEntry(2, inc(2), S.FORCED_LEAVING, kind=J, cursor=0)], [slot(1), slot(2)])
     with pytest.raises(AssertionError, match="member 2: illegal move forced-leaving -> joined"):
         b.settle()
+
+
+# ============================================================ the master's log lines
+def _lines(b: Bench, steps: int = 60, hold: Hold = hold_nothing) -> list:
+    out = []
+    for _ in range(steps):
+        b.ack_all(hold)
+        out += b.step().log
+    return out
+
+
+def test_one_decision_line_per_join_and_two_for_a_crash_the_steps_are_detail() -> None:
+    """A person reads one line per decision (the daemon logs them at info):
+    a join through every level is one line, a crash is the force (with its
+    reason) and the end of the recovery (with the same reason); every batch
+    issued and acked is ``detail`` (debug)."""
+    b = two_nodes_joining()
+    lines = _lines(b)
+    assert [line.text for line in lines if not line.detail] == ["n2 joins: all levels notified"]
+    detail = [line.text for line in lines if line.detail]
+    assert len(detail) >= 3 * len(LEVELS) and "n2 joining" in detail
+    assert all(line.startswith(("batch ", "n2 joining")) for line in detail), detail
+
+    b.crash(2)
+    lines = _lines(b, steps=120)
+    decisions = [line.text for line in lines if not line.detail]
+    assert len(decisions) == 2, decisions
+    forced, done = decisions
+    reason = re.fullmatch(r"n2 forced out \((missed heartbeats for \d+\.\d s)\): recovering its levels", forced)
+    assert reason, forced
+    assert done == f"n2 forced out ({reason.group(1)}): recovery complete"
+    assert (b.m(2).state, b.m(2).forced) == (S.INACTIVE, True)
+    assert any(line.detail and "forced-leaving" in line.text for line in lines)
+
+
+def test_a_forced_out_node_that_is_alive_is_recovered_once_dead_and_the_line_says_why() -> None:
+    """Not acking within the transition timeout forces the node out; the
+    line names the batch and the level with its subsystem's name, and says
+    the recovery waits until the node is dead (it fences itself)."""
+    b = two_nodes_joining()
+    b.step_until(lambda: 20 in b.co.batches)
+    hung = hold_at((2, 20))
+    lines = _lines(b, steps=int(TIMING.transition_timeout_ms / STEP_MS) + 5, hold=hung)
+    forced = [line.text for line in lines if not line.detail]
+    assert len(forced) == 1, forced
+    assert re.fullmatch(r"n2 forced out \(did not ack batch 1\.\d+ at level 20 \(sub20\) within \d+\.\d s\): "
+                        r"its levels are recovered once it is dead \(fenced\)", forced[0]), forced
+
+
+def test_levels_now_names_the_levels_and_never_ends_empty() -> None:
+    """The levels line (detail) names each level; when no live member is
+    registered at any level any more it says so instead of ending empty."""
+    b = two_nodes_joining()
+    lines = [line.text for line in _lines(b, steps=3)]
+    b2 = Bench([joined(1), MemberEntry(2, inc(2), S.FORCED_LEAVING, kind=F, top_level=40)],
+               [slot(1, registrations=()), slot(2)], master=1)
+    b2.crash(2)
+    lines2 = [line for line in _lines(b2, steps=3)]
+    levels_lines = [line for line in lines2 if line.text.startswith("levels now")]
+    assert levels_lines and all(line.detail for line in levels_lines)
+    assert levels_lines[0].text == "levels now none: no live member is registered at any level"
+    assert not any(line.rstrip() == "levels now" for line in lines)

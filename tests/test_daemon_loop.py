@@ -641,3 +641,43 @@ def test_a_join_with_other_barrier_counts_is_rejected_with_exit_78(cluster):
     log = cluster.log(node)
     assert "the join was rejected at level 10" in log, log
     cluster.ensure_all_joined()
+
+
+def three_joins_and_a_crash(c: Cluster) -> tuple[str, str]:
+    """n1, n2, n3 join one after the other, then a member is killed (-9) and
+    forced out: (the master's name, the master's whole log)."""
+    for i, name in enumerate(NODES):
+        c.start(name)
+        wait_for(f"{name} joined", lambda names=NODES[:i + 1]: c.joined_view("n1", names), 20)
+    master = c.master()
+    victim = next(n for n in reversed(NODES) if n != master)
+    c.signal(victim, signal.SIGKILL)
+    c.wait_exit(victim, 5)
+    wait_for(f"{victim} forced out", lambda: _forced_out(c, master, victim), 10, 0.02)
+    wait_for("the end of the recovery in the master's log",
+             lambda: "recovery complete" in c.logs[master].read_text(errors="replace"), 10)
+    return master, c.logs[master].read_text(errors="replace")
+
+
+def test_the_master_logs_one_info_line_per_decision(lun_root):
+    """3 joins and 1 crash: the master's journal has one info line per
+    decision -- its takeover, each join through all levels, the crashed
+    node forced out with the reason and its recovery complete with the same
+    reason -- and no per-batch line (those are debug, not written without
+    --debug), and never an empty ``levels now``."""
+    with formatted_cluster(lun_root, "journal", "journal") as c:
+        master, log = three_joins_and_a_crash(c)
+    lines = [re.sub(r" \(EPOCH=\d+ TERM=\d+\)$", "", line.split(" info: [master] ", 1)[1])
+             for line in log.splitlines() if " info: [master] " in line]
+    victim = next(n for n in reversed(NODES) if n != master)
+    print(f"\n[measure] 3 joins + 1 crash: {len(lines)} info lines by the master {master}:\n  " + "\n  ".join(lines))
+    assert "[master]" not in "".join(line for line in log.splitlines() if " info: " not in line)
+    joins = [line for line in lines if line.endswith(" joins: all levels notified")]
+    assert sorted(joins) == sorted(f"{n} joins: all levels notified" for n in NODES), lines
+    forced = [line for line in lines if line.startswith(f"{victim} forced out (missed heartbeats for ")]
+    assert len(forced) == 2 and forced[0].endswith("): recovering its levels"), lines
+    assert forced[1] == forced[0].replace("recovering its levels", "recovery complete"), lines
+    assert any(re.fullmatch(rf"{master} master of term \d+, resuming from epoch \d+ of term \d+", line)
+               for line in lines), lines
+    assert not any("batch" in line or line.startswith("levels now") for line in lines), lines
+    assert len(lines) <= len(NODES) + 2 + 2, lines  # joins, the crash's two, at most two takeovers

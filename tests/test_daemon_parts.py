@@ -546,6 +546,40 @@ def test_status_renders_states_per_level_and_the_master():
     assert n4["name"] == "n4" and n4["state"] == "inactive" and n4["incarnation"] is None
 
 
+def test_status_gives_incarnations_as_hex_strings_that_survive_a_double():
+    """A 63-bit incarnation as a JSON number is rounded by jq (a double holds
+    53 bits); status gives the same hex string as locks and the log lines."""
+    big = (1 << 62) + 12345
+    slots = {1: SlotRecord(node_id=1, incarnation=big, seq=5, timing=TIMING),
+             2: SlotRecord(node_id=2, incarnation=0xBEEF, seq=5, timing=TIMING)}
+    view = ViewRecord(node_id=1, incarnation=big, seq=9, term=2, epoch=7,
+                      members=(MemberEntry(1, big, NodeState.JOINED),))
+    out = json.loads(json.dumps(render(cluster="lab", names={1: "n1", 2: "n2"}, view=view, slots=slots,
+                                       decision=Decision(2, 1, big), ages_ms={})))
+    n1, n2 = out["nodes"]
+    assert n1["incarnation"] == "4000000000003039" and int(n1["incarnation"], 16) == big
+    assert n2["incarnation"] == "beef"  # not in the view: its slot's
+    assert float(big) != big  # what a JSON number would have lost
+
+
+def test_disk_dump_json_gives_every_incarnation_as_a_hex_string():
+    """`disk dump --json`: the slot's, its lease's and the view's members'
+    incarnations are hex strings too; other numbers stay numbers."""
+    from clusterfw.cli.disk import jsonable
+    from clusterfw.core.model import Lease
+
+    big = (1 << 62) + 7
+    rec = SlotRecord(node_id=1, incarnation=big, seq=5, timing=TIMING,
+                     lease=Lease(term=3, inp_incarnation=big, master=1, master_incarnation=0xABC))
+    out = json.loads(json.dumps(jsonable(rec)))
+    assert (out["incarnation"], out["lease"]["inp_incarnation"], out["lease"]["master_incarnation"]) == (
+        f"{big:x}", f"{big:x}", "abc")
+    assert out["seq"] == 5 and out["lease"]["term"] == 3
+    view = jsonable(ViewRecord(node_id=1, incarnation=big, seq=9, term=2, epoch=7,
+                               members=(MemberEntry(1, 0xBEEF, NodeState.JOINED),)))
+    assert view["incarnation"] == f"{big:x}" and view["members"][0]["incarnation"] == "beef"
+
+
 def test_status_shows_placeholder_levels_as_placeholder_never_joined():
     hub = _Sent().hub()
     for sub in default_subsystems():

@@ -201,7 +201,7 @@ def test_a_restarted_daemon_kills_what_the_crashed_one_managed_before_its_first_
         run = c.runtime_dir("n1")
         c.start("n1", "--fence-hook", hook, env=fake_systemd.env())
         status = wait_for("n1 joined", lambda: c.joined_view("n1", ("n1",)), 15)
-        old = status["incarnation"]
+        old = int(status["incarnation"], 16)  # a hex string, as in every JSON output
         # the launch service started a unit for the cluster and listed it
         service = fake_systemd.start_unit("web.service")
         (run / "managed-units").write_text("web.service\n")

@@ -58,7 +58,7 @@ def test_a_view_that_went_back_to_an_older_incarnation_recovers_nothing_of_the_l
     holder = c[1]
     del c.nodes[1]  # n1's own reaction to the stale view is the next test
     for row in (member(1, incarnation=OLD),  # the stale view
-                member(1, incarnation=OLD, **FORCED),  # "forced out: restarted (OLD -> NEW)"
+                member(1, incarnation=OLD, **FORCED),  # "forced out (restarted: incarnation OLD -> NEW)"
                 member(1, incarnation=OLD, **FORCED, ready=True, cursor=DLM_LEVEL),
                 member(1, incarnation=OLD, **FORCED, ready=True, cursor=20),
                 member(1, incarnation=OLD, state=NodeState.INACTIVE, forced=True)):

@@ -36,6 +36,7 @@ from clusterfw.cli.errors import EXIT_FAILED, EXIT_REFUSED, EXIT_USAGE, CliError
 from clusterfw.cli.options import add_json
 from clusterfw.core import timing
 from clusterfw.core.model import NODES_MAX, NodeConfig, SlotRecord, ViewRecord
+from clusterfw.core.text import incarnation_text
 from clusterfw.ondisk import admin, codec
 from clusterfw.ondisk.blockdev import BlockDevice
 from clusterfw.ondisk.clusterdisk import ClusterDisk, best_view_copy, read_superblock_from
@@ -163,7 +164,10 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, enum.Enum):
         return value.value if isinstance(value.value, str) else value.name.lower()
     if is_dataclass(value) and not isinstance(value, type):
-        return {f.name: jsonable(getattr(value, f.name)) for f in fields(value)}
+        # incarnations (also a lease's inp_incarnation, master_incarnation) as hex strings, as everywhere
+        return {f.name: (incarnation_text(getattr(value, f.name)) if f.name.endswith("incarnation")
+                         and isinstance(getattr(value, f.name), int) else jsonable(getattr(value, f.name)))
+                for f in fields(value)}
     if isinstance(value, (bytes, bytearray)):
         return codec.uuid_text(bytes(value)) if len(value) == codec.UUID_BYTES else bytes(value).hex()
     if isinstance(value, (tuple, list)):

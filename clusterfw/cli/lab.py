@@ -194,42 +194,50 @@ def cmd_down(args):
 
 
 # --------------------------------------------------------------------------
-# faults: one sentence each (what ``Lab`` returned with --json)
+# faults: one short line each (what ``Lab`` returned with --json)
+
+def _secs(value: Any) -> str:
+    return "?" if value is None else f"{float(value):.2f}"
+
 
 def format_crash(res: dict[str, Any]) -> str:
-    return (f"node {res['node']} crashed: SIGKILL to its init (pid {res['killed_pid']}), every process of the "
-            f"node gone in {res['seconds']:g} s; 'clusterfw lab restart {res['node']}' boots it again")
+    """``n2 crashed (SIGKILL of init 14960) in 0.10 s``"""
+    return f"{res['node']} crashed (SIGKILL of init {res['killed_pid']}) in {_secs(res.get('seconds'))} s"
 
 
 def format_restart(res: dict[str, Any]) -> str:
-    ready = res.get("ready_seconds")
-    return (f"node {res['name']} {res['state']}" + (f" after {ready:g} s" if ready is not None else "")
-            + f": init pid {res.get('init_pid') or '-'}, address {res.get('address') or '-'}, disk "
-            f"{res['disk']['mode']}")
+    """``n2 restarted (init 15012) in 0.62 s``; a state other than up is said."""
+    state = res.get("state")
+    return (f"{res['name']} restarted (init {res.get('init_pid') or '-'}) in {_secs(res.get('seconds'))} s"
+            + ("" if state == "up" else f", now {state}"))
 
 
 def format_pause(res: dict[str, Any]) -> str:
+    """``n1 paused for 1.00 s, running again`` or, in the background,
+    ``n1 paused until 12:00:03 (a helper thaws it; 'clusterfw lab resume n1' now)``"""
     node = res["node"]
     if res.get("background"):
-        frozen = "frozen" if res.get("frozen") else "freezing (not yet frozen)"
-        return (f"node {node} paused: {frozen}; a helper thaws it at {_clock(res['until'])} "
-                f"('clusterfw lab resume {node}' thaws it now)")
-    return (f"node {node} was paused for {res['seconds']:g} s and is running again"
-            + ("" if res.get("frozen_while_paused") else " (it was not fully frozen while paused)"))
+        frozen = "" if res.get("frozen") else ", not yet frozen"
+        return (f"{node} paused until {_clock(res['until'])}{frozen} "
+                f"(a helper thaws it; 'clusterfw lab resume {node}' now)")
+    return (f"{node} paused for {_secs(res.get('seconds'))} s, running again"
+            + ("" if res.get("frozen_while_paused") else " (it was not fully frozen)"))
 
 
 def format_resume(res: dict[str, Any]) -> str:
+    """``n1 resumed``, or ``n1 left as it is: pause superseded``"""
     if res.get("resumed"):
-        return f"node {res['node']} is running again"
-    return f"node {res['node']} left as it is: {res.get('reason')}"
+        return f"{res['node']} resumed"
+    return f"{res['node']} left as it is: {res.get('reason')}"
 
 
 def format_disk_mode(res: dict[str, Any]) -> str:
+    """``n3 disk cut (eio: every I/O fails until ...)`` / ``n3 disk restored (...)``"""
     node, mode = res["node"], res["disk"]
     if mode == "pass":
-        return f"node {node} has its disk back: I/O passes through again"
-    what = "every I/O fails with EIO" if mode == "eio" else "every I/O stalls"
-    return f"node {node} lost its path to the disk: {what} until 'clusterfw lab restore-disk {node}'"
+        return f"{node} disk restored (I/O passes through)"
+    what = "every I/O fails" if mode == "eio" else "every I/O stalls"
+    return f"{node} disk cut ({mode}: {what} until 'clusterfw lab restore-disk {node}')"
 
 
 def format_bench_disk(res: dict[str, Any]) -> str:

@@ -49,6 +49,9 @@ exit codes:
 
 DEFAULT_UNIT = "clusterfw.service"
 DISK_READ_TIMEOUT_MS = 30_000
+WATCH_DEFAULT_S = 2.0
+WATCH_RANGE_S = (0.1, 3600.0)
+CLEAR_SCREEN = "\x1b[H\x1b[2J"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -121,6 +124,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_json(st)
     add_socket(st, lab_cli.ASKS_A_LAB_NODE)
     st.add_argument("--disk", metavar="DEVICE", help="read DEVICE directly when no daemon answers")
+    st.add_argument("--watch", nargs="?", const=str(WATCH_DEFAULT_S), default=None, metavar="SECS",
+                    help=f"redraw every SECS seconds (default {WATCH_DEFAULT_S:g}) until Ctrl-C, like crm_mon; "
+                         f"the screen is cleared only on a terminal; with --json one object a line")
     st.set_defaults(func=cmd_status)
 
 
@@ -160,6 +166,15 @@ def _levels_order(nodes: list[dict[str, Any]]) -> list[str]:
     return order
 
 
+def _placeholder_levels(status: dict[str, Any], levels: list[str]) -> list[str]:
+    """The level names held by a placeholder: the daemon's subsystems say so;
+    from the disk, a node shown ``placeholder`` there does."""
+    marked = {sub.get("name") for sub in status.get("subsystems") or [] if sub.get("placeholder")}
+    marked |= {name for node in status.get("nodes", []) for name, value in node.get("levels", {}).items()
+               if value == "placeholder"}
+    return [name for name in levels if name in marked]
+
+
 def format_status(status: dict[str, Any]) -> str:
     from clusterfw.core.text import printable
     from clusterfw.ondisk.integrity import warning_lines
@@ -188,7 +203,12 @@ def format_status(status: dict[str, Any]) -> str:
     lines = [head, ""]
     lines += ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
     lines.append("")
-    lines.append("* master")
+    lines.append("* master   epoch: membership changes so far   term: master elections so far")
+    held = _placeholder_levels(status, levels)
+    if held:
+        shown = ", ".join(printable(name).upper() for name in held)
+        lines.append(f"placeholder: {shown} {'is a stand-in' if len(held) == 1 else 'are stand-ins'} that "
+                     f"ack at once; no real subsystem runs there yet")
     timing = status.get("cluster_timing")
     if isinstance(timing, dict) and isinstance(timing.get("failover_ms"), int):
         lines.append(timing_line(timing))
@@ -212,10 +232,26 @@ def timing_line(timing: dict[str, Any]) -> str:
             f"services restart elsewhere after about {ms_text(timing['failover_ms'])}")
 
 
-def cmd_status(args: argparse.Namespace) -> int:
+def watch_seconds(text: str) -> float:
+    """``--watch SECS``: a finite number of seconds in WATCH_RANGE_S, or a
+    usage error naming the bad value and the range."""
+    low, high = WATCH_RANGE_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not low <= value <= high:  # also refuses nan and inf
+        raise CliError(f"--watch {text}: use a number of seconds from {low:g} to {high:g} "
+                       f"(default {WATCH_DEFAULT_S:g})", EXIT_USAGE)
+    return value
+
+
+def _fetch_status(args: argparse.Namespace) -> tuple[dict[str, Any], str | None]:
+    """The status object and, when it did not come from this host's daemon,
+    the sentence that says where it came from."""
     path, chosen_by = client_socket(args.socket)
     try:
-        status = Client(path).status()
+        return Client(path).status(), None
     except DaemonUnavailable as exc:
         command = ["clusterfw", "status", *(["--json"] if args.json else [])]
         direct = "To read the shared disk directly, add --disk DEVICE"
@@ -226,20 +262,63 @@ def cmd_status(args: argparse.Namespace) -> int:
             if found is None:
                 raise CliError(lab_cli.no_daemon(exc, command, None, direct)) from None
             via, status = found
-            print(lab_cli.asked_lab_node(exc, via, command), file=sys.stderr if args.json else sys.stdout)
-        else:
-            status = _status_from_disk(args.disk)
-            if not args.json:
-                print(f"no local daemon answers on {path}: read {args.disk} directly "
-                      f"(heartbeat ages unknown: one read cannot tell a live node from a dead one)")
+            return status, lab_cli.asked_lab_node(exc, via, command)
+        return _status_from_disk(args.disk), (
+            f"no local daemon answers on {path}: read {args.disk} directly "
+            f"(heartbeat ages unknown: one read cannot tell a live node from a dead one)")
     except ClientError as exc:
         raise CliError(str(exc)) from None
+
+
+def _show_status(args: argparse.Namespace, status: dict[str, Any], note: str | None) -> None:
     if args.json:
+        if note:
+            print(note, file=sys.stderr)
         json.dump(status, sys.stdout)
-        print()
+        print(flush=True)
     else:
-        print(format_status(status))
-    return 0
+        if note:
+            print(note)
+        print(format_status(status), flush=True)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    if args.watch is None:
+        _show_status(args, *_fetch_status(args))
+        return 0
+    return _watch_status(args, watch_seconds(args.watch))
+
+
+def _watch_status(args: argparse.Namespace, every_s: float) -> int:
+    """Redraw every ``every_s`` until Ctrl-C (exit 0).  The first reading
+    must work (its error is the command's); a later failure is shown in the
+    redraw and the watch goes on, as the daemon may come back."""
+    clear = not args.json and sys.stdout.isatty()
+    first = True
+    try:
+        while True:
+            started = time.monotonic()
+            try:
+                status, note = _fetch_status(args)
+                error = None
+            except CliError as exc:
+                if first:
+                    raise
+                status, note, error = None, None, str(exc)
+            if clear:
+                sys.stdout.write(CLEAR_SCREEN)
+            if not args.json:
+                print(f"every {every_s:g} s, {time.strftime('%H:%M:%S')}; Ctrl-C to stop")
+            if status is not None:
+                _show_status(args, status, note if (first or not args.json) else None)
+            else:
+                print(f"clusterfw: {error}; trying again in {every_s:g} s", file=sys.stderr, flush=True)
+            first = False
+            time.sleep(max(0.0, every_s - (time.monotonic() - started)))
+    except KeyboardInterrupt:
+        if not args.json:
+            print()
+        return 0
 
 
 def _status_from_disk(path: str) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from clusterfw.cli.disk import _device_error, _open, _open_cluster
 from clusterfw.cli.errors import EXIT_REFUSED, EXIT_USAGE, CliError
 from clusterfw.cli.options import add_json
 from clusterfw.core.model import NodeConfig, NodeState, SlotRecord
+from clusterfw.core.text import incarnation_text
 from clusterfw.ondisk import admin
 from clusterfw.ondisk.clusterdisk import ClusterDisk
 from clusterfw.ondisk.errors import BlockError, DeviceError, NodeTableError, NotWritten
@@ -173,7 +174,7 @@ def survey(disk: ClusterDisk, watch_ms: float | None = None) -> dict[str, Any]:
         slot = seen[node_id]
         rec = slot.record
         if isinstance(rec, SlotRecord):
-            slot_json: dict[str, Any] = {"incarnation": f"{rec.incarnation:x}", "seq": rec.seq,
+            slot_json: dict[str, Any] = {"incarnation": incarnation_text(rec.incarnation), "seq": rec.seq,
                                          "request": rec.request.name.lower(), "seen_epoch": rec.seen_epoch}
         elif isinstance(rec, NotWritten):
             slot_json = {"error": "not-written", "message": "never written"}

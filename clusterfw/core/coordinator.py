@@ -27,6 +27,12 @@ themselves).  Each cycle the master:
    reaches a level whose batch still carries that node's graceful transition
    (Table 1).  Levels without participants are passed at once.
 
+Its log lines (``MasterLine``) are for people: one line per decision --
+a join or a leave through all levels, a node forced out and its recovery
+complete, a refused join -- naming the nodes and the reason; the steps in
+between (each batch issued and acked, each level passed) are ``detail``,
+which the daemon logs at debug and the simulator's transcripts show.
+
 Invariants kept (and checked by the simulator): a node's transition never
 moves past a step before every required participant acked it; join order is
 bottom-up, graceful leave top-down, forced leave bottom-up; no forced-leave
@@ -119,6 +125,22 @@ def _bounded(reason: str) -> str:
     return data.decode(errors="ignore")
 
 
+@dataclass(frozen=True)
+class MasterLine:
+    """One line of the master's log: ``detail`` lines are the steps of a
+    transition (the daemon's debug), the others its decisions (info)."""
+    text: str
+    detail: bool = False
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def seconds_text(ms: float) -> str:
+    """1100 -> ``1.1 s``: durations in the master's lines for people."""
+    return f"{ms / 1000:.1f} s"
+
+
 def registered_levels(slot: SlotRecord | None) -> dict[int, Registration]:
     if slot is None:
         return {}
@@ -129,7 +151,7 @@ def registered_levels(slot: SlotRecord | None) -> dict[int, Registration]:
 class StepOutcome:
     changed: bool = False  # the view must be written
     self_forced: bool = False  # the master forced itself out: fence after writing
-    log: list[str] = field(default_factory=list)  # why the view changed, for people
+    log: list[MasterLine] = field(default_factory=list)  # why the view changed, for people
 
 
 class Coordinator:
@@ -150,6 +172,8 @@ class Coordinator:
         # Volatile: when each outstanding batch was issued, on this master's clock.
         # Batches inherited from a previous master start their clock now.
         self.issued_ms: dict[int, float] = {b.batch_id: now_ms for b in view.batches}
+        # Volatile, for the log lines only: why this master forced each node out.
+        self.forced_why: dict[int, str] = {}
 
     # ------------------------------------------------------------------ view
     def view(self, node_id: int, incarnation: int, seq: int) -> ViewRecord:
@@ -170,6 +194,7 @@ class Coordinator:
         self._own_id = own_id
         self._own_incarnation = own_incarnation
         self._own_acks = own_acks
+        self._liveness = liveness
         self._out = out
         self._refresh_levels()
         self._complete_batches()
@@ -181,11 +206,22 @@ class Coordinator:
         self._collect_rejections()
         return out
 
-    def _change(self, why: str, epoch: bool = True) -> None:
+    def _change(self, why: str, epoch: bool = True, detail: bool = False) -> None:
         self._out.changed = True
         if epoch:
             self.epoch += 1
-        self._out.log.append(why)
+        self._out.log.append(MasterLine(why, detail))
+
+    def _why_forced(self, n: int) -> str:
+        return self.forced_why.get(n, "by an earlier master")
+
+    def _level_text(self, level: int) -> str:
+        """``20 (vdm)``: a level with the name its subsystems registered."""
+        for s in self._slots.values():
+            for reg in s.registrations:
+                if reg.level == level:
+                    return f"{level} ({reg.name})"
+        return str(level)
 
     def _is_me(self, m: MemberEntry) -> bool:
         return m.node_id == self._own_id and m.incarnation == self._own_incarnation
@@ -210,14 +246,18 @@ class Coordinator:
         A level stays while any forced-leaving node may still need recovery
         there and some live node is registered at it."""
         levels: dict[int, LevelSpec] = {}
+        names: dict[int, str] = {}
         for m in self.members.values():
             if m.state not in LIVE:
                 continue
             for reg in registered_levels(self._slot_of(m)).values():
                 levels.setdefault(reg.level, LevelSpec(reg.level, reg.barriers))
+                names.setdefault(reg.level, reg.name)
         if set(levels) != set(self.levels) or any(levels[k] != self.levels.get(k) for k in levels):
             self.levels = dict(sorted(levels.items())[:LEVELS_MAX])
-            self._change("levels now " + ",".join(str(k) for k in self.levels), epoch=False)
+            shown = ", ".join(f"{k} ({names[k]})" for k in self.levels)
+            self._change("levels now " + (shown or "none: no live member is registered at any level"),
+                         epoch=False, detail=True)
 
     def _next_up(self, level: int, limit: int | None = None) -> int | None:
         for k in sorted(self.levels):
@@ -246,7 +286,8 @@ class Coordinator:
             if all(self._acked(p, level, batch.batch_id) for p in self._required(batch)):
                 del self.batches[level]
                 self.issued_ms.pop(batch.batch_id, None)
-                self._change(f"batch {batch_label(batch.batch_id)} at level {level} acked by all", epoch=False)
+                self._change(f"batch {batch_label(batch.batch_id)} at level {level} acked by all", epoch=False,
+                             detail=True)
                 for e in batch.entries:
                     m = self.members.get(e.node_id)
                     if m is None or m.kind is not e.kind or m.cursor != level or m.barrier != e.barrier:
@@ -260,7 +301,8 @@ class Coordinator:
         n = m.node_id
         if m.barrier + 1 < self._barriers(level, m.kind):
             self.members[n] = replace(m, barrier=m.barrier + 1)
-            self._change(f"{self.name_of(n)} {m.kind.notification} level {level} barrier {m.barrier} done", epoch=False)
+            self._change(f"{self.name_of(n)} {m.kind.notification} level {level} barrier {m.barrier} done",
+                         epoch=False, detail=True)
             return
         if m.kind is Kind.JOIN:
             if m.leave_requested:
@@ -271,28 +313,29 @@ class Coordinator:
             nxt = self._next_up(level)
             if nxt is None:
                 self.members[n] = move(m, NodeState.JOINED, kind=None, cursor=-1, barrier=0)
-                self._change(f"{self.name_of(n)} joined")
+                self._change(f"{self.name_of(n)} joins: all levels notified")
             else:
                 self.members[n] = replace(m, cursor=nxt, barrier=0)
-                self._change(f"{self.name_of(n)} joining: level {level} done, next {nxt}", epoch=False)
+                self._change(f"{self.name_of(n)} joining: level {level} done, next {nxt}", epoch=False, detail=True)
         elif m.kind is Kind.LEAVE:
             nxt = self._next_down(level)
             if nxt is None:
                 self.members[n] = move(m, NodeState.INACTIVE, kind=None, cursor=-1, barrier=0,
                                        top_level=-1, forced=False)
-                self._change(f"{self.name_of(n)} left")
+                self._change(f"{self.name_of(n)} leaves: all levels notified")
             else:
                 self.members[n] = replace(m, cursor=nxt, barrier=0)
-                self._change(f"{self.name_of(n)} leaving: level {level} done, next {nxt}", epoch=False)
+                self._change(f"{self.name_of(n)} leaving: level {level} done, next {nxt}", epoch=False, detail=True)
         else:
             nxt = self._next_up(level, limit=m.top_level)
             if nxt is None:
                 self.members[n] = move(m, NodeState.INACTIVE, kind=None, cursor=-1, barrier=0,
                                        top_level=-1, forced=True, ready=False)
-                self._change(f"{self.name_of(n)} forced out: recovery complete")
+                self._change(f"{self.name_of(n)} forced out ({self._why_forced(n)}): recovery complete")
             else:
                 self.members[n] = replace(m, cursor=nxt, barrier=0)
-                self._change(f"{self.name_of(n)} forced-leaving: level {level} recovered, next {nxt}", epoch=False)
+                self._change(f"{self.name_of(n)} forced-leaving: level {level} recovered, next {nxt}", epoch=False,
+                             detail=True)
 
     # -- failures -------------------------------------------------------------
     def _force(self, m: MemberEntry, why: str) -> None:
@@ -315,7 +358,10 @@ class Coordinator:
                     batch, participants=tuple(p for p in batch.participants if p != m.node_id))
         if self._is_me(m):
             self._out.self_forced = True
-        self._change(f"{self.name_of(m.node_id)} forced out: {why}")
+        self.forced_why[m.node_id] = why
+        then = ("recovering its levels" if self._liveness.is_dead(m.node_id, m.incarnation)
+                else "its levels are recovered once it is dead (fenced)")
+        self._change(f"{self.name_of(m.node_id)} forced out ({why}): {then}")
 
     def _detect_failures(self, now_ms: float, liveness: Liveness) -> None:
         for n in sorted(self.members):
@@ -324,9 +370,9 @@ class Coordinator:
                 continue
             seen = liveness.incarnation(n)
             if seen is not None and seen != m.incarnation:
-                self._force(m, f"restarted (incarnation {m.incarnation:x} -> {seen:x})")
+                self._force(m, f"restarted: incarnation {m.incarnation:x} -> {seen:x}")
             elif liveness.is_dead(n, m.incarnation):
-                self._force(m, f"heartbeat unchanged for {liveness.age_ms(n, now_ms) or 0:.0f} ms")
+                self._force(m, f"missed heartbeats for {seconds_text(liveness.age_ms(n, now_ms) or 0)}")
         for level in sorted(self.batches):
             batch = self.batches[level]
             issued = self.issued_ms.get(batch.batch_id, now_ms)
@@ -335,8 +381,8 @@ class Coordinator:
             for p in self._required(batch):
                 if not self._acked(p, level, batch.batch_id):
                     self._force(self.members[p],
-                                f"did not ack batch {batch_label(batch.batch_id)} at level {level} "
-                                f"within {self.timing.transition_timeout_ms} ms")
+                                f"did not ack batch {batch_label(batch.batch_id)} at level {self._level_text(level)} "
+                                f"within {seconds_text(self.timing.transition_timeout_ms)}")
 
     def _ready_forced(self, liveness: Liveness) -> None:
         for n in sorted(self.members):
@@ -349,10 +395,11 @@ class Coordinator:
             if first is None:
                 self.members[n] = move(m, NodeState.INACTIVE, kind=None, cursor=-1,
                                        top_level=-1, forced=True)
-                self._change(f"{self.name_of(n)} forced out: dead, no level to recover")
+                self._change(f"{self.name_of(n)} forced out ({self._why_forced(n)}): dead, no level to recover")
             else:
                 self.members[n] = replace(m, ready=True, cursor=first, barrier=0)
-                self._change(f"{self.name_of(n)} dead for its dead timeout: recovery starts at level {first}", epoch=False)
+                self._change(f"{self.name_of(n)} dead for its dead timeout: recovery starts at level {first}",
+                             epoch=False, detail=True)
 
     # -- requests -------------------------------------------------------------
     def _take_requests(self, liveness: Liveness) -> None:
@@ -391,20 +438,24 @@ class Coordinator:
                 for reg in s.registrations:
                     self.levels.setdefault(reg.level, LevelSpec(reg.level, reg.barriers))
                 self.levels = dict(sorted(self.levels.items()))
-                self._change(f"{self.name_of(n)} joining")
+                self.forced_why.pop(n, None)
+                if entry.state is NodeState.JOINED:
+                    self._change(f"{self.name_of(n)} joins: no level to notify")
+                else:
+                    self._change(f"{self.name_of(n)} joining", detail=True)
             elif s.request is Request.LEAVE and m is not None and m.incarnation == s.incarnation:
                 if m.state is NodeState.JOINED:
                     top = max(self.levels, default=None)
                     if top is None:
                         self.members[n] = move(m, NodeState.INACTIVE, forced=False)
-                        self._change(f"{self.name_of(n)} left")
+                        self._change(f"{self.name_of(n)} leaves: no level to notify")
                     else:
                         self.members[n] = move(m, NodeState.LEAVING, kind=Kind.LEAVE,
                                                cursor=top, barrier=0, top_level=top)
-                        self._change(f"{self.name_of(n)} leaving")
+                        self._change(f"{self.name_of(n)} leaving", detail=True)
                 elif m.state is NodeState.JOINING and not m.leave_requested:
                     self.members[n] = replace(m, leave_requested=True)
-                    self._change(f"{self.name_of(n)} asked to leave while joining", epoch=False)
+                    self._change(f"{self.name_of(n)} asked to leave while joining", epoch=False, detail=True)
 
     def _check_registrations(self, s: SlotRecord) -> tuple[int, str] | None:
         seen: set[int] = set()
@@ -478,7 +529,8 @@ class Coordinator:
                         continue
                     del self.batches[level]
                     self.issued_ms.pop(current.batch_id, None)
-                    self._out.log.append(f"batch {batch_label(current.batch_id)} at level {level} superseded (re-notification)")
+                    self._out.log.append(MasterLine(f"batch {batch_label(current.batch_id)} at level {level} "
+                                                    f"superseded (re-notification)", detail=True))
                 if not desired:
                     continue
                 participants = self._participants(level, desired)
@@ -497,7 +549,7 @@ class Coordinator:
                         self.members[e.node_id] = replace(m, top_level=level)
                 self._change(f"batch {batch_label(batch.batch_id)} at level {level}: "
                              + ", ".join(f"{self.name_of(e.node_id)} {e.kind.notification}#{e.barrier}" for e in desired)
-                             + f" to {','.join(self.name_of(p) for p in participants)}", epoch=False)
+                             + f" to {','.join(self.name_of(p) for p in participants)}", epoch=False, detail=True)
             if not moved:
                 return
         raise AssertionError("batch issuing did not settle")  # a broken invariant: crash

@@ -32,7 +32,7 @@ import enum
 from dataclasses import dataclass, field, replace
 from typing import Callable, Generic, Mapping, Sequence, TypeVar, cast
 
-from .coordinator import Coordinator, level_state
+from .coordinator import Coordinator, MasterLine, level_state
 from .election import Decision, Election, highest_decision
 from .liveness import Liveness, Observed
 from .model import (BatchEntry, Lease, NodeState, Registration, Request, SlotRecord, Timing,
@@ -194,7 +194,7 @@ class Stopped:
 class ViewAdopted:
     term: int
     epoch: int
-    log: tuple[str, ...] = ()
+    log: tuple[MasterLine, ...] = ()  # the master's reasons for this view (its own node only)
 
 
 Event = Notify | Fenced | MasterChanged | StateChanged | Rejected | Stopped | ViewAdopted
@@ -253,7 +253,7 @@ class NodeCore:
         self._no_master_since: float | None = None
         self._view_dirty = False
         self._hurry = False  # run the next cycle as soon as this one completes
-        self._pending_log: tuple[str, ...] = ()
+        self._pending_log: tuple[MasterLine, ...] = ()
         self.final_write_reason: StopReason | None = None
         self.view_log: list[str] = []
         self._takeover_failures = 0
@@ -669,7 +669,7 @@ class NodeCore:
                    + (f" (unreadable view areas: {', '.join(self.name_of(n) for n in lost)}; "
                       f"no live node saw a newer epoch)" if lost else ""))
         self.view_log.append(resumed)
-        self._pending_log += (resumed,)  # logged with the first view it writes
+        self._pending_log += (MasterLine(resumed),)  # logged with the first view it writes
         self._master_step(now_ms, force_write=True)
         self._schedule(now_ms)
 
@@ -699,7 +699,7 @@ class NodeCore:
             self._halted = why
             self.view_log.append(why)
             self._events.append(ViewAdopted(self.view.term if self.view else 0,
-                                            self.view.epoch if self.view else 0, (why,)))
+                                            self.view.epoch if self.view else 0, (MasterLine(why),)))
         self.election.resign()
         self.role = Role.FOLLOWER
         self.coordinator = None
@@ -711,7 +711,7 @@ class NodeCore:
         assert self.coordinator is not None
         out = self.coordinator.step(now_ms, self.slots, self.liveness, self.node_id, self.incarnation,
                                      self.acks)
-        self.view_log.extend(out.log)
+        self.view_log.extend(line.text for line in out.log)
         if out.changed or force_write or self._view_dirty:
             self._view_dirty = False
             self.pending_view_write = self.coordinator.view(self.node_id, self.incarnation, 0)
@@ -774,7 +774,7 @@ class NodeCore:
         self._undelivered = view
         self._hurry = True
 
-    def _adopt(self, view: ViewRecord, now_ms: float, log: tuple[str, ...]) -> None:
+    def _adopt(self, view: ViewRecord, now_ms: float, log: tuple[MasterLine, ...]) -> None:
         self.view = view
         self._events.append(ViewAdopted(view.term, view.epoch, log))
         me = view.member(self.node_id)

@@ -17,13 +17,28 @@ printable), so escaping twice is harmless.
 The core names nodes in the lines it writes for people (the master's
 reasons, a try-lock's denial) through a ``NameOf`` function it is given:
 the daemon passes one that reads the node table, the simulator keeps the
-default ``n<id>``.  Pure: no I/O.
+default ``n<id>``.
+
+An incarnation (a random 63-bit number) is written as lowercase hex, in
+log lines and in every JSON output alike (``incarnation_text``): as a JSON
+number it would exceed what a double holds exactly, and ``jq`` would round
+it.  Pure: no I/O.
 """
 from __future__ import annotations
 
 from typing import Callable
 
 NameOf = Callable[[int], str]
+
+
+def incarnation_text(incarnation: int) -> str:
+    """``52e979a6baa9455``: an incarnation as every JSON output and log line shows it."""
+    return f"{incarnation:x}"
+
+
+def incarnation_json(incarnation: int | None) -> str | None:
+    """An incarnation for JSON: its hex string, or null when there is none."""
+    return None if incarnation is None else incarnation_text(incarnation)
 
 
 def printable(text: object) -> str:

@@ -869,7 +869,9 @@ class Lab:
                     "seconds": round(time.monotonic() - t0, 3)}
 
     def restart(self, name: str, boot_timeout: float = 90, stop_timeout: float = 20) -> dict:
+        """The node's status, and ``seconds``: the whole restart (stop, boot, ready)."""
         with self.locked():
+            t0 = time.monotonic()
             rec = self._node(name)
             if self._node_running(rec) or self._ref(rec, "launcher"):
                 survivors = self._stop_nodes([name], graceful=True, timeout=stop_timeout)[name]
@@ -878,7 +880,7 @@ class Lab:
             self._ensure_node_resources(name, rec)
             self._start_node(name, rec)
             self._wait_ready([name], boot_timeout)
-            return self._node_status(name, rec)
+            return {**self._node_status(name, rec), "seconds": round(time.monotonic() - t0, 3)}
 
     def pause(self, name: str, seconds: float, background: bool = False) -> dict:
         if seconds <= 0:

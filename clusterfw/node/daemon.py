@@ -99,7 +99,7 @@ from clusterfw.core.node import (
     WriteSlot,
     WriteView,
 )
-from clusterfw.core.text import printable
+from clusterfw.core.text import incarnation_text, printable
 from clusterfw.exitcodes import EXIT_CONFIG, EXIT_FAILED, EXIT_FENCED, EXIT_OK, EXIT_USAGE
 from clusterfw.host.clocks import SUSPEND_THRESHOLD_MS, SuspendDetector, clock_pair
 from clusterfw.host.journal import Journal
@@ -951,8 +951,9 @@ class Daemon:
                 view = self._current_view()
                 if view is not None:
                     self.hub.view_adopted(view)
-                for line in ev.log:
-                    self.log.info(f"[master] {line}", EPOCH=ev.epoch, TERM=ev.term)
+                for line in ev.log:  # decisions at info, the steps of each transition at debug
+                    self.log.log("debug" if line.detail else "info", f"[master] {line.text}",
+                                 EPOCH=ev.epoch, TERM=ev.term)
                 self.log.debug(f"view epoch {ev.epoch} of term {ev.term}", EPOCH=ev.epoch, TERM=ev.term)
                 self._progress()
             elif isinstance(ev, Rejected):
@@ -1204,7 +1205,7 @@ class Daemon:
         out.update({
             "source": "daemon", "node": self.opts.node, "node_id": self.node_id, "state": state,
             "phase": phase, "role": role, "acting_master": acting_master,
-            "incarnation": self.incarnation, "fenced": fenced, "pid": os.getpid(),
+            "incarnation": incarnation_text(self.incarnation), "fenced": fenced, "pid": os.getpid(),
             "disk": self.opts.disk, "timing": timing_json(self.timing),
             "cluster_timing": timing_mod.summary(self.profile_name, self.profile),
             "fence_action": self.opts.fence_action,

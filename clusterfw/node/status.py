@@ -10,7 +10,8 @@ status object::
     {"cluster": "lab", "master": "n1", "epoch": 7, "term": 2,
      "nodes": [{"name": "n1", "id": 1, "state": "joined",
                 "levels": {"mm": "joined", "dlm": "joined", ...},
-                "heartbeat_age_ms": 40, "incarnation": ..., "forced": false,
+                "heartbeat_age_ms": 40, "incarnation": "52e979a6baa9455",
+                "forced": false,
                 "master": true}, ...],
      "services": []}
 
@@ -43,6 +44,7 @@ from clusterfw.core.coordinator import level_state
 from clusterfw.core.election import Decision, highest_decision
 from clusterfw.core import levels as default_levels
 from clusterfw.core import timing as timing_mod
+from clusterfw.core.text import incarnation_json
 from clusterfw.core.model import MemberEntry, NodeConfig, SlotRecord, Timing, ViewRecord
 from clusterfw.ondisk.clusterdisk import ClusterDisk, best_view
 from clusterfw.ondisk.errors import NotWritten
@@ -97,7 +99,8 @@ def render(*, cluster: str, names: Mapping[int, str], view: ViewRecord | None,
             "state": member.state.value if member is not None else "inactive",
             "levels": {levels.get(lv, f"level{lv}"): shown(member, lv) for lv in view_levels},
             "heartbeat_age_ms": None if age is None else round(age),
-            "incarnation": member.incarnation if member is not None else (slot.incarnation if slot else None),
+            "incarnation": incarnation_json(member.incarnation if member is not None
+                                            else (slot.incarnation if slot else None)),
             "forced": bool(member is not None and member.forced),
             "master": node_id == master_id,
         })

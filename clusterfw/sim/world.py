@@ -599,8 +599,8 @@ class World:
             elif isinstance(ev, StateChanged):
                 self.log(f"n{node.node_id} state {ev.old.value} -> {ev.new.value}")
             elif isinstance(ev, ViewAdopted):
-                for line in ev.log:
-                    self.log(f"n{node.node_id} [master] {line}")
+                for line in ev.log:  # every line, the steps too: the transcripts show each batch
+                    self.log(f"n{node.node_id} [master] {line.text}")
                 self.checker.on_adopt(node)
                 for feature in self.features:  # e.g. the view decides whose lock entries count
                     feature.on_view(node)

@@ -74,7 +74,7 @@ from clusterfw.core.dlm import (
     WriteEntry,
 )
 from clusterfw.core.model import BatchEntry, Registration, Timing, ViewRecord
-from clusterfw.core.text import printable
+from clusterfw.core.text import incarnation_text, printable
 from clusterfw.ondisk import diskio, dlm_codec
 from clusterfw.ondisk.blockdev import BlockDevice
 from clusterfw.ondisk.clusterdisk import ClusterDisk
@@ -407,7 +407,7 @@ class DlmService(LocalSubsystem):
                 self._logf("notice", f"dlm: lock '{printable(ev.name)}' of {printable(who)} incarnation {ev.incarnation:x} recovered "
                                      f"(that incarnation is out at the DLM level); waiter pid {req.pid} goes on")
                 self._push(req.conn_id, {"op": "recovered", "id": req.client_id, "name": ev.name, "from": who,
-                                         "incarnation": f"{ev.incarnation:x}"})
+                                         "incarnation": incarnation_text(ev.incarnation)})
             else:
                 final: dict[str, Any]
                 if isinstance(ev, Denied):
@@ -480,7 +480,7 @@ def describe_area(area: dict[int, dict[int, Any]], view: ViewRecord | None,
                 "node": node_name(node_id), "node_id": node_id, "pid": entry.owner or None,
                 "ticket": entry.ticket, "token": entry.token if entry.state is EntryState.HELD else None,
                 "since_unix_ms": entry.stamp_ms or None, "stripe": stripe,
-                "counts": counts, "incarnation": f"{entry.incarnation:x}",
+                "counts": counts, "incarnation": incarnation_text(entry.incarnation),
             })
     order = {"held": 0, "waiting": 1, "choosing": 2, "damaged": 4}
     rows.sort(key=lambda r: (r["name"], order.get(r["state"], 3), r["ticket"], r["node_id"]))
