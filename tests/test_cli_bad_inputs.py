@@ -36,7 +36,7 @@ LAB_FAILOVER = f"forced out after about {timing.ms_text(timing.failover_ms(timin
 SAN_FAILOVER = f"about {timing.ms_text(timing.failover_ms(timing.derive(timing.SAN)))}"
 
 
-def _env() -> dict[str, str]:
+def cli_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "JOURNAL_STREAM", "CLUSTERFW_SOCKET")}
     env["PYTHONPATH"] = str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")
@@ -48,11 +48,11 @@ def clusterfw(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     exe = shutil.which("clusterfw")
     if exe is None:
         pytest.fail("the clusterfw command is not installed (pip install -e .)")
-    return subprocess.run([exe, *args], capture_output=True, text=True, env=_env(), cwd=REPO, timeout=timeout,
+    return subprocess.run([exe, *args], capture_output=True, text=True, env=cli_env(), cwd=REPO, timeout=timeout,
                           stdin=subprocess.DEVNULL)
 
 
-def _disk(path: Path, nodes: dict[int, str] = {1: "a"}, heartbeat_ms: int = 100, io_timeout_ms: int = 200) -> str:
+def make_disk(path: Path, nodes: dict[int, str] = {1: "a"}, heartbeat_ms: int = 100, io_timeout_ms: int = 200) -> str:
     """A 16 MiB clusterfw disk file with ``nodes``; timings other than those
     ``disk init`` accepts are written into the superblock directly (a disk of
     an older release, or edited by hand)."""
@@ -74,10 +74,10 @@ def _disk(path: Path, nodes: dict[int, str] = {1: "a"}, heartbeat_ms: int = 100,
 def work(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("bad-inputs")
     (root / "small.img").write_bytes(b"\0" * 2048)
-    _disk(root / "ok.img")
-    _disk(root / "hb1.img", heartbeat_ms=1)
-    _disk(root / "hbmax.img", heartbeat_ms=0xFFFF_FFFF)
-    _disk(root / "io1.img", heartbeat_ms=1000, io_timeout_ms=1)
+    make_disk(root / "ok.img")
+    make_disk(root / "hb1.img", heartbeat_ms=1)
+    make_disk(root / "hbmax.img", heartbeat_ms=0xFFFF_FFFF)
+    make_disk(root / "io1.img", heartbeat_ms=1000, io_timeout_ms=1)
     (root / "plainfile").write_text("not a directory\n")
     with open(root / "fresh.img", "wb") as f:
         f.truncate(16 * MIB)
@@ -157,7 +157,7 @@ def test_bad_input_gets_its_exit_code_and_a_message_naming_it(work, argv, code, 
 @pytest.mark.parametrize("damage", ["checksum", "zeroed"])
 def test_disk_init_refuses_a_live_disk_whose_superblock_is_damaged(tmp_path, damage):
     image = tmp_path / "live.img"
-    _disk(image, {1: "web1", 2: "web2"})
+    make_disk(image, {1: "web1", 2: "web2"})
     with BlockDevice(str(image)) as dev:
         disk = ClusterDisk.open(dev)
         disk.write_slot(SlotRecord(1, 7, 3, Timing(100, 200, 600, 1017, 30000, 20), Request.JOIN))
@@ -194,13 +194,13 @@ def test_daemon_names_nodes_and_escapes_lock_names(tmp_path):
     escaped by `clusterfw locks`."""
     from clusterfw.client import Connection
 
-    image = _disk(tmp_path / "disk.img", {2: "web2"})
+    image = make_disk(tmp_path / "disk.img", {2: "web2"})
     sock = str(tmp_path / "run" / "clusterfw.sock")
     log = tmp_path / "web2.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "clusterfw.cli", "daemon", "--disk", image, "--node", "web2",
                                  "--fence-action", "none", "--runtime-dir", str(tmp_path / "run")],
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=_env(), cwd=REPO)
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=cli_env(), cwd=REPO)
     try:
         def joined():
             st = clusterfw("status", "--json", "--socket", sock, timeout=10)

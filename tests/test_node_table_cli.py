@@ -13,7 +13,7 @@ import subprocess
 import sys
 
 import pytest
-from test_cli_bad_inputs import REPO, _disk, _env, clusterfw
+from test_cli_bad_inputs import REPO, cli_env, clusterfw, make_disk
 from test_daemon_loop import wait_for
 
 
@@ -22,7 +22,7 @@ def _daemon(tmp_path, image: str, node: str) -> tuple[subprocess.Popen, str]:
     log = open(tmp_path / f"{node}.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "clusterfw.cli", "daemon", "--disk", image, "--node", node,
                              "--fence-action", "none", "--runtime-dir", str(run)],
-                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=_env(), cwd=REPO)
+                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=cli_env(), cwd=REPO)
     log.close()
     sock = str(run / "clusterfw.sock")
 
@@ -51,7 +51,7 @@ def _listed(image: str) -> dict:
 
 
 def test_remove_is_refused_while_joined_and_done_once_the_node_left(tmp_path):
-    image = _disk(tmp_path / "disk.img", {1: "n1", 2: "n2", 3: "n3"})
+    image = make_disk(tmp_path / "disk.img", {1: "n1", 2: "n2", 3: "n3"})
     proc, sock = _daemon(tmp_path, image, "n2")
     try:
         nodes = _listed(image)
@@ -85,7 +85,7 @@ def test_remove_is_refused_while_joined_and_done_once_the_node_left(tmp_path):
 
 
 def test_remove_is_refused_for_a_dead_node_the_view_still_counts(tmp_path, monkeypatch):
-    image = _disk(tmp_path / "disk.img", {1: "n1"})
+    image = make_disk(tmp_path / "disk.img", {1: "n1"})
     proc, _sock = _daemon(tmp_path, image, "n1")
     _kill(proc)  # SIGKILL: the view still shows n1 joined, and nobody is left to force it out
     refused = clusterfw("node", "remove", image, "n1", timeout=30)
@@ -94,14 +94,14 @@ def test_remove_is_refused_for_a_dead_node_the_view_still_counts(tmp_path, monke
     assert "its daemon is not running, but the view still counts it" in refused.stderr, refused.stderr
     # the configured disk, as clusterfw.service names it
     env_list = subprocess.run([sys.executable, "-m", "clusterfw.cli", "node", "list", "--json"], capture_output=True,
-                              text=True, env={**_env(), "CLUSTERFW_DISK": image}, cwd=REPO, timeout=30)
+                              text=True, env={**cli_env(), "CLUSTERFW_DISK": image}, cwd=REPO, timeout=30)
     assert env_list.returncode == 0, env_list.stderr
     assert [n["name"] for n in json.loads(env_list.stdout)["nodes"]] == ["n1"]
 
 
 @pytest.mark.skipif(os.path.exists("/etc/clusterfw/clusterfw.conf"), reason="this host has a configured disk")
 def test_no_device_and_no_configured_disk_is_a_usage_error(tmp_path):
-    env = {k: v for k, v in _env().items() if k != "CLUSTERFW_DISK"}
+    env = {k: v for k, v in cli_env().items() if k != "CLUSTERFW_DISK"}
     out = subprocess.run([sys.executable, "-m", "clusterfw.cli", "node", "list"], capture_output=True, text=True,
                          env=env, cwd=REPO, timeout=30)
     assert out.returncode == 2 and "no DEVICE given" in out.stderr and "CLUSTERFW_DISK" in out.stderr

@@ -133,7 +133,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 # --------------------------------------------------------------------------
 # helpers
 
-def _open(path: str, readonly: bool) -> BlockDevice:
+def open_device(path: str, readonly: bool) -> BlockDevice:
     try:
         return BlockDevice(path, readonly=readonly, io_timeout_ms=ADMIN_IO_TIMEOUT_MS)
     except IoError as exc:
@@ -141,7 +141,7 @@ def _open(path: str, readonly: bool) -> BlockDevice:
         raise CliError(str(exc), EXIT_USAGE if usage else EXIT_FAILED) from None
 
 
-def _open_cluster(dev: BlockDevice) -> ClusterDisk:
+def open_cluster(dev: BlockDevice) -> ClusterDisk:
     try:
         return ClusterDisk.open(dev)
     except BlockError as exc:
@@ -152,7 +152,7 @@ def _open_cluster(dev: BlockDevice) -> ClusterDisk:
         raise CliError(f"{dev.path}: {exc}") from None
 
 
-def _device_error(dev: BlockDevice | None, exc: DeviceError) -> CliError:
+def device_error(dev: BlockDevice | None, exc: DeviceError) -> CliError:
     where = dev.path if dev is not None else "the device"
     return CliError(f"I/O on {where} failed: {exc}; check the device and its connection", EXIT_FAILED)
 
@@ -260,7 +260,7 @@ def cmd_disk_init(args: argparse.Namespace) -> int:
         raise CliError(f"{option} {exc.value} is out of range: use {exc.low}..{exc.high} ms ({exc.why}); or "
                        f"choose a profile: --profile lab is --heartbeat-ms {lab.heartbeat_interval_ms} "
                        f"--io-timeout-ms {lab.io_timeout_ms}", EXIT_USAGE) from None
-    dev = _open(args.device, readonly=False)
+    dev = open_device(args.device, readonly=False)
     try:
         sb = admin.format_disk(dev, args.cluster, args.max_nodes, heartbeat_ms, io_timeout_ms,
                                force=args.force)
@@ -270,7 +270,7 @@ def cmd_disk_init(args: argparse.Namespace) -> int:
     except DeviceTooSmall as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
     except DeviceError as exc:
-        raise _device_error(dev, exc) from None
+        raise device_error(dev, exc) from None
     finally:
         dev.close()
     name, profile = timing.disk_profile(sb.heartbeat_interval_ms, sb.io_timeout_ms)
@@ -462,12 +462,12 @@ def dump_text(dump: dict[str, Any]) -> str:
 
 
 def cmd_disk_dump(args: argparse.Namespace) -> int:
-    dev = _open(args.device, readonly=True)
+    dev = open_device(args.device, readonly=True)
     try:
-        disk = _open_cluster(dev)
+        disk = open_cluster(dev)
         dump = collect_dump(disk)
     except DeviceError as exc:
-        raise _device_error(dev, exc) from None
+        raise device_error(dev, exc) from None
     finally:
         dev.close()
     if args.json:
@@ -484,7 +484,7 @@ def cmd_disk_dump(args: argparse.Namespace) -> int:
 RESET_WATCH_INTERVALS = 3  # a slot must stay unchanged this many heartbeat intervals before a reset
 
 
-def _resolve_node(disk: ClusterDisk, text: str) -> tuple[int, str | None]:
+def resolve_node(disk: ClusterDisk, text: str) -> tuple[int, str | None]:
     """NODE as (node id, name or None): a name from the node table, or an id."""
     from clusterfw.core.text import printable
 
@@ -516,11 +516,11 @@ def cmd_disk_reset_slot(args: argparse.Namespace) -> int:
 
     from clusterfw.core.text import printable
 
-    dev = _open(args.device, readonly=False)
+    dev = open_device(args.device, readonly=False)
     try:
-        disk = _open_cluster(dev)
+        disk = open_cluster(dev)
         assert disk.superblock is not None
-        node_id, name = _resolve_node(disk, args.node)
+        node_id, name = resolve_node(disk, args.node)
         who = f"node {printable(name)} (id {node_id})" if name else f"node id {node_id} (not in the node table)"
         offset, length = disk.slot_extent(node_id)
         out: dict[str, Any] = {"device": args.device, "cluster": disk.superblock.cluster_name,
@@ -561,7 +561,7 @@ def cmd_disk_reset_slot(args: argparse.Namespace) -> int:
                            f"{printable(str(after))}; the device does not keep what is written: check it",
                            EXIT_FAILED)
     except DeviceError as exc:
-        raise _device_error(dev, exc) from None
+        raise device_error(dev, exc) from None
     finally:
         dev.close()
     out["reset"] = True
@@ -585,9 +585,9 @@ def cmd_node_add(args: argparse.Namespace) -> int:
         admin.check_node_name(args.name)
     except ValueError as exc:
         raise CliError(f"--name: {exc}", EXIT_USAGE) from None
-    dev = _open(args.device, readonly=False)
+    dev = open_device(args.device, readonly=False)
     try:
-        disk = _open_cluster(dev)
+        disk = open_cluster(dev)
         nodes_max = disk.layout.nodes_max
         if args.node_id is not None and not 1 <= args.node_id <= nodes_max:
             raise CliError(f"--id {args.node_id} is out of range: this disk holds node ids 1..{nodes_max} "
@@ -596,7 +596,7 @@ def cmd_node_add(args: argparse.Namespace) -> int:
     except NodeTableError as exc:
         raise CliError(str(exc), EXIT_REFUSED) from None
     except DeviceError as exc:
-        raise _device_error(dev, exc) from None
+        raise device_error(dev, exc) from None
     finally:
         dev.close()
     assert disk.superblock is not None

@@ -153,7 +153,8 @@ def _no_log(args: argparse.Namespace, message: str) -> int | None:
             _show(args, records)
             return 0
     raise CliError(lab_cli.no_daemon(why, _events_argv(args), chosen_by,
-                                     f"No event log at {args.log} either"))
+                                     f"No event log at {args.log} either: the event manager writes it "
+                                     f"on a node that runs the daemon; {HOW_TO_START}"))
 
 
 def _json_lines(text: str) -> list[dict[str, Any]]:

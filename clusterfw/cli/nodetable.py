@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from clusterfw.cli.disk import _device_error, _open, _open_cluster
+from clusterfw.cli.disk import device_error, open_cluster, open_device
 from clusterfw.cli.errors import EXIT_REFUSED, EXIT_USAGE, CliError
 from clusterfw.cli.options import add_json
 from clusterfw.core.model import NodeConfig, NodeState, SlotRecord
@@ -236,11 +236,11 @@ def format_node_list(out: dict[str, Any], device: str) -> str:
 
 def cmd_node_list(args: argparse.Namespace) -> int:
     device = configured_disk(args.device, "list")
-    dev = _open(device, readonly=True)
+    dev = open_device(device, readonly=True)
     try:
-        out = survey(_open_cluster(dev))
+        out = survey(open_cluster(dev))
     except DeviceError as exc:
-        raise _device_error(dev, exc) from None
+        raise device_error(dev, exc) from None
     finally:
         dev.close()
     if args.json:
@@ -279,15 +279,15 @@ def why_active(node: dict[str, Any], epoch: int | None, watched_ms: int) -> str 
 
 
 def cmd_node_remove(args: argparse.Namespace) -> int:
-    from clusterfw.cli.disk import _resolve_node
+    from clusterfw.cli.disk import resolve_node
     from clusterfw.core.text import printable
 
     device = configured_disk(args.device, "remove")
-    dev = _open(device, readonly=False)
+    dev = open_device(device, readonly=False)
     try:
-        disk = _open_cluster(dev)
+        disk = open_cluster(dev)
         assert disk.superblock is not None
-        node_id, name = _resolve_node(disk, args.name)
+        node_id, name = resolve_node(disk, args.name)
         if name is None:
             raise CliError(f"node id {node_id} is not in the node table: nothing to remove ('clusterfw node list "
                            f"{device}' shows the nodes)", EXIT_USAGE)
@@ -302,7 +302,7 @@ def cmd_node_remove(args: argparse.Namespace) -> int:
     except NodeTableError as exc:
         raise CliError(str(exc), EXIT_REFUSED) from None
     except DeviceError as exc:
-        raise _device_error(dev, exc) from None
+        raise device_error(dev, exc) from None
     finally:
         dev.close()
     print(f"removed node '{printable(name)}' (id {node_id}) from cluster '{printable(out['cluster'])}' on "
