@@ -18,5 +18,9 @@ SFS = 30
 EVENTS = 40
 """The event manager, an external subsystem (docs/events.md)."""
 
-LEVELS: tuple[tuple[int, str], ...] = ((MM, "mm"), (DLM, "dlm"), (VDM, "vdm"), (SFS, "sfs"), (EVENTS, "events"))
+SERVICES = 50
+"""The registration & launch service, in-process (docs/services.md)."""
+
+LEVELS: tuple[tuple[int, str], ...] = ((MM, "mm"), (DLM, "dlm"), (VDM, "vdm"), (SFS, "sfs"), (EVENTS, "events"),
+                                       (SERVICES, "services"))
 NAMES: dict[int, str] = dict(LEVELS)

@@ -73,7 +73,8 @@ FEATURES = tuple(f.name for f in FEATURE_TYPES)  # not faults: on by name (``clu
 # The level table (core/levels.py), except that the simulator's traces and golden
 # transcripts have always called level 40 "evm": renaming it there would change
 # every trace digest and five transcripts under tests/scenarios/.
-LEVELS = tuple((level, "evm" if level == levels.EVENTS else name) for level, name in levels.LEVELS)
+LEVELS = tuple((level, "evm" if level == levels.EVENTS else name) for level, name in levels.LEVELS
+               if level != levels.SERVICES)  # the services level only with its feature (sim/services_sim.py)
 
 
 class World:
