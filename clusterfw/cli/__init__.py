@@ -3,7 +3,7 @@
 Each command group is a module of this package with a
 ``register(subparsers)`` function: ``disk`` (disk and node table), ``sim``,
 ``lab``, ``node`` (daemon, join, leave, status), ``lock`` (lock, locks) and
-``events`` (event-manager, events).  ``errors`` holds ``CliError`` and the
+``events`` (event-manager, events) and ``service`` (the registration & launch service).  ``errors`` holds ``CliError`` and the
 exit codes (the table is ``clusterfw.exitcodes``), ``options`` the options
 the client commands share (``--socket``, ``--json``).  This module only
 wires the groups together, answers ``--version`` (the installed package's
@@ -37,8 +37,8 @@ def command_groups(command: str | None = None) -> tuple[ModuleType, ...]:
     if command in FAST_COMMANDS:
         from clusterfw.cli import lock
         return (lock,)
-    from clusterfw.cli import disk, events, lab, lock, node, sim
-    return (disk, sim, lab, node, lock, events)
+    from clusterfw.cli import disk, events, lab, lock, node, service, sim
+    return (disk, sim, lab, node, lock, events, service)
 
 
 def package_version() -> str:

@@ -89,6 +89,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="give up (exit 1) if those subsystems did not register within S seconds (default 300)")
     d.add_argument("--stop-timeout", type=float, default=60.0, metavar="S",
                    help="a graceful leave that takes longer fences the node and exits 75 (default 60)")
+    d.add_argument("--launcher", choices=("auto", "systemd", "process"), default="auto",
+                   help="how client services are started: systemd units (where systemd runs), or supervised "
+                        "processes in their own process groups (default auto: systemd when it is the init)")
+    d.add_argument("--no-services", action="store_true",
+                   help="run without the registration & launch service (level 50)")
     d.add_argument("--no-placeholder-subsystems", action="store_true",
                    help="do not register the ack-only in-process subsystems mm/vdm/sfs (levels 0, 20, 30); "
                         "the DLM still runs")
@@ -150,7 +155,8 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         runtime_dir=args.runtime_dir, profile=args.profile, watchdog=args.watchdog,
         fence_hooks=tuple(args.fence_hook), wait_for=tuple(dict.fromkeys(args.wait_for_subsystem)),
         wait_timeout_s=args.wait_timeout, stop_timeout_s=args.stop_timeout,
-        placeholders=not args.no_placeholder_subsystems, debug=args.debug)
+        placeholders=not args.no_placeholder_subsystems, debug=args.debug,
+        services=not args.no_services, launcher=args.launcher)
     return run_daemon(opts)
 
 

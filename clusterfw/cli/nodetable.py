@@ -76,6 +76,19 @@ def register(node_sub: argparse._SubParsersAction) -> None:
     rm.add_argument("name", metavar="NAME", help="the node's name in the node table (or its node id)")
     rm.set_defaults(func=cmd_node_remove)
 
+    mt = node_sub.add_parser(
+        "maintenance", help="keep a node out of service placement, or let it back in",
+        description="Maintenance of node NAME, kept in the service registry on the shared disk (it survives "
+                    "restarts of every daemon): 'on' places nothing new on the node and leaves what runs there "
+                    "alone (not stopped, not moved, not restarted); 'off' ends it.")
+    mt.add_argument("switch", choices=("on", "off"), help="on: start maintenance; off: end it")
+    mt.add_argument("name", metavar="NAME", help="the node's name")
+    from clusterfw.cli.options import add_socket
+    from clusterfw.cli import service as service_cli
+    add_socket(mt)
+    add_json(mt)
+    mt.set_defaults(func=service_cli.cmd_maintenance)
+
 
 # --------------------------------------------------------------------------
 # which device

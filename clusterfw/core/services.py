@@ -182,7 +182,8 @@ class Registry:
     maintenance: set[str] = field(default_factory=set)
     formed_ms: int = 0
     up: list[str] = field(default_factory=list)
-    """Who was up at the services level in the last decision round."""
+    """Who was up at the services level in the last decision round
+    (``name@incarnation``)."""
     up_since: dict[str, int] = field(default_factory=dict)
     loads: dict[str, float] = field(default_factory=dict)
 
@@ -239,6 +240,13 @@ class Cluster:
     up: frozenset[str]
     """Joined at the services level: may be given new work."""
     now_ms: int
+    incarnations: tuple[tuple[str, int], ...] = ()
+    """(name, incarnation) of the members, where known: a node that
+    restarted is a new incarnation (maturity, failback damping)."""
+
+    def up_keys(self) -> dict[str, str]:
+        inc = dict(self.incarnations)
+        return {n: f"{n}@{inc[n]:x}" if n in inc else n for n in sorted(self.up)}
 
 
 @dataclass(frozen=True)
@@ -356,17 +364,20 @@ def decide(reg: Registry, cluster: Cluster) -> list[str]:
     now = cluster.now_ms
     out: list[str] = []
     present = cluster.present | cluster.up
-    # a cluster that went down completely and came back has formed anew
-    if not reg.formed_ms or (reg.up and not (set(reg.up) & present)):
+    # A cluster that went down completely and came back has formed anew: none
+    # of the node incarnations up now was up in the last round.
+    ups = cluster.up_keys()
+    if ups and not (set(reg.up) & set(ups)):
         reg.formed_ms = now
         for rec in reg.services.values():
             rec.matured = False
+    before = {k.split("@")[0]: k for k in reg.up}
     for n in list(reg.up_since):
-        if n not in cluster.up:
+        if n not in cluster.up or before.get(n) not in (None, ups.get(n)):
             del reg.up_since[n]
     for n in cluster.up:
         reg.up_since.setdefault(n, now)
-    reg.up = sorted(cluster.up)
+    reg.up = sorted(ups.values())
 
     for rec in reg.services.values():
         d = rec.definition
@@ -478,6 +489,9 @@ def _decide_one(reg: Registry, root: ServiceRec, group: list[ServiceRec], cluste
     root.matured = True
     where = candidates(reg, root, cluster)
     if not where:
+        if root.transfer:
+            root.transfer, root.target, root.target_why = False, "", ""
+            _note(root, now, "de-registered: no candidate node is up to take it", out)
         return
     if root.target and root.target not in where:
         _note(root, now, f"the move to {root.target} was dropped: {root.target} is not a candidate", out)
@@ -747,7 +761,8 @@ def summary(reg: Registry, rec: ServiceRec, cluster: Cluster) -> dict[str, Any]:
     flags = []
     if root.transfer:
         flags.append("T")
-    if not root.nodes and root.wanted and maturity(reg, root, cluster) is not None:
+    if (not root.nodes and root.wanted and maturity(reg, root, cluster) is not None
+            and any(n in cluster.up for n in available(reg, root, cluster.known))):
         flags.append("M")
     if rec.definition.has_notify:
         flags.append("N")

@@ -113,6 +113,7 @@ from clusterfw.ondisk.integrity import IntegrityTracker
 from clusterfw.subsystems.base import Entry, Notification, Transition
 from clusterfw.subsystems.dlm.service import AREA_READ_BYTES_MAX, DlmService, describe_area
 from clusterfw.subsystems.placeholders import default_subsystems
+from clusterfw.subsystems.services import service as services_mod
 
 from . import api, blockcheck, fencing, protocol
 from .fencing import FENCE_ACTIONS, Fencer, read_managed_units, should_feed
@@ -156,6 +157,8 @@ class DaemonOptions:
     stop_timeout_s: float = 60.0
     placeholders: bool = True
     debug: bool = False
+    services: bool = True
+    launcher: str = "auto"
 
 
 def lock_holder_pid(path: str) -> int | None:
@@ -242,6 +245,7 @@ class Daemon:
                                           self._log)
         self.watchdog: Watchdog | None = None
         self.fencer: Fencer | None = None
+        self.services: services_mod.ServicesService | None = None
         self.dlm: DlmService | None = None
         self.suspend: SuspendDetector | None = None
         self.suspend_clock = clock_pair  # (CLOCK_BOOTTIME, CLOCK_MONOTONIC) in ms; tests inject a fake
@@ -513,6 +517,9 @@ class Daemon:
             if DlmService.name not in self.opts.wait_for:
                 self.dlm = self._make_dlm()
                 self.hub.add_local(self.dlm)
+                if self.opts.services and "services" not in self.opts.wait_for:
+                    self.services = self._make_services()
+                    self.hub.add_local(self.services)
             if self.opts.placeholders:
                 for sub in default_subsystems():
                     if sub.name not in self.opts.wait_for:
@@ -553,8 +560,35 @@ class Daemon:
         assert self.disk is not None
         return DlmService(path=self.opts.disk, layout=self.disk.layout, cluster_uuid=self.disk.cluster_uuid,
                           node_id=self.node_id, incarnation=self.incarnation, timing=self.timing,
-                          guard=self._write_guard, push=self.server.push,
+                          guard=self._write_guard, push=self._push,
                           node_name=self._node_name, log=self._log, deadline_of=lambda: self._write_deadline_ms)
+
+    def _push(self, conn_id: int, message: dict[str, Any]) -> bool:
+        """The DLM's pushes: to a socket client, or to the services' own lock client."""
+        if conn_id == services_mod.LOCK_CONN_ID:
+            return self.services.lock.on_push(message) if self.services is not None else False
+        return self.server.push(conn_id, message)
+
+    def _make_services(self) -> services_mod.ServicesService:
+        assert self.disk is not None
+        from clusterfw.subsystems.services.launchers import make_launcher
+        from clusterfw.subsystems.services.store import DiskRegistryStore
+        kind = self.opts.launcher
+        if kind == "auto":
+            kind = "systemd" if os.path.isdir("/run/systemd/system") else "process"
+        options: dict[str, Any] = {}
+        if kind == "systemd":
+            options["bind_to"] = "clusterfw.service" if os.environ.get("INVOCATION_ID") else None
+        launcher = make_launcher(kind, **options)
+        store = DiskRegistryStore(path=self.opts.disk, layout=self.disk.layout, cluster_uuid=self.disk.cluster_uuid,
+                                  node_id=self.node_id, incarnation=self.incarnation, guard=self._write_guard,
+                                  io_timeout_ms=self.timing.io_timeout_ms)
+        self.log.notice(f"services: registration & launch service at level {services_mod.core.SERVICES_LEVEL} "
+                        f"with the {launcher.name} launcher")
+        return services_mod.ServicesService(
+            node=self.opts.node, store=store, dlm=self.dlm, launcher=launcher,
+            names=lambda: dict(self.names), io_timeout_ms=self.timing.io_timeout_ms, log=self._log,
+            cluster=self.cluster)
 
     def _current_view(self) -> ViewRecord | None:
         with self._lock:
@@ -688,6 +722,8 @@ class Daemon:
         final = {"op": "stopped", "reason": reason, "exit": code}
         if self._fence_reason is not None:
             final = {"op": "fenced", "reason": self._fence_reason, "exit": code}
+        if self.services is not None:
+            self.services.stop()
         if self.dlm is not None:
             self.dlm.stop(self._fence_reason and f"fenced: {self._fence_reason}" or f"the daemon exits: {reason}")
         self.lock_table.stop(f"the daemon exits: {reason}")
@@ -1036,6 +1072,11 @@ class Daemon:
         if cause is FenceCause.HEARTBEAT_MISSED and self.core is not None:
             detail = f" ({self._io_diagnosis(diskio.clock_ms(), self.core.fence_deadline_ms())})"
         self.log.critical(f"FENCED: {reason}{detail}", NODE=self.opts.node, TRANSITION="fenced")
+        if self.services is not None:
+            try:
+                self.services.fence(reason)  # everything the launcher started dies first
+            except Exception as exc:  # noqa: BLE001 - the rest of the fence must still happen
+                self.log.critical(f"fence: killing the services failed: {type(exc).__name__}: {exc}")
         if self.dlm is not None:
             self.dlm.stop(f"fenced: {reason}")  # lock holders are told 'revoked' and must stop
         self.notifier.status(f"fenced: {reason}")
@@ -1080,12 +1121,27 @@ class Daemon:
                     "join": "requested" if reattached else "waiting"}
         if request.op in ("lock", "unlock", "locks"):
             return self._handle_lock(peer, request)
+        if request.op == "service":
+            return self._handle_service(peer, request)
         if request.op == "ack":
             error = self.hub.external_ack(peer.conn_id, request.batch)
             if error is not None:
                 return protocol.error(error, "ack")
             return {"ok": True, "op": "acked", "batch": request.batch}
         return protocol.error(f"unknown op {request.op!r}")
+
+    def _handle_service(self, peer: api.Peer, request: protocol.Request) -> dict[str, Any] | api.Deferred:
+        if self.services is None:
+            return protocol.error("this daemon runs without its registration & launch service (no DLM, or "
+                                  "--no-services): start it without those options to manage services", "service")
+        action, args = request.name, dict(request.args or {})
+        if action in ("list", "why", "dump"):
+            return {"op": "service", **self.services.answer(action, args)}
+        if not peer.privileged:
+            return protocol.error(f"'service {action}' changes the cluster: run it as root", "service")
+        conn = peer.conn_id
+        self.services.submit(action, args, lambda answer: self.server.reply(conn, {"op": "service", **answer}))
+        return api.DEFERRED
 
     def holds(self, peer: api.Peer) -> bool:
         return self.dlm is not None and self.dlm.has_requests(peer.conn_id)

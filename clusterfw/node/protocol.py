@@ -41,7 +41,9 @@ MESSAGE_BYTES_MAX = 64 * 1024
 connection closed: there is no way to find the start of the next one."""
 DEFAULT_RUNTIME_DIR = "/run/clusterfw"
 DEFAULT_SOCKET = DEFAULT_RUNTIME_DIR + "/clusterfw.sock"
-OPS = ("status", "leave", "register", "ack", "lock", "unlock", "locks")
+OPS = ("status", "leave", "register", "ack", "lock", "unlock", "locks", "service")
+SERVICE_ACTIONS = ("list", "why", "dump", "apply", "start", "stop", "remove", "move", "freeze", "unfreeze", "clear",
+                   "maintenance-on", "maintenance-off")
 PRIVILEGED_OPS = frozenset({"leave", "register", "ack", "lock", "unlock"})
 LOCK_MODES = ("exclusive", "shared")
 LOCK_TIMEOUT_MS_MAX = 365 * 24 * 3600 * 1000
@@ -61,6 +63,7 @@ class Request:
     mode: str = "exclusive"
     timeout_ms: int | None = None  # "lock": None waits for ever
     try_only: bool = False  # "lock": answer at once (timeout 0)
+    args: dict[str, Any] | None = None  # "service": the action's arguments ("name", "to", "defs")
 
 
 def encode(message: dict[str, Any]) -> bytes:
@@ -125,6 +128,20 @@ def parse_request(line: bytes) -> Request:
         return _lock_request(op, message)
     if op == "ack":
         return Request(op, batch=_int_field(message, "batch", 1, 2**63 - 1))
+    if op == "service":
+        action = message.get("action")
+        if action not in SERVICE_ACTIONS:
+            raise ProtocolError(f"'action' must be one of {', '.join(SERVICE_ACTIONS)}, got {_short(repr(action))}")
+        args = message.get("args", {})
+        if not isinstance(args, dict):
+            raise ProtocolError("'args' must be a JSON object")
+        for key in ("name", "to"):
+            if key in args and not isinstance(args[key], str):
+                raise ProtocolError(f"'args'.{key} must be a string")
+        if "defs" in args and not (isinstance(args["defs"], list) and all(isinstance(d, dict) and isinstance(
+                d.get("name"), str) for d in args["defs"])):
+            raise ProtocolError("'args'.defs must be a list of definition objects with a 'name'")
+        return Request(op, name=action, args=args)
     level = _int_field(message, "level", 0, LEVEL_MAX)
     name = message.get("name")
     if not isinstance(name, str) or not name or len(name.encode("utf-8", "surrogatepass")) > SUBSYSTEM_NAME_MAX \
