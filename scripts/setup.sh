@@ -40,6 +40,9 @@ APT_PACKAGES=(
   systemd-container debootstrap zstd iproute2 fuse3 libfuse3-dev
   # the language-neutral external subsystem example
   socat
+  # the systemd launcher of client services (systemd's D-Bus API); pip also
+  # installs dbus-fast in the venv (setup.cfg install_requires)
+  python3-dbus-fast
 )
 
 step() { echo "setup: $*" >&2; }

@@ -61,6 +61,8 @@ def test_mypy_finds_no_type_errors() -> None:
     ("ondisk/layout.py", "clusterfw.cli", "ondisk-below-the-node"),
     ("host/journal.py", "clusterfw.node.daemon", "host-below-node-and-events"),
     ("host/clocks.py", "clusterfw.events.manager", "host-below-node-and-events"),
+    ("host/systemd_bus.py", "clusterfw.subsystems.services.launchers", "host-below-node-and-events"),
+    ("subsystems/services/launchers.py", "clusterfw.node.daemon", "subsystems-beside-the-daemon"),
 ])
 def test_a_forbidden_import_breaks_its_contract(tmp_path: pathlib.Path, module: str, forbidden: str,
                                                 contract: str) -> None:

@@ -53,7 +53,7 @@ SUITE = "bookworm"
 VARIANT = "minbase"
 PACKAGES = (
     "systemd", "systemd-sysv", "dbus", "python3", "python3-venv", "iproute2",
-    "iputils-ping", "udev", "util-linux", "kmod", "procps",
+    "iputils-ping", "udev", "util-linux", "kmod", "procps", "python3-dbus-fast",
 )
 FORMAT = 2  # bump when the preparation below changes
 ROOTFS_PYTHON = "3.11"  # bookworm's python3
