@@ -92,8 +92,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument("--launcher", choices=("auto", "systemd", "process"), default="auto",
                    help="how client services are started: systemd units (where systemd runs), or supervised "
                         "processes in their own process groups (default auto: systemd when it is the init)")
-    d.add_argument("--no-services", action="store_true",
-                   help="run without the registration & launch service (level 50)")
+    d.add_argument("--services", action="store_true",
+                   help="run the registration & launch service at level 50 (under construction: off by default)")
     d.add_argument("--no-placeholder-subsystems", action="store_true",
                    help="do not register the ack-only in-process subsystems mm/vdm/sfs (levels 0, 20, 30); "
                         "the DLM still runs")
@@ -156,7 +156,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         fence_hooks=tuple(args.fence_hook), wait_for=tuple(dict.fromkeys(args.wait_for_subsystem)),
         wait_timeout_s=args.wait_timeout, stop_timeout_s=args.stop_timeout,
         placeholders=not args.no_placeholder_subsystems, debug=args.debug,
-        services=not args.no_services, launcher=args.launcher)
+        services=args.services, launcher=args.launcher)
     return run_daemon(opts)
 
 
@@ -218,6 +218,18 @@ def format_status(status: dict[str, Any]) -> str:
     timing = status.get("cluster_timing")
     if isinstance(timing, dict) and isinstance(timing.get("failover_ms"), int):
         lines.append(timing_line(timing))
+    services = status.get("services")
+    if isinstance(services, list) and services:
+        lines.append("")
+        srows = [["SERVICE", "STATE", "OWNERS", "FLAGS", "NOTE"]]
+        for svc in services:
+            note = svc.get("blocked") or svc.get("waiting") or ""
+            srows.append([printable(svc.get("name")), str(svc.get("state")), ",".join(svc.get("owners") or []) or "-",
+                          "".join(svc.get("flags") or []) or "-", printable(note)])
+        swidths = [max(len(row[i]) for row in srows) for i in range(5)]
+        lines += ["  ".join(cell.ljust(swidths[i]) for i, cell in enumerate(row)).rstrip() for row in srows]
+        lines.append("flags: T transfer intent, M awaiting maturity, N has a notify command "
+                     "('clusterfw service why NAME' explains)")
     warnings = []
     if status.get("view_error"):
         warnings.append(f"WARNING: {printable(status['view_error'])}")

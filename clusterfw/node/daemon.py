@@ -157,7 +157,7 @@ class DaemonOptions:
     stop_timeout_s: float = 60.0
     placeholders: bool = True
     debug: bool = False
-    services: bool = True
+    services: bool = False  # the registration & launch service is not complete yet: opt in with --services
     launcher: str = "auto"
 
 
@@ -572,7 +572,7 @@ class Daemon:
     def _make_services(self) -> services_mod.ServicesService:
         assert self.disk is not None
         from clusterfw.subsystems.services.launchers import make_launcher
-        from clusterfw.subsystems.services.store import DiskRegistryStore
+        from clusterfw.subsystems.services.store import DiskRegistryStore  # type: ignore[import-not-found]
         kind = self.opts.launcher
         if kind == "auto":
             kind = "systemd" if os.path.isdir("/run/systemd/system") else "process"
@@ -1269,6 +1269,9 @@ class Daemon:
             "uptime_ms": int(now - self._started_ms),
         })
         add_integrity(out, self.integrity, self.names, decision, view)
+        if self.services is not None:
+            out["services"] = [{k: s[k] for k in ("name", "state", "owners", "flags", "nodes", "waiting", "blocked",
+                                                   "frozen", "parent")} for s in self.services.summaries()]
         return out
 
 

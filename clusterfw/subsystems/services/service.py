@@ -305,7 +305,7 @@ class ServicesService(LocalSubsystem):
                 return True
             reg = self._reg.copy()
             cl = self._cluster_locked()
-        if not cl.up and not cl.present:
+        if not cl.up and not cl.present or not reg.services:
             return False
         changed = bool(core.decide(reg, cl)) or sorted(cl.up_keys().values()) != sorted(self._reg.up)
         if not changed:
