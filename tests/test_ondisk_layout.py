@@ -9,7 +9,9 @@ from hypothesis import strategies as st
 from clusterfw.core.model import NODES_MAX, SuperBlock
 from clusterfw.ondisk.errors import DeviceTooSmall
 from clusterfw.ondisk.layout import (
+    AREA_HEADER_BYTES,
     MIB,
+    REGISTRY_COPY_BYTES,
     SERVICE_AREA_BYTES,
     VDISK_AREA_BYTES,
     AreaKind,
@@ -93,6 +95,26 @@ def test_reserved_areas(kind, size):
 def test_pinned_offsets(block_size, nodes_max, expected):
     layout = Layout(block_size, nodes_max)
     assert {name: getattr(layout, name) for name in expected} == expected
+
+
+@given(layouts)
+def test_registry_copies_follow_the_service_area_header_without_overlap(layout):
+    area = layout.reserved_area(AreaKind.SERVICE_REGISTRY)
+    a, b = layout.registry_copy_offset(0), layout.registry_copy_offset(1)
+    assert layout.registry_copy_bytes == REGISTRY_COPY_BYTES == 520192  # (1 MiB - 4096) // 2, down to 4096
+    assert a == area.offset + AREA_HEADER_BYTES and b == a + layout.registry_copy_bytes
+    assert b + layout.registry_copy_bytes <= area.end
+    assert a % 4096 == 0 and b % 4096 == 0  # whole blocks of either size
+
+
+@pytest.mark.parametrize("block_size,nodes_max,copy_a", [(512, 16, 1863680), (4096, 16, 9261056),
+                                                         (512, 255, 25604096), (4096, 255, 143499264)])
+def test_pinned_registry_copy_offsets(block_size, nodes_max, copy_a):
+    layout = Layout(block_size, nodes_max)
+    assert (layout.registry_copy_offset(0), layout.registry_copy_offset(1)) == (copy_a, copy_a + 520192)
+    for bad in (2, -1, True):
+        with pytest.raises(ValueError, match="copy"):
+            layout.registry_copy_offset(bad)
 
 
 def test_from_superblock():

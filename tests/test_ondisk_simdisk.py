@@ -356,6 +356,9 @@ def _place(kind: str, disk: SimDisk) -> int:
         offset, data = placement.view_bytes(view(4, 3), 1)
     elif kind == "area header":
         offset, data = placement.area_header_bytes(AreaKind.SERVICE_REGISTRY)
+    elif kind == "registry copy":
+        offset, data = placement.registry_bytes({"services": {}}, 1, generation=1, token=1, writer=2,
+                                                incarnation=1, stamp_ms=0)
     else:
         entry = LockEntry(5, 11, 1, 1, "db", EntryState.HELD, LockMode.EXCLUSIVE, 0, 0)
         offset = layout.dlm_entry_offset(100, 5)
@@ -365,7 +368,8 @@ def _place(kind: str, disk: SimDisk) -> int:
 
 
 @pytest.mark.parametrize("sector", [512, 4096])
-@pytest.mark.parametrize("kind", ["node-table entry", "slot", "view copy", "area header", "lock sector"])
+@pytest.mark.parametrize("kind", ["node-table entry", "slot", "view copy", "area header", "lock sector",
+                                  "registry copy"])
 def test_format_refuses_any_clusterfw_record_even_without_a_superblock(kind, sector):
     """A disk whose superblock was zeroed or overwritten may be a running
     cluster's: one record of any kind anywhere in the metadata is enough to

@@ -8,6 +8,8 @@ Modules (see docs/ondisk.md for the byte-level format):
 * ``errors``      -- BlockError (rejected block), DeviceError (failed I/O),
                      SetupError (refused admin operation)
 * ``simdisk``     -- the ``Device`` interface and ``SimDisk`` (pure)
+* ``dlm_codec``   -- the DLM's lock sectors (pure)
+* ``registry_codec`` -- the service registry's two copies (pure)
 * ``clusterdisk`` -- ``Placement`` (pure) and ``ClusterDisk`` (typed I/O)
 * ``blockdev``    -- ``BlockDevice``: real O_DIRECT I/O with timeouts
 * ``admin``       -- ``format_disk``, ``add_node``, ``probe``
@@ -36,6 +38,7 @@ _EXPORTS = {
     "Placement": "clusterdisk", "ClusterDisk": "clusterdisk", "best_view": "clusterdisk",
     "view_copy_to_write": "clusterdisk",
     "BlockDevice": "blockdev",
+    "RegistryTooLarge": "registry_codec", "RegistryHead": "registry_codec", "RegistryCopy": "registry_codec",
     "format_disk": "admin", "add_node": "admin", "probe": "admin",
 }
 

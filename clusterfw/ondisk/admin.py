@@ -9,7 +9,7 @@ refuses (``FormatRefused``, naming what it found) unless ``force``:
 1. our own superblock magic at offset 0 (another -- or this -- clusterfw
    cluster, valid or damaged), then any clusterfw record magic anywhere in
    the metadata (``scan_records``: node table, slots, views, area headers,
-   lock sectors), so that a disk whose superblock was damaged or zeroed --
+   lock sectors, registry copies), so that a disk whose superblock was damaged or zeroed --
    a live cluster's disk, perhaps -- is never wiped without ``force``;
 2. ``blkid -p`` (low-level probing, util-linux) when the device has a path
    and the program exists: any filesystem, RAID member, crypto volume or
@@ -53,7 +53,7 @@ from typing import Any
 from clusterfw.core import timing
 from clusterfw.core.model import CLUSTER_NAME_MAX, NODE_NAME_MAX, NODES_MAX, NodeConfig, SuperBlock
 
-from . import codec
+from . import codec, registry_codec
 from .clusterdisk import ClusterDisk, read_superblock_from
 from .errors import BadVersion, BlockError, FormatRefused, NodeTableError, NotWritten
 from .layout import MIB, NODE_RECORD_BYTES, SUPERBLOCK_AREA_BYTES, AreaKind, Layout
@@ -178,6 +178,7 @@ RECORD_MAGICS: dict[bytes, str] = {
     codec.VIEW.magic: "view copy",
     codec.AREA_HEADER.magic: "area header",
     b"CFLK": "lock sector",  # dlm_codec.LOCK_ENTRY (not imported: it needs the DLM core)
+    registry_codec.REGISTRY_HEAD.magic: "registry copy",
 }
 SCAN_STEP_BYTES = NODE_RECORD_BYTES
 

@@ -12,8 +12,11 @@ it completes, and reads through the readers below.
 
 ``ClusterDisk`` adds the I/O over any ``Device`` (``BlockDevice`` or
 ``SimDisk``): ``write_slot``, ``read_slots`` (one read for every slot),
-``write_view`` / ``read_view`` (both copies in one read), the node table and
-the superblock.
+``write_view`` / ``read_view`` (both copies in one read), the node table,
+the superblock, the DLM lock area and the service registry
+(``read_registry_heads``: the cheap poll, one logical block per copy;
+``read_registry_copy`` / ``read_registry``: one read per copy;
+``write_registry_copy``: one write of a whole copy).
 
 Readers return a ``BlockError`` *as a value* per block, so one bad block
 never hides the others; device failures (``DeviceError``) are raised.
@@ -27,7 +30,9 @@ Invariants:
   blocks of one copy only, so the other copy always survives a torn write;
 * a reader picks the valid view copy with the highest (term, epoch, seq);
   the writer alternates: it writes the copy that does *not* hold the best
-  valid view (``view_copy_to_write``);
+  valid view (``view_copy_to_write``); the service registry follows the
+  same rule with (generation, token) (``registry_codec.newest`` and
+  ``next_copy``);
 * records are read with the cluster UUID and the node id of their position,
   so a record of another cluster or in the wrong place is rejected.
 
@@ -35,13 +40,22 @@ Pure apart from the calls to the device it is given.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from clusterfw.core.model import NodeConfig, SlotRecord, SuperBlock, ViewRecord
 
-from . import codec
+from . import codec, registry_codec
 from .errors import BlockError, BlockSizeMismatch, DeviceTooSmall, NotWritten
-from .layout import AREA_HEADER_BYTES, NODE_RECORD_BYTES, SUPERBLOCK_AREA_BYTES, VIEW_COPIES, AreaKind, Layout
+from .layout import (
+    AREA_HEADER_BYTES,
+    NODE_RECORD_BYTES,
+    REGISTRY_COPIES,
+    SUPERBLOCK_AREA_BYTES,
+    VIEW_COPIES,
+    AreaKind,
+    Layout,
+)
+from .registry_codec import Damaged, RegistryCopy, RegistryHead
 from .simdisk import Device
 
 if TYPE_CHECKING:
@@ -116,6 +130,18 @@ class Placement:
     def node_table_extent(self) -> tuple[int, int]:
         return self.layout.node_table_offset, self.layout.node_table_read_bytes
 
+    def registry_head_extent(self, copy: int) -> tuple[int, int]:
+        """The first logical block of registry copy ``copy``: its head."""
+        return self.layout.registry_copy_offset(copy), self.layout.block_size_bytes
+
+    def registry_copy_extent(self, copy: int, head: RegistryHead | None = None) -> tuple[int, int]:
+        """Registry copy ``copy``: the blocks ``head`` says hold head and body,
+        or (without a head) the whole copy."""
+        offset = self.layout.registry_copy_offset(copy)
+        if head is None:
+            return offset, self.layout.registry_copy_bytes
+        return offset, min(head.copy_bytes(self.layout.block_size_bytes), self.layout.registry_copy_bytes)
+
     # -- records to bytes -----------------------------------------------------
 
     def slot_bytes(self, rec: SlotRecord) -> tuple[int, bytes]:
@@ -164,6 +190,19 @@ class Placement:
         _verify(sb, codec.decode_superblock(data, cluster_uuid=self.cluster_uuid))
         return self.layout.superblock_offset, data
 
+    def registry_bytes(self, doc: dict[str, Any], copy: int, *, generation: int, token: int, writer: int,
+                       incarnation: int, stamp_ms: int) -> tuple[int, bytes]:
+        """``(offset, data)`` for writing ``doc`` into registry copy ``copy``
+        (0 = A, 1 = B; pick it with ``registry_codec.next_copy``): head and
+        body padded to whole logical blocks, never past the copy.  Raises
+        ``RegistryTooLarge`` when the document does not fit."""
+        offset = self.layout.registry_copy_offset(copy)
+        data = registry_codec.encode_copy(doc, generation=generation, token=token, writer=writer,
+                                          incarnation=incarnation, cluster_uuid=self.cluster_uuid,
+                                          block_size=self.layout.block_size_bytes, stamp_ms=stamp_ms)
+        assert len(data) <= self.layout.registry_copy_bytes
+        return offset, data
+
     def area_header_bytes(self, kind: AreaKind) -> tuple[int, bytes]:
         area = self.layout.reserved_area(kind)
         header = codec.AreaHeader(kind=AreaKind(kind), area_version=AREA_VERSION, size_bytes=area.size_bytes)
@@ -205,6 +244,14 @@ class Placement:
     def view_from_bytes(self, node_id: int, raw: bytes) -> ViewRecord | BlockError:
         """The best valid view in ``view_pair_extent(node_id)`` bytes."""
         return best_view(self.view_copies_from_bytes(node_id, raw))
+
+    def registry_head_from_bytes(self, raw: bytes) -> RegistryHead | Damaged:
+        """Decode a registry head from the first block of its copy."""
+        return registry_codec.decode_head(raw, cluster_uuid=self.cluster_uuid)
+
+    def registry_copy_from_bytes(self, raw: bytes) -> RegistryCopy | Damaged:
+        """Decode a registry copy from bytes read at its offset."""
+        return registry_codec.decode_copy(raw, cluster_uuid=self.cluster_uuid)
 
     def node_table_from_bytes(self, raw: bytes) -> list[NodeConfig | BlockError]:
         """Decode the node table (``node_table_extent()`` bytes): one entry per
@@ -325,6 +372,62 @@ class ClusterDisk(Placement):
                                              first_stripe=stripe))
             stripe += count
         return out
+
+    # -- the service registry -------------------------------------------------
+
+    def read_registry_heads(self) -> tuple[RegistryHead | Damaged, RegistryHead | Damaged]:
+        """Both registry heads, from one single-block read each: the poll
+        that tells whether the registry changed (compare with the heads read
+        before; read the copies only then)."""
+        heads = [self.registry_head_from_bytes(self.dev.read(*self.registry_head_extent(copy)))
+                 for copy in range(REGISTRY_COPIES)]
+        return heads[0], heads[1]
+
+    def read_registry_copy(self, copy: int, head: RegistryHead | None = None) -> RegistryCopy | Damaged:
+        """Registry copy ``copy`` from one read: of the blocks ``head`` (the
+        copy's head from the poll) says it takes, else of the whole copy.
+        If the copy was rewritten with a longer body since ``head`` was read,
+        it is read once more at its new length."""
+        offset, length = self.registry_copy_extent(copy, head)
+        found = self.registry_copy_from_bytes(self.dev.read(offset, length))
+        if isinstance(found, Damaged) and found.head is not None and found.head != head:
+            _offset, needed = self.registry_copy_extent(copy, found.head)
+            if needed > length:
+                found = self.registry_copy_from_bytes(self.dev.read(offset, needed))
+        return found
+
+    def read_registry_copies(self) -> tuple[RegistryCopy | Damaged, RegistryCopy | Damaged]:
+        """Both registry copies, decoded (what a writer needs for
+        ``registry_codec.next_copy``): the heads, then one read of each copy
+        whose head decodes."""
+        copies: list[RegistryCopy | Damaged] = []
+        for copy, head in enumerate(self.read_registry_heads()):
+            copies.append(head if isinstance(head, Damaged) else self.read_registry_copy(copy, head))
+        return copies[0], copies[1]
+
+    def read_registry(self) -> tuple[RegistryCopy | None, int | None]:
+        """The newest valid registry copy and which copy it is (0 = A,
+        1 = B), or ``(None, None)`` if neither copy is valid (an area never
+        written: no registry yet).  Reads both heads, then the copy whose
+        head is newest, and the other only if that one is damaged."""
+        heads = self.read_registry_heads()
+        readable = [(head.key, -copy, copy, head) for copy, head in enumerate(heads) if isinstance(head, RegistryHead)]
+        found: list[RegistryCopy | Damaged | None] = [None] * REGISTRY_COPIES
+        for _key, _tie, copy, head in sorted(readable, reverse=True):
+            found[copy] = self.read_registry_copy(copy, head)
+            if isinstance(found[copy], RegistryCopy):
+                break
+        return registry_codec.newest(found[0], found[1])
+
+    def write_registry_copy(self, doc: dict[str, Any], copy: int, *, generation: int, token: int, writer: int,
+                            incarnation: int, stamp_ms: int) -> None:
+        """Write ``doc`` as generation ``generation`` into registry copy
+        ``copy``: one write of the whole encoded copy.  Pick copy and
+        generation with ``registry_codec.next_copy(*read_registry_copies())``
+        while holding the ``clusterfw.registry`` lock whose token this is."""
+        offset, data = self.registry_bytes(doc, copy, generation=generation, token=token, writer=writer,
+                                           incarnation=incarnation, stamp_ms=stamp_ms)
+        self.dev.write(offset, data)
 
     def write_node_config(self, cfg: NodeConfig) -> None:
         """Write ``cfg``'s node-table record (read-modify-write of its block:

@@ -34,7 +34,11 @@ Invariants (checked in ``__post_init__``, tested):
   sectors, sector (s, n) written only by node *n*; one read of
   ``dlm_stripe_bytes`` returns a whole stripe.  There are
   ``max(128, (1 MiB - 4096) // dlm_stripe_bytes)`` stripes (at least 128; a
-  small cluster gets more within 1 MiB) -- see ``dlm_stripes_for``.
+  small cluster gets more within 1 MiB) -- see ``dlm_stripes_for``;
+* the service registry's two copies A and B follow its area header, each
+  ``REGISTRY_COPY_BYTES`` ((1 MiB - 4096) // 2 rounded down to 4096) and
+  starting on a 4096-byte boundary, so each is whole logical blocks of either
+  size and a write of one never touches the other (``registry_codec``).
 
 Changing anything here changes the on-disk format (bump
 ``codec.FORMAT_VERSION``).
@@ -68,6 +72,9 @@ DLM_AREA_MIN_BYTES = 1 * MIB
 VDISK_AREA_BYTES = 256 * KIB
 SERVICE_AREA_BYTES = 1 * MIB
 DATA_ALIGN_BYTES = 1 * MIB
+# The service registry area (docs/ondisk.md §9): two copies after its header.
+REGISTRY_COPIES = 2
+REGISTRY_COPY_BYTES = (SERVICE_AREA_BYTES - AREA_HEADER_BYTES) // REGISTRY_COPIES // ALIGN_BYTES * ALIGN_BYTES
 
 
 class AreaKind(enum.IntEnum):
@@ -142,6 +149,7 @@ class Layout:
     dlm_stripe_bytes: int = field(init=False)
     vdisk_offset: int = field(init=False)
     service_offset: int = field(init=False)
+    registry_copy_bytes: int = field(init=False)
     metadata_end: int = field(init=False)
     total_bytes: int = field(init=False)
 
@@ -175,6 +183,7 @@ class Layout:
         put("vdisk_offset", offset)
         offset += VDISK_AREA_BYTES
         put("service_offset", offset)
+        put("registry_copy_bytes", REGISTRY_COPY_BYTES)
         offset += SERVICE_AREA_BYTES
         put("metadata_end", offset)
         put("total_bytes", round_up(offset, DATA_ALIGN_BYTES))
@@ -192,6 +201,11 @@ class Layout:
         assert self.total_bytes >= self.metadata_end
         assert self.dlm_stripes_max >= DLM_STRIPES_MIN
         assert AREA_HEADER_BYTES + self.dlm_stripes_max * self.dlm_stripe_bytes <= self.dlm_bytes
+        registry_a, registry_b = (self.registry_copy_offset(copy) for copy in range(REGISTRY_COPIES))
+        assert registry_a == self.service_offset + AREA_HEADER_BYTES
+        assert registry_b == registry_a + self.registry_copy_bytes
+        assert registry_a % ALIGN_BYTES == 0 and self.registry_copy_bytes % ALIGN_BYTES == 0
+        assert registry_b + self.registry_copy_bytes <= self.service_offset + SERVICE_AREA_BYTES
 
     # -- derived values -------------------------------------------------
 
@@ -247,6 +261,13 @@ class Layout:
         """Offset of the lock sector (stripe, node): written only by ``node_id``."""
         self._check_node_id(node_id)
         return self.dlm_stripe_offset(stripe) + (node_id - 1) * self.block_size_bytes
+
+    def registry_copy_offset(self, copy: int) -> int:
+        """Offset of service-registry copy ``copy`` (0 = A, 1 = B): after the
+        area header, A then B, each ``registry_copy_bytes``."""
+        if isinstance(copy, bool) or copy not in (0, 1):
+            raise ValueError(f"copy={copy!r}: a registry copy is 0 (A) or 1 (B)")
+        return self.service_offset + AREA_HEADER_BYTES + copy * self.registry_copy_bytes
 
     def reserved_area(self, kind: AreaKind) -> Area:
         kind = AreaKind(kind)
