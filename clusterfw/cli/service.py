@@ -93,8 +93,13 @@ def _out(args: argparse.Namespace, obj: dict[str, Any], lines: list[str]) -> int
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
+    import importlib
     from clusterfw.core.svcdef import DefinitionError
-    from clusterfw.core import svcdef_toml
+    try:
+        svcdef_toml: Any = importlib.import_module("clusterfw.core.svcdef_toml")
+    except ImportError:
+        raise CliError("service apply: this build has no TOML definitions parser yet (clusterfw/core/"
+                       "svcdef_toml.py); the registration & launch service is under construction", EXIT_FAILED) from None
     path = Path(args.file)
     try:
         text = path.read_text(encoding="utf-8")

@@ -1140,7 +1140,9 @@ class Daemon:
         if not peer.privileged:
             return protocol.error(f"'service {action}' changes the cluster: run it as root", "service")
         conn = peer.conn_id
-        self.services.submit(action, args, lambda answer: self.server.reply(conn, {"op": "service", **answer}))
+        def reply(answer: dict[str, Any]) -> None:
+            self.server.reply(conn, {"op": "service", **answer})
+        self.services.submit(action, args, reply)
         return api.DEFERRED
 
     def holds(self, peer: api.Peer) -> bool:
