@@ -249,7 +249,8 @@ def test_three_daemons_join_with_one_master(cluster):
     assert [n["name"] for n in status["nodes"]] == list(NODES)
     assert sum(1 for n in status["nodes"] if n["master"]) == 1
     assert status["cluster"] == "lab" and status["epoch"] > 0 and status["services"] == []
-    assert all(n["levels"] == {"mm": "joined", "dlm": "joined", "vdm": "placeholder", "sfs": "placeholder"}
+    assert all(n["levels"] == {"mm": "joined", "dlm": "joined", "vdm": "placeholder", "sfs": "placeholder",
+                            "services": "joined"}
                for n in status["nodes"])
     assert all(0 <= n["heartbeat_age_ms"] < 1000 for n in status["nodes"])
     # every node agrees on the master
@@ -545,7 +546,7 @@ def test_external_shell_subsystem_joins_and_leaves_through_its_level(cluster):
                           lambda: (s := cluster.status(node)) and s["state"] == "joined" and s, 15)
         me = cluster.node(status, node)
         assert me["levels"]["ext"] == "joined"
-        assert list(me["levels"]) == ["mm", "dlm", "vdm", "ext", "sfs"]
+        assert list(me["levels"]) == ["mm", "dlm", "vdm", "ext", "sfs", "services"]
         ext = next(s for s in status["subsystems"] if s["name"] == "ext")
         assert ext["kind"] == "external" and ext["attached"] and ext["level"] == 25
         # leave with the CLI: progress top-down, through level 25, then exit 0

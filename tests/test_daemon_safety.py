@@ -290,7 +290,7 @@ def test_the_dlm_runs_without_the_placeholder_subsystems(disk, tmp_path):
     with in_process(disk, tmp_path) as (d, journal):  # placeholders=False: --no-placeholder-subsystems
         assert d.startup() is None, journal.text()
         assert d.dlm is not None
-        assert [(s["level"], s["name"]) for s in d.hub.describe()] == [(10, "dlm")]
+        assert [(s["level"], s["name"]) for s in d.hub.describe()] == [(10, "dlm"), (50, "services")]
 
 
 def test_feed_rule():

@@ -425,3 +425,26 @@ def test_pacemaker_failed_sticky_group_a_member_failure_moves_the_whole_group():
     lab.settle({"n0", "n1"}, at=2000)
     assert lab.owners("grp") == ["n1"] and lab.owners("member") == ["n1"]
     assert lab.log[0] == ("n0", "stop", "grp") and lab.log[-1] == ("n1", "start", "member")
+
+
+def test_a_free_service_moved_away_stays_until_the_preferred_node_joins_again():
+    """`service move` leaves no constraint behind, and a free failback
+    happens "when that node joins": a more preferred node that was up all
+    along does not pull the service back; once it leaves and joins again,
+    it does (after the damping delay)."""
+    lab = Lab([ServiceDef("web", preferences=("n0", "n1"), transfer_cost=TransferCost.FREE, failback_delay_s=2,
+                          start_command=("web",))])
+    lab.settle({"n0", "n1", "n2"}, at=1000)
+    assert lab.owners("web") == ["n0"]
+    svc.command(lab.reg, "move", "web", lab.now, lab.cluster({"n0", "n1", "n2"}), to="n2")
+    lab.settle({"n0", "n1", "n2"})
+    for t in (10_000, 60_000, 600_000):
+        lab.settle({"n0", "n1", "n2"}, at=t)
+        assert lab.owners("web") == ["n2"]
+    why = "\n".join(svc.why(lab.reg, "web", lab.cluster({"n0", "n1", "n2"})))
+    assert "n0: more preferred, but it was already up when web was placed on n2" in why
+    lab.settle({"n1", "n2"}, at=601_000)  # n0 leaves and joins again
+    lab.settle({"n0", "n1", "n2"}, at=602_000)
+    assert lab.owners("web") == ["n2"]  # not yet: the damping delay
+    lab.settle({"n0", "n1", "n2"}, at=605_000)
+    assert lab.owners("web") == ["n0"]

@@ -92,8 +92,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument("--launcher", choices=("auto", "systemd", "process"), default="auto",
                    help="how client services are started: systemd units (where systemd runs), or supervised "
                         "processes in their own process groups (default auto: systemd when it is the init)")
-    d.add_argument("--services", action="store_true",
-                   help="run the registration & launch service at level 50 (under construction: off by default)")
+    d.add_argument("--no-services", action="store_true",
+                   help="run without the registration & launch service (level 50): this node then never runs "
+                        "client services, and 'clusterfw service' commands sent to it are refused")
     d.add_argument("--no-placeholder-subsystems", action="store_true",
                    help="do not register the ack-only in-process subsystems mm/vdm/sfs (levels 0, 20, 30); "
                         "the DLM still runs")
@@ -156,7 +157,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         fence_hooks=tuple(args.fence_hook), wait_for=tuple(dict.fromkeys(args.wait_for_subsystem)),
         wait_timeout_s=args.wait_timeout, stop_timeout_s=args.stop_timeout,
         placeholders=not args.no_placeholder_subsystems, debug=args.debug,
-        services=args.services, launcher=args.launcher)
+        services=not args.no_services, launcher=args.launcher)
     return run_daemon(opts)
 
 

@@ -44,7 +44,8 @@ Safety rules (``check``; the simulator checks them after every step):
 * Per-node moves go through ``NODE_MOVES``; anything else raises.
 
 Failback damping: a ``free`` service is transferred to a more preferred node
-only when that node has been up for ``failback_delay_s`` without a break,
+only when that node joined after the service was placed where it is, and
+has been up for ``failback_delay_s`` without a break,
 and never to a node marked failed for it; a node that flaps never stays up
 long enough to pull it.  Unordered preferences rank by load only when a
 service is placed, never to move a running one.
@@ -144,6 +145,9 @@ class ServiceRec:
     """Counts registrations; a node's notify ran for ``notified[node]``."""
     notified: dict[str, int] = field(default_factory=dict)
     history: list[tuple[int, str]] = field(default_factory=list)
+    placed_ms: int = 0
+    """When the root was last placed (its start decided) on a node: a free
+    failback goes only to a more preferred node that joined after this."""
 
     @property
     def name(self) -> str:
@@ -159,7 +163,7 @@ class ServiceRec:
             "T": self.transfer, "target": self.target, "target_why": self.target_why, "matured": self.matured, "frozen": self.frozen,
             "removing": self.removing, "failures": {n: f.to_json() for n, f in sorted(self.failures.items())},
             "serial": self.serial, "notified": dict(sorted(self.notified.items())),
-            "history": [[t, s] for t, s in self.history],
+            "history": [[t, s] for t, s in self.history], "placed": self.placed_ms,
         }
 
     @classmethod
@@ -173,7 +177,7 @@ class ServiceRec:
             removing=bool(d.get("removing", False)),
             failures={n: Failure.from_json(f) for n, f in d.get("failures", {}).items()},
             serial=int(d.get("serial", 0)), notified={n: int(v) for n, v in d.get("notified", {}).items()},
-            history=[(int(t), str(s)) for t, s in d.get("history", [])])
+            history=[(int(t), str(s)) for t, s in d.get("history", [])], placed_ms=int(d.get("placed", 0)))
 
 
 @dataclass
@@ -434,6 +438,15 @@ def _stop_group_on(reg: Registry, rec: ServiceRec, node: str, now: int, why: str
         _note(rec, now, f"stopping on {node}: {why}", out)
 
 
+def _joined_after_placement(reg: Registry, root: ServiceRec, node: str) -> bool:
+    """A free failback goes to a more preferred node only when that node
+    joined (this up period began) after the service was placed where it is:
+    "when that node joins".  A node that was up all along -- the service was
+    moved off it by the administrator, or it failed there and was cleared --
+    does not pull the service back."""
+    return reg.up_since.get(node, 0) > root.placed_ms
+
+
 def _decide_one(reg: Registry, root: ServiceRec, group: list[ServiceRec], cluster: Cluster, out: list[str]) -> None:
     now = cluster.now_ms
     d = root.definition
@@ -467,7 +480,8 @@ def _decide_one(reg: Registry, root: ServiceRec, group: list[ServiceRec], cluste
             why = "its definition changed (restart)"
         elif d.transfer_cost is TransferCost.FREE:
             best = next((n for n in candidates(reg, root, cluster)
-                         if _pref_tier(root, n) < _pref_tier(root, owner)), None)
+                         if _pref_tier(root, n) < _pref_tier(root, owner) and _joined_after_placement(reg, root, n)),
+                        None)
             if best is not None and now - reg.up_since.get(best, now) >= d.failback_delay_s * 1000:
                 why = f"transfer_cost is free and {best} is more preferred"
                 root.target, root.target_why = best, why
@@ -498,6 +512,7 @@ def _decide_one(reg: Registry, root: ServiceRec, group: list[ServiceRec], cluste
         root.target = ""
     dest = root.target if root.target in where else where[0]
     _move(root, dest, SvcState.STARTING, now)
+    root.placed_ms = now
     reason = (root.target_why or "moved there") if root.target == dest and root.target else (
         "its most preferred candidate" if dest == where[0] else "")
     _note(root, now, f"starting on {dest}: {reason or 'chosen'}"
@@ -863,6 +878,9 @@ def why(reg: Registry, name: str, cluster: Cluster) -> list[str]:
             if _pref_tier(root, n) < _pref_tier(root, owners[0]):
                 if d.transfer_cost is TransferCost.COSTLY:
                     r = f"more preferred, but transfer_cost is costly: it stays on {owners[0]} while that runs"
+                elif not _joined_after_placement(reg, root, n):
+                    r = (f"more preferred, but it was already up when {root.name} was placed on {owners[0]}: "
+                         "a free failback happens when a more preferred node joins")
                 else:
                     up_s = (cluster.now_ms - reg.up_since.get(n, cluster.now_ms)) / 1000
                     r = (f"more preferred: it moves there once {n} has been up {d.failback_delay_s:g} s "

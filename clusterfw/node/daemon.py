@@ -157,7 +157,7 @@ class DaemonOptions:
     stop_timeout_s: float = 60.0
     placeholders: bool = True
     debug: bool = False
-    services: bool = False  # the registration & launch service is not complete yet: opt in with --services
+    services: bool = True  # the registration & launch service at level 50 (--no-services: without it)
     launcher: str = "auto"
 
 
@@ -572,7 +572,7 @@ class Daemon:
     def _make_services(self) -> services_mod.ServicesService:
         assert self.disk is not None
         from clusterfw.subsystems.services.launchers import make_launcher
-        from clusterfw.subsystems.services.store import DiskRegistryStore  # type: ignore[import-not-found]
+        from clusterfw.subsystems.services.store import DiskRegistryStore
         kind = self.opts.launcher
         if kind == "auto":
             kind = "systemd" if os.path.isdir("/run/systemd/system") else "process"

@@ -68,8 +68,10 @@ class RegistryStore(Protocol):
     def read(self) -> tuple[dict[str, Any] | None, int, int]:
         """(document, generation, token) of the newest valid copy."""
 
-    def write(self, doc: dict[str, Any], generation: int, token: int) -> None:
-        """Write ``generation`` into the copy that does not hold the newest."""
+    def write(self, doc: dict[str, Any], generation: int, token: int) -> int:
+        """Write at least ``generation`` into the copy that does not hold the
+        newest; refuse if the disk carries a newer token.  Returns the
+        generation written."""
 
 
 class RoundFailed(Exception):
@@ -350,10 +352,10 @@ class ServicesService(LocalSubsystem):
             if new_doc != (doc or core.Registry().to_json()) or gen == 0:
                 if time.monotonic() * 1000 + self.io_timeout_ms >= self.lock.valid_until_ms:
                     raise RoundFailed("the registry lock's validity ran out before the write")
-                self.store.write(new_doc, gen + 1, token)
+                written = self.store.write(new_doc, gen + 1, token)
                 self.stats["writes"] += 1
                 with self._mu:
-                    self._reg, self._gen = reg, gen + 1
+                    self._reg, self._gen = reg, written
                 self._fast_until = time.monotonic() + FAST_AFTER_CHANGE_S
             for line in lines:
                 self._logf("info", f"services: {line}")
