@@ -19,6 +19,8 @@ from clusterfw.cli import lab as lab_cli
 from clusterfw.cli.errors import EXIT_FAILED, EXIT_USAGE, CliError
 from clusterfw.cli.options import add_json, add_socket, client_socket
 from clusterfw.client import Client, ClientError, DaemonUnavailable, RequestFailed
+from clusterfw.core import svcdef_toml
+from clusterfw.core.svcdef import DefinitionError
 
 APPLY_BATCH_BYTES = 40 * 1024
 """Definitions go to the daemon in messages of at most this many bytes."""
@@ -93,13 +95,6 @@ def _out(args: argparse.Namespace, obj: dict[str, Any], lines: list[str]) -> int
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    import importlib
-    from clusterfw.core.svcdef import DefinitionError
-    try:
-        svcdef_toml: Any = importlib.import_module("clusterfw.core.svcdef_toml")
-    except ImportError:
-        raise CliError("service apply: this build has no TOML definitions parser yet (clusterfw/core/"
-                       "svcdef_toml.py); the registration & launch service is under construction", EXIT_FAILED) from None
     path = Path(args.file)
     try:
         text = path.read_text(encoding="utf-8")
@@ -109,10 +104,10 @@ def cmd_apply(args: argparse.Namespace) -> int:
         raise CliError(f"{args.file}: cannot be read: {exc}", EXIT_USAGE) from None
     try:
         defs = svcdef_toml.parse(text, args.file)
-    except (DefinitionError, ValueError) as exc:
+    except DefinitionError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
     if args.check:
-        return _out(args, {"ok": True, "services": sorted(defs)},
+        return _out(args, {"ok": True, "services": sorted(defs), "definitions": [d.to_json() for d in defs.values()]},
                     [f"{args.file}: {len(defs)} service(s) valid: {', '.join(defs)}"])
     batches: list[list[dict[str, Any]]] = [[]]
     size = 0

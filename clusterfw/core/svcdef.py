@@ -153,5 +153,5 @@ class DefinitionError(ValueError):
     def __init__(self, filename: str, line: int, field_name: str, problem: str, fix: str) -> None:
         self.filename, self.line, self.field, self.problem, self.fix = filename, line, field_name, problem, fix
         where = f"{filename}:{line}" if line else filename
-        what = f" {field_name}" if field_name else ""
-        super().__init__(f"{where}:{what}: {problem}" + (f" ({fix})" if fix else ""))
+        what = f" {field_name}:" if field_name else ""
+        super().__init__(f"{where}:{what} {problem}" + (f" ({fix})" if fix else ""))
