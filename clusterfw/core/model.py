@@ -24,6 +24,8 @@ turns them into bytes and back.  No I/O, no clocks.
 """
 from __future__ import annotations
 
+import re
+
 import enum
 from dataclasses import dataclass, field
 
@@ -84,6 +86,8 @@ SUBSYSTEM_NAME_MAX = 11  # bytes, UTF-8
 BARRIERS_MAX = 8
 CLUSTER_NAME_MAX = 32
 NODE_NAME_MAX = 32
+NODE_NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]*", re.ASCII)
+"""A node name: lowercase letters, digits and '-', starting with a letter or digit."""
 REASON_MAX = 48
 U64_MAX = (1 << 64) - 1  # every counter, id and time stamp in a record is a u64
 

@@ -32,7 +32,7 @@ import tomllib
 from dataclasses import dataclass
 from typing import Any, Callable, NoReturn
 
-from .model import NODE_NAME_MAX
+from .model import NODE_NAME_MAX, NODE_NAME_PATTERN
 from .svcdef import (ALL_NODES, NAME_MAX, AutoRegister, DefinitionError, Placement, PreferenceOrder, ServiceDef,
                      TransferCost)
 from .text import printable
@@ -312,9 +312,12 @@ def _node(w: _Where, path: KeyPath, value: Any) -> str:
         w.fail(path, key, f"'*' (every node) is not allowed in {key}",
                'only allowable_nodes may be "*", and only as its whole value: allowable_nodes = "*"')
     problem = _name_problem(value, NODE_NAME_MAX)
+    if not problem and NODE_NAME_PATTERN.fullmatch(value) is None:
+        problem = "is not a node name"
     if problem:
         w.fail(path, key, f"node name {_q(value)} {problem}",
-               f"a node name is 1..{NODE_NAME_MAX} characters: {NAME_CHARS}, as in the node table")
+               f"a node name is 1..{NODE_NAME_MAX} characters from a-z 0-9 and '-', starting with a letter or "
+               "digit, as in the node table ('clusterfw node list' shows them)")
     return value
 
 

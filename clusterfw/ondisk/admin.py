@@ -51,7 +51,7 @@ import uuid as uuid_module
 from typing import Any
 
 from clusterfw.core import timing
-from clusterfw.core.model import CLUSTER_NAME_MAX, NODE_NAME_MAX, NODES_MAX, NodeConfig, SuperBlock
+from clusterfw.core.model import CLUSTER_NAME_MAX, NODE_NAME_MAX, NODE_NAME_PATTERN, NODES_MAX, NodeConfig, SuperBlock
 
 from . import codec, registry_codec
 from .clusterdisk import ClusterDisk, read_superblock_from
@@ -59,7 +59,6 @@ from .errors import BadVersion, BlockError, FormatRefused, NodeTableError, NotWr
 from .layout import MIB, NODE_RECORD_BYTES, SUPERBLOCK_AREA_BYTES, AreaKind, Layout
 from .simdisk import Device
 
-NODE_NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]*")
 CLUSTER_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 ZERO_CHUNK_BYTES = 1 * MIB
 TAIL_WIPE_BYTES = 1 * MIB
