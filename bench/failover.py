@@ -17,9 +17,7 @@ Target: a crashed node forced out in a median
 """
 from __future__ import annotations
 
-import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -29,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from clusterfw.lab.lab import Lab  # noqa: E402
 
-from labutil import status, wait_healthy  # noqa: E402,F401
+from labutil import arguments, status, summary, wait_healthy  # noqa: E402,F401
 
 
 def forced_out_at(lab: Lab, watchers: list[str], victim: str, since: float, timeout: float = 30) -> float:
@@ -89,16 +87,8 @@ def idle_load(lab: Lab, names: list[str], seconds: float = 10) -> dict:
             for n in names}
 
 
-def summary(values: list[float]) -> dict:
-    return {"median_s": round(statistics.median(values), 3), "min_s": round(min(values), 3),
-            "max_s": round(max(values), 3), "runs": [round(v, 3) for v in values]}
-
-
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repeat", type=int, default=10)
-    ap.add_argument("--nodes", type=int, default=3)
-    ap.add_argument("--json", action="store_true", help="print only JSON")
+    ap = arguments(__doc__, 3)
     args = ap.parse_args()
     names = [f"n{k}" for k in range(1, args.nodes + 1)]
     with tempfile.TemporaryDirectory(prefix="clusterfw-bench-") as d:

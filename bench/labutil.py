@@ -2,7 +2,9 @@
 cluster."""
 from __future__ import annotations
 
+import argparse
 import json
+import statistics
 import time
 
 from clusterfw.lab.lab import Lab
@@ -29,3 +31,18 @@ def wait_healthy(lab: Lab, names: list[str], timeout: float = 90, level: str | N
                 return st
         time.sleep(0.3)
     raise SystemExit(f"cluster not healthy within {timeout}s")
+
+
+def summary(values: list[float]) -> dict:
+    """Median, min and max (s) of repeated measurements, and every run."""
+    return {"median_s": round(statistics.median(values), 3), "min_s": round(min(values), 3),
+            "max_s": round(max(values), 3), "runs": [round(v, 3) for v in values]}
+
+
+def arguments(doc: str | None, nodes: int) -> argparse.ArgumentParser:
+    """The options every lab benchmark takes: --repeat, --nodes, --json."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeat", type=int, default=10, help="repetitions of each timed case (default 10)")
+    ap.add_argument("--nodes", type=int, default=nodes, help=f"lab nodes (default {nodes})")
+    ap.add_argument("--json", action="store_true", help="print only JSON")
+    return ap

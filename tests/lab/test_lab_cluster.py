@@ -6,13 +6,14 @@ Each test starts from (and leaves) a healthy cluster of three joined nodes.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 from lunfs import lun_dir
@@ -24,17 +25,26 @@ NODES = ("n1", "n2", "n3")
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def cluster(lun_root, lab_need):
-    lab_need("nspawn")
-    lab = Lab(lun_dir(lun_root, "cluster-lab"))  # on a tmpfs: see tests/lunfs.py
+@contextlib.contextmanager
+def running_cluster(lun_root: Path, name: str, nodes: int = 3) -> Iterator[Lab]:
+    """An nspawn lab of ``nodes`` nodes running clusterfw.service, healthy
+    (every node joined, a master) before it is handed out; always brought
+    down, and nothing may be left behind."""
+    lab = Lab(lun_dir(lun_root, name))  # on a tmpfs: see tests/lunfs.py
     try:
-        lab.up(3, "nspawn", disk_size=64 << 20)
+        lab.up(nodes, "nspawn", disk_size=64 << 20)
         wait_healthy(lab, timeout=60)
         yield lab
     finally:
         lab.down(timeout=10, purge=True)
         assert not lab.leftovers(), lab.leftovers()
+
+
+@pytest.fixture(scope="module")
+def cluster(lun_root, lab_need):
+    lab_need("nspawn")
+    with running_cluster(lun_root, "cluster-lab") as lab:
+        yield lab
 
 
 @pytest.fixture(autouse=True)
