@@ -10,7 +10,8 @@ transient unit), one shared loop-backed disk, the lab profile (heartbeat
            copy on another node takes its first breath (the probe records
            that time itself, clusterfw/lab/probe.py)
   move     'clusterfw service move probe --to NODE' -> the new copy's first
-           breath on NODE
+           breath on NODE; also from the moment the registry recorded the
+           move (the command's own start-up left out)
   mass     N services spread over the nodes by their preferences; SIGKILL
            of one node -> every service registered again ('service list')
   idle     per node, over 10 s with the N services defined: CPU % and
@@ -81,6 +82,19 @@ def crash_once(lab: Lab, names: list[str], shared: Path) -> float:
     return t1 - t0
 
 
+def asked_at(lab: Lab, via: str, service: str, text: str, since: float) -> float:
+    """When the registry recorded ``text`` for ``service`` (its history, ms)."""
+    cp = lab.exec(via, ["clusterfw", "service", "why", service, "--json"], timeout=30)
+    history = json.loads(cp.stdout).get("history", [])  # [[ms since the epoch, what], ...]
+    times = [t / 1000 for t, line in history if text in line and t / 1000 >= since - 1]
+    if not times:
+        raise SystemExit(f"no {text!r} in the history of {service}: {history[-5:]}")
+    return times[-1]
+
+
+MOVE_FROM_DAEMON: list[float] = []
+
+
 def move_once(lab: Lab, names: list[str], shared: Path) -> float:
     now = owner(lab, names, "probe")
     to = names[(names.index(now) + 1) % len(names)]
@@ -90,6 +104,7 @@ def move_once(lab: Lab, names: list[str], shared: Path) -> float:
         raise SystemExit(f"move: {cp.stderr}")
     t1 = first_breath(shared, "probe", t0, to)
     owner(lab, names, "probe")
+    MOVE_FROM_DAEMON.append(t1 - asked_at(lab, now, "probe", f"move to {to} asked", t0))
     return t1 - t0
 
 
@@ -122,25 +137,29 @@ def mass(lab: Lab, names: list[str], shared: Path, count: int) -> dict:
 
 
 def idle(lab: Lab, names: list[str], seconds: float = 10) -> dict:
+    """CPU % (utime + stime of the main process) and resident memory of
+    clusterfw.service and clusterfw-events.service on every node."""
     def sample() -> dict:
         out = {}
         for n in names:
             row = {}
             for unit in ("clusterfw", "clusterfw-events"):
-                cp = lab.exec(n, ["systemctl", "show", "-p", "CPUUsageNSec", "-p", "MemoryCurrent", unit],
-                              timeout=10)
-                props = dict(line.split("=", 1) for line in cp.stdout.splitlines() if "=" in line)
-                row[unit] = (int(props.get("CPUUsageNSec", "0") or 0), int(props.get("MemoryCurrent", "0") or 0))
+                pid = lab.exec(n, ["systemctl", "show", "-p", "MainPID", "--value", unit], timeout=10).stdout.strip()
+                stat = lab.exec(n, ["cat", f"/proc/{pid}/stat", f"/proc/{pid}/status"], timeout=10).stdout
+                fields = stat.split(")", 1)[1].split()
+                rss = next((int(line.split()[1]) for line in stat.splitlines() if line.startswith("VmRSS:")), 0)
+                row[unit] = (int(fields[11]) + int(fields[12]), rss)
             out[n] = (row, time.monotonic())
         return out
     a = sample()
     time.sleep(seconds)
     b = sample()
+    hz = 100  # USER_HZ
     report = {}
     for n in names:
         (ra, ta), (rb, tb) = a[n], b[n]
-        report[n] = {unit: {"cpu_percent": round(100 * (rb[unit][0] - ra[unit][0]) / 1e9 / (tb - ta), 2),
-                            "memory_mib": round(rb[unit][1] / 2**20, 1)} for unit in ra}
+        report[n] = {unit: {"cpu_percent": round(100 * (rb[unit][0] - ra[unit][0]) / hz / (tb - ta), 2),
+                            "memory_mib": round(rb[unit][1] / 1024, 1)} for unit in ra}
     return report
 
 
@@ -166,20 +185,22 @@ def main() -> int:
                     if not args.json:
                         print(f"  {name} {i + 1}/{args.repeat}: {runs[-1]:.3f} s", file=sys.stderr)
                 report[name] = summary(runs)
+            report["move_from_the_daemon"] = summary(MOVE_FROM_DAEMON)
             report["never_two_copies"] = probe.overlaps(probe.lives(shared, "probe")) == []
             if args.services:
                 report["mass"] = mass(lab, names, shared, args.services)
+                print(f"  mass: {report['mass']}", file=sys.stderr)
             report["idle"] = idle(lab, names)
         finally:
             lab.down(timeout=10, purge=True)
     report["targets_s"] = TARGETS
     print(json.dumps(report, indent=2))
     if not args.json:
-        print(f"\n{'benchmark':<10}{'median':>9}{'min':>9}{'max':>9}   target")
-        for name in ("crash", "move"):
+        print(f"\n{'benchmark':<22}{'median':>9}{'min':>9}{'max':>9}   target")
+        for name, target in (("crash", "crash"), ("move", "move"), ("move_from_the_daemon", "move")):
             r = report[name]
-            print(f"{name:<10}{r['median_s']:>8.3f}s{r['min_s']:>8.3f}s{r['max_s']:>8.3f}s   "
-                  f"{TARGETS[name]} s {'ok' if r['median_s'] <= TARGETS[name] else 'MISSED'}")
+            print(f"{name:<22}{r['median_s']:>8.3f}s{r['min_s']:>8.3f}s{r['max_s']:>8.3f}s   "
+                  f"{TARGETS[target]} s {'ok' if r['median_s'] <= TARGETS[target] else 'MISSED'}")
         if "mass" in report:
             m = report["mass"]
             print(f"\n{m['services']} services on {m['nodes']} nodes: all registered {m['apply_to_all_registered_s']}"

@@ -249,3 +249,118 @@ def test_bad_input_is_named_and_changes_nothing(svc_cluster, tmp_path):
     out = service(c, "n1", "move", WEB, "--to", "n9", ok=False)
     assert out.returncode != 0 and "n9" in out.stderr and "Traceback" not in out.stderr
     assert {n: s["owners"] for n, s in listing(c).items()} == {n: s["owners"] for n, s in before.items()}
+
+
+# ------------------------------------------------------------------ groups, recovery, every, notify, freeze
+
+def journal_lines(path: Path) -> list[str]:
+    return path.read_text().split("\n")[:-1] if path.exists() else []
+
+
+def recorder(trace: Path, what: str) -> str:
+    """A shell fragment that appends 'WHAT SERVICE NODE [FAILED_NODE]' to ``trace``."""
+    return f'echo {what} "$CLUSTERFW_SERVICE" "$CLUSTERFW_NODE" $CLUSTERFW_FAILED_NODE >> {trace}'
+
+
+def crash_and_return(c: Cluster, node: str) -> None:
+    c.signal(node, signal.SIGKILL)
+    c.wait_exit(node, 10)
+    c.start(node, "--launcher", "process")
+    c.ensure_all_joined(timeout_s=30)
+
+
+def test_a_three_generation_group_starts_top_down_and_stops_bottom_up(svc_cluster, tmp_path):
+    c, _watcher = svc_cluster
+    trace = tmp_path / "trace"
+    g = [f"{WEB}g{i}" for i in (1, 2, 3)]
+    text = ""
+    for i, name in enumerate(g):
+        text += f"[services.{name}]\n"
+        text += 'preferences = ["n3", "n1"]\n' if i == 0 else f'parent = "{g[i - 1]}"\n'
+        text += f'start_command = ["sh", "-c", {json.dumps(recorder(trace, "start") + "; exec sleep 100000")}]\n'
+        text += f'stop_command = ["sh", "-c", {json.dumps(recorder(trace, "stop"))}]\n\n'
+    service(c, "n1", "apply", str(write(tmp_path / "group.toml", text)))
+    wait_for("the group on n3", lambda: all(registered_on(c, name, ["n3"]) for name in g), 20)
+    assert journal_lines(trace) == [f"start {name} n3" for name in g]
+    service(c, "n2", "move", g[0], "--to", "n1")
+    try:
+        wait_for("the group on n1", lambda: all(registered_on(c, name, ["n1"]) for name in g), 20)
+    except AssertionError:  # say where it stuck
+        print(journal_lines(trace), *(service(c, "n1", "why", name).stdout for name in g), sep="\n")
+        raise
+    assert journal_lines(trace)[3:] == [f"stop {name} n3" for name in reversed(g)] + \
+        [f"start {name} n1" for name in g]
+    listed = cli("service", "list", "--socket", c.socket("n2")).stdout
+    assert f"\n  {g[1]}" in listed and f"\n    {g[2]}" in listed  # the tree, indented
+    service(c, "n1", "remove", g[0])
+    wait_for("the group removed", lambda: not set(g) & set(listing(c)), 20)
+    assert journal_lines(trace)[-3:] == [f"stop {name} n1" for name in reversed(g)]
+
+
+def test_recovery_runs_on_a_survivor_after_the_owner_is_forced_out(svc_cluster, tmp_path):
+    c, _watcher = svc_cluster
+    trace = tmp_path / "trace"
+    name = f"{WEB}rec"
+    service(c, "n1", "apply", str(write(tmp_path / "rec.toml", f"""\
+[services.{name}]
+preferences = ["n2", "n3"]
+start_command = ["sh", "-c", {json.dumps(recorder(trace, "start") + "; exec sleep 100000")}]
+recovery_command = ["sh", "-c", {json.dumps(recorder(trace, "recovery"))}]
+""")))
+    wait_for(f"{name} on n2", lambda: registered_on(c, name, ["n2"]), 15)
+    crash_and_return(c, "n2")
+    wait_for(f"{name} on n3", lambda: registered_on(c, name, ["n3"]), 15)
+    assert journal_lines(trace) == [f"start {name} n2", f"recovery {name} n3 n2", f"start {name} n3"]
+    why = service(c, "n1", "why", name).stdout
+    assert "recover" in why, why
+    service(c, "n1", "remove", name)
+
+
+def test_placement_every_and_notify_on_a_late_joiner(svc_cluster, tmp_path):
+    c, _watcher = svc_cluster
+    trace = tmp_path / "trace"
+    every, told = f"{WEB}all", f"{WEB}ntf"
+    service(c, "n1", "apply", str(write(tmp_path / "every.toml", f"""\
+[services.{every}]
+placement_policy = "every"
+start_command = ["sleep", "100000"]
+
+[services.{told}]
+preferences = ["n1"]
+start_command = ["sleep", "100000"]
+notify_command = ["sh", "-c", {json.dumps(recorder(trace, "notify"))}]
+""")))
+    wait_for(f"{every} everywhere", lambda: registered_on(c, every, ["n1", "n2", "n3"]), 20)
+    wait_for("two notifies", lambda: len(journal_lines(trace)) == 2, 15)
+    assert sorted(journal_lines(trace)) == [f"notify {told} n2", f"notify {told} n3"]
+    assert "N" in listing(c)[told]["flags"]
+    crash_and_return(c, "n3")  # n3 leaves (forced) and joins again
+    wait_for(f"{every} everywhere again", lambda: registered_on(c, every, ["n1", "n2", "n3"]), 20)
+    wait_for("n3 notified again", lambda: journal_lines(trace).count(f"notify {told} n3") == 2, 15)
+    assert journal_lines(trace).count(f"notify {told} n2") == 1  # a node already told is not told again
+    for name in (every, told):
+        service(c, "n1", "remove", name)
+
+
+def test_freeze_is_on_the_disk_and_survives_the_owners_daemon_restart(svc_cluster, tmp_path):
+    c, _watcher = svc_cluster
+    name = f"{WEB}frz"
+    service(c, "n1", "apply", str(write(tmp_path / "frz.toml", f"""\
+[services.{name}]
+preferences = ["n2"]
+start_command = ["sleep", "100000"]
+""")))
+    wait_for(f"{name} on n2", lambda: registered_on(c, name, ["n2"]), 15)
+    service(c, "n1", "freeze", name)
+    wait_for("frozen everywhere", lambda: all(listing(c, n).get(name, {}).get("frozen") for n in ("n1", "n2", "n3")),
+             10)
+    crash_and_return(c, "n2")  # its process dies with the daemon (the guardian)
+    time.sleep(2)
+    for n in ("n1", "n2", "n3"):  # every daemon, the restarted one too, reads it frozen from the disk
+        s = listing(c, n)[name]
+        assert s["frozen"] and not service_processes(name), s
+    assert "frozen" in service(c, "n3", "why", name).stdout
+    service(c, "n3", "unfreeze", name)
+    wait_for(f"{name} running after unfreeze", lambda: registered_on(c, name, ["n2"])
+             and len(service_processes(name)) == 1, 20)
+    service(c, "n1", "remove", name)

@@ -170,7 +170,8 @@ def _depth(s: dict[str, Any], services: list[dict[str, Any]]) -> int:
 
 def cmd_why(args: argparse.Namespace) -> int:
     reply = _ask(args, "why", ["clusterfw", "service", "why", args.name], name=args.name)
-    return _out(args, {"lines": reply["lines"], "summary": reply["summary"]}, reply["lines"])
+    return _out(args, {"lines": reply["lines"], "summary": reply["summary"], "history": reply.get("history", [])},
+                reply["lines"])
 
 
 def cmd_change(args: argparse.Namespace) -> int:

@@ -379,6 +379,8 @@ def decide(reg: Registry, cluster: Cluster) -> list[str]:
     for n in list(reg.up_since):
         if n not in cluster.up or before.get(n) not in (None, ups.get(n)):
             del reg.up_since[n]
+            for rec in reg.services.values():  # a node that left is told again when it joins again
+                rec.notified.pop(n, None)
     for n in cluster.up:
         reg.up_since.setdefault(n, now)
     reg.up = sorted(ups.values())
@@ -826,7 +828,7 @@ def waiting_for(reg: Registry, rec: ServiceRec, cluster: Cluster) -> str:
     if rec.nodes:
         e = next(iter(rec.nodes.values()))
         if e.state in (SvcState.STARTING, SvcState.STOPPING):
-            return f"its {e.state.value[:-3]} to end"
+            return f"its {'start' if e.state is SvcState.STARTING else 'stop'} on {next(iter(rec.nodes))} to end"
         return ""
     m = maturity(reg, root, cluster)
     if m:

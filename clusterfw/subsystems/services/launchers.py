@@ -35,7 +35,9 @@ Two launchers, chosen with ``make_launcher(kind, **options)``:
   rest of its group is SIGKILLed and, unless it was being stopped, the
   failure callbacks get "exited N" or "killed by SIGX".  ``stop`` runs the
   ``stop_command`` when the job has one, then (or else) sends SIGTERM to
-  the group, SIGKILL after ``job.timeout_s``, and is done once no process of
+  the group (after the stop_command ended, once the service had
+  ``STOP_COMMAND_GRACE_S`` to exit by itself, as systemd does after
+  ``ExecStop=``), SIGKILL after ``job.timeout_s``, and is done once no process of
   the group is left.  ``run`` (notify, recovery) runs a command in its own
   group to completion; exit 0 is ok, and after ``job.timeout_s`` the group
   is killed.  Services get the launcher's environment without systemd's
@@ -104,6 +106,9 @@ Log = Callable[[str, str], None]
 Done = Callable[["Outcome"], None]
 Finish = Callable[[bool, str], None]
 
+
+STOP_COMMAND_GRACE_S = 1.0
+"""How long a service may take to exit after its stop_command ended, before SIGTERM."""
 
 class LauncherError(Exception):
     """A launcher cannot be made or cannot do what was asked; ``str()`` is a sentence."""
@@ -670,7 +675,9 @@ class ProcessLauncher(Launcher):
             if group is None:
                 finish(returncode == 0, f"stop_command {detail}; the service was not running")
                 return
-            group.exited.wait(max(0.0, deadline - time.monotonic()))
+            # As systemd does after ExecStop=: what is left once the stop_command ended
+            # is stopped with SIGTERM -- after a short grace for a service that exits by itself.
+            group.exited.wait(max(0.0, min(STOP_COMMAND_GRACE_S, deadline - time.monotonic())))
         elif group is None:
             finish(True, "not running")
             return

@@ -12,6 +12,10 @@ How this works
   commands, run ``core.services.decide``, check the registry's rules, write
   the next generation with the lock's fencing token, release.  A round that
   changes nothing writes nothing.
+* **Polling.**  Each node reads the two registry heads (one block each)
+  every ``poll_idle_s`` -- the daemon's heartbeat interval -- and every
+  ``POLL_FAST_S`` for a few seconds after any change it saw or made, or
+  while its launcher works; it reads a copy only when a head changed.
 * **Who runs rounds.**  A node with something to report or a command runs
   one.  Otherwise the lowest-id node that is up runs one whenever
   ``decide`` on the registry it last read would change something (every
@@ -55,6 +59,8 @@ LOCK_CONN_ID = -50
 """The connection id the service's own lock requests use with the DLM."""
 POLL_FAST_S = 0.02
 POLL_IDLE_S = 0.25
+"""The idle poll of the registry heads when the daemon does not say (it
+passes its heartbeat interval: 0.1 s with the lab profile)."""
 FAST_AFTER_CHANGE_S = 3.0
 TAKEOVER_S = 2.0
 LOCK_TIMEOUT_MS = 5000
@@ -141,7 +147,7 @@ class ServicesService(LocalSubsystem):
 
     def __init__(self, *, node: str, store: RegistryStore, dlm: Any, launcher: Any,
                  names: Callable[[], dict[int, str]], io_timeout_ms: int,
-                 log: Callable[[str, str], None], cluster: str = "") -> None:
+                 log: Callable[[str, str], None], cluster: str = "", poll_idle_s: float = POLL_IDLE_S) -> None:
         self.node = node
         self.store = store
         self.lock = _LockClient(dlm)
@@ -150,6 +156,7 @@ class ServicesService(LocalSubsystem):
         self.io_timeout_ms = io_timeout_ms
         self._logf = log
         self.cluster_name = cluster
+        self.poll_idle_s = max(POLL_FAST_S, poll_idle_s)
         self._mu = threading.Lock()
         self._kick = threading.Event()
         self._stopping = threading.Event()
@@ -235,7 +242,8 @@ class ServicesService(LocalSubsystem):
                 return {"ok": False, "error": f"no service named {name!r} (defined: "
                                               f"{', '.join(sorted(reg.services)) or 'none'})"}
             return {"ok": True, "lines": core.why(reg, name, cl),
-                    "summary": core.summary(reg, reg.services[name], cl)}
+                    "summary": core.summary(reg, reg.services[name], cl),
+                    "history": [[t, text] for t, text in reg.services[name].history]}
         if op == "dump":
             return {"ok": True, "registry": reg.to_json(), "generation": self._gen}
         return {"ok": True, "services": self.summaries(reg, cl), "maintenance": sorted(reg.maintenance),
@@ -256,7 +264,7 @@ class ServicesService(LocalSubsystem):
                 self._logf("error", f"services: {type(exc).__name__}: {exc}")
                 time.sleep(0.2)
             fast = time.monotonic() < self._fast_until or bool(self._inflight) or bool(self._reports)
-            self._kick.wait(POLL_FAST_S if fast else POLL_IDLE_S)
+            self._kick.wait(POLL_FAST_S if fast else self.poll_idle_s)
             self._kick.clear()
 
     def _cycle(self) -> None:
