@@ -65,6 +65,10 @@ FAST_AFTER_CHANGE_S = 3.0
 TAKEOVER_S = 2.0
 LOCK_TIMEOUT_MS = 5000
 RECONCILE_S = 1.0
+RECHECK_S = 1.0
+"""With nothing new (no registry change, view, report or command), the
+choosing and the executor are looked at only this often: for what time
+alone changes (maturity_time, failback_delay, failures expiring, a takeover)."""
 
 
 class RegistryStore(Protocol):
@@ -173,6 +177,8 @@ class ServicesService(LocalSubsystem):
         self._pending: list[_Pending] = []
         self._inflight: dict[str, core.Action] = {}
         self._fast_until = 0.0
+        self._dirty = True
+        self._last_look = 0.0
         self._undecided_since = 0.0
         self._last_reconcile = 0.0
         self._was_frozen: set[str] = set()
@@ -205,6 +211,7 @@ class ServicesService(LocalSubsystem):
                 else:
                     self._acks.append(notification.batch)
         self._fast_until = time.monotonic() + FAST_AFTER_CHANGE_S
+        self._dirty = True
         self._kick.set()
 
     def stop(self) -> None:
@@ -230,6 +237,7 @@ class ServicesService(LocalSubsystem):
             return
         with self._mu:
             self._pending.append(_Pending(op, args, reply))
+        self._dirty = True
         self._kick.set()
 
     def answer(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
@@ -276,11 +284,18 @@ class ServicesService(LocalSubsystem):
                 self._gen = gen
             self._read_once = True
             self._fast_until = time.monotonic() + FAST_AFTER_CHANGE_S
+            self._dirty = True
         with self._mu:
             acks, self._acks = self._acks, []
         for batch in acks:
             if self._ack is not None:
                 self._ack(batch)
+        now = time.monotonic()
+        if not (self._dirty or self._inflight or self._reports or self._pending) \
+                and now - self._last_look < RECHECK_S:
+            return  # nothing new: only the heads were read
+        self._dirty = False
+        self._last_look = now
         self._execute()
         if self._need_round():
             self._round()
@@ -438,6 +453,7 @@ class ServicesService(LocalSubsystem):
             with self._mu:
                 self._reports.append((rec.name, core.Outcome(w.action, bool(outcome.ok), str(outcome.detail)),
                                       _wall_ms()))
+            self._dirty = True
             self._kick.set()
         if w.action is core.Action.START:
             self.launcher.start(job, done)
@@ -451,6 +467,7 @@ class ServicesService(LocalSubsystem):
             return
         with self._mu:
             self._reports.append((service, core.Outcome(core.Action.FAILED, False, reason), _wall_ms()))
+        self._dirty = True
         self._kick.set()
 
     def _reconcile(self, reg: core.Registry, cl: core.Cluster) -> None:
