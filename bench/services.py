@@ -116,9 +116,10 @@ def mass(lab: Lab, names: list[str], shared: Path, count: int) -> dict:
     t0 = time.monotonic()
     apply(lab, shared, "mass", "\n".join(lines))
 
-    def all_registered(via: str) -> bool:
+    def all_registered(via: str, gone: str = "") -> bool:
         got = listing(lab, via)
-        return sum(1 for n, s in got.items() if n.startswith("m") and s["state"] == "registered") == count
+        return sum(1 for n, s in got.items() if n.startswith("m") and s["state"] == "registered"
+                   and gone not in s["owners"]) == count
     while not all_registered("n1"):
         time.sleep(0.2)
     placed_s = time.monotonic() - t0
@@ -127,7 +128,7 @@ def mass(lab: Lab, names: list[str], shared: Path, count: int) -> dict:
     via = names[0]
     t0 = time.monotonic()
     lab.crash(victim)
-    while not all_registered(via):
+    while not all_registered(via, gone=victim):  # registered again, none on the crashed node
         time.sleep(0.1)
     recovered_s = time.monotonic() - t0
     lab.restart(victim)

@@ -447,3 +447,30 @@ def test_a_free_service_moved_away_stays_until_the_preferred_node_joins_again():
     assert lab.owners("web") == ["n2"]  # not yet: the damping delay
     lab.settle({"n0", "n1", "n2"}, at=605_000)
     assert lab.owners("web") == ["n0"]
+
+
+def test_maturity_time_counts_from_the_formation_with_real_incarnations():
+    """The daemon's view carries incarnations: the formation is the first
+    round in which none of the incarnations up was up before, not every
+    round (the maturity time would never elapse)."""
+    known = ("n1", "n2", "n3")
+    incs = {"n1": 0x2A5F, "n2": 0x77, "n3": 0x41D5}
+    reg = Registry()
+    svc.apply(reg, {"t": ServiceDef("t", allowable_nodes=("n1", "n2"), maturity_count=2, maturity_time_s=8,
+                                    start_command=("x",))}, 0)
+
+    def at(up: set[str], now: int) -> list[str]:
+        cl = Cluster(known, frozenset(up), frozenset(up), now, tuple((n, incs[n]) for n in sorted(up)))
+        lines = svc.decide(reg, cl)
+        svc.check(reg, known)
+        return lines
+
+    assert at({"n3"}, 1000) == [] and reg.formed_ms == 1000
+    assert at({"n1", "n3"}, 2000) == [] and reg.formed_ms == 1000
+    assert at({"n1", "n3"}, 8999) == []
+    assert at({"n1", "n3"}, 9000) == ["t: starting on n1: its most preferred candidate"]
+    assert reg.formed_ms == 1000
+    incs["n3"] = 0x9999  # n3 restarted while n1 stayed: the same formation
+    at({"n1"}, 9500)
+    at({"n1", "n3"}, 9600)
+    assert reg.formed_ms == 1000

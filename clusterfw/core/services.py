@@ -371,7 +371,7 @@ def decide(reg: Registry, cluster: Cluster) -> list[str]:
     # A cluster that went down completely and came back has formed anew: none
     # of the node incarnations up now was up in the last round.
     ups = cluster.up_keys()
-    if ups and not (set(reg.up) & set(ups)):
+    if ups and not (set(reg.up) & set(ups.values())):
         reg.formed_ms = now
         for rec in reg.services.values():
             rec.matured = False

@@ -26,14 +26,16 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @contextlib.contextmanager
-def running_cluster(lun_root: Path, name: str, nodes: int = 3) -> Iterator[Lab]:
+def running_cluster(lun_root: Path, name: str, nodes: int = 3, autostart: bool = True) -> Iterator[Lab]:
     """An nspawn lab of ``nodes`` nodes running clusterfw.service, healthy
-    (every node joined, a master) before it is handed out; always brought
+    (every node joined, a master) before it is handed out -- or, without
+    ``autostart``, booted with clusterfw.service not started; always brought
     down, and nothing may be left behind."""
     lab = Lab(lun_dir(lun_root, name))  # on a tmpfs: see tests/lunfs.py
     try:
-        lab.up(nodes, "nspawn", disk_size=64 << 20)
-        wait_healthy(lab, timeout=60)
+        lab.up(nodes, "nspawn", disk_size=64 << 20, autostart=autostart)
+        if autostart:
+            wait_healthy(lab, timeout=60)
         yield lab
     finally:
         lab.down(timeout=10, purge=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -39,6 +40,14 @@ def cluster(lun_root, lab_need):
 @pytest.fixture(scope="module")
 def shared(cluster: Lab):
     return cluster.dir / "shared"
+
+
+def readme_toml() -> str:
+    """The service file the README's walk-through shows (its toml block)."""
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = text.split("### Make a service highly available", 1)[1].split("```toml\n", 1)[1].split("```", 1)[0]
+    assert f"[services.{WEB}]" in block and "http.server" in block, block
+    return block
 
 
 def svc(lab: Lab, node: str, *args: str) -> str:
@@ -67,16 +76,8 @@ def new_copy(shared, node: str, since: float, timeout: float = 20) -> probe.Life
 
 def test_walk_through_toml_crash_failback_why(cluster: Lab, shared) -> None:
     path = probe.install(shared)
-    (shared / "web.toml").write_text(f"""\
-# web: preferably on n2, else n3; moves back to n2 when n2 returns
-[services.{WEB}]
-allowable_nodes = ["n1", "n2", "n3"]
-preferences = ["n2", "n3"]
-transfer_cost = "free"
-failback_delay = "2s"
-start_command = ["python3", "{path}"]
-stop_command = ["true"]
-""")
+    (shared / "web.toml").write_text(readme_toml().replace(
+        'start_command = ["python3", "-m", "http.server", "8080"]', f'start_command = ["python3", "{path}"]'))
     t0 = time.time()
     out = svc(cluster, "n1", "apply", "/lab/shared/web.toml")
     assert f"{WEB}: defined" in out

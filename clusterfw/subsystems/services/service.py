@@ -380,6 +380,7 @@ class ServicesService(LocalSubsystem):
                 with self._mu:
                     self._reg, self._gen = reg, written
                 self._fast_until = time.monotonic() + FAST_AFTER_CHANGE_S
+                self._dirty = True  # this node's own executor acts on what it wrote
             for line in lines:
                 self._logf("info", f"services: {line}")
             for p, ans in answers:
