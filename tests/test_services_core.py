@@ -474,3 +474,13 @@ def test_maturity_time_counts_from_the_formation_with_real_incarnations():
     at({"n1"}, 9500)
     at({"n1", "n3"}, 9600)
     assert reg.formed_ms == 1000
+
+
+def test_the_history_says_forced_out_not_leaving_for_a_crashed_owner():
+    lab = Lab([ServiceDef("web", preferences=("n0",), start_command=("web",))])
+    lab.settle({"n0", "n1"}, at=1000)
+    cl = Cluster(lab.known, frozenset({"n0", "n1"}), frozenset({"n1"}), 2000, forced=frozenset({"n0"}))
+    svc.decide(lab.reg, cl)
+    assert lab.reg.services["web"].history[-1][1] == "stopping on n0: n0 is being forced out of the cluster"
+    lab.settle({"n1"}, at=3000)  # out of the view: the entry is dropped and web starts on n1
+    assert lab.owners("web") == ["n1"]

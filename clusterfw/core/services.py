@@ -247,6 +247,9 @@ class Cluster:
     incarnations: tuple[tuple[str, int], ...] = ()
     """(name, incarnation) of the members, where known: a node that
     restarted is a new incarnation (maturity, failback damping)."""
+    forced: frozenset[str] = frozenset()
+    """Present nodes that are being forced out (only what ``why`` and the
+    history say differs: such a node is not up either)."""
 
     def up_keys(self) -> dict[str, str]:
         inc = dict(self.incarnations)
@@ -466,7 +469,8 @@ def _decide_one(reg: Registry, root: ServiceRec, group: list[ServiceRec], cluste
             why = "it was stopped" if not root.removing else "it is being removed"
             root.transfer = False
         elif owner not in cluster.up:
-            why = f"{owner} is leaving the cluster"
+            why = (f"{owner} is being forced out of the cluster" if owner in cluster.forced
+                   else f"{owner} is leaving the cluster")
         elif owner in reg.maintenance:
             return  # left alone on a node in maintenance
         elif _failed(root, owner):

@@ -306,6 +306,7 @@ class ServicesService(LocalSubsystem):
         known = tuple(names[i] for i in sorted(names))
         present: set[str] = set()
         up: set[str] = set()
+        forced: set[str] = set()
         incs: list[tuple[str, int]] = []
         view = self._view
         if view is not None:
@@ -320,9 +321,11 @@ class ServicesService(LocalSubsystem):
                     continue
                 present.add(name)
                 incs.append((name, m.incarnation))
+                if m.state is NodeState.FORCED_LEAVING:
+                    forced.add(name)
                 if st == "joined":
                     up.add(name)
-        return core.Cluster(known, frozenset(present), frozenset(up), _wall_ms(), tuple(incs))
+        return core.Cluster(known, frozenset(present), frozenset(up), _wall_ms(), tuple(incs), frozenset(forced))
 
     def _need_round(self) -> bool:
         with self._mu:
