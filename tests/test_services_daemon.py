@@ -239,6 +239,7 @@ def test_a_frozen_service_is_left_alone_until_unfreeze(svc_cluster, tmp_path):
 
 def test_bad_input_is_named_and_changes_nothing(svc_cluster, tmp_path):
     c, _watcher = svc_cluster
+    service(c, "n1", "apply", str(web_toml(tmp_path)))
     before = listing(c)
     bad = write(tmp_path / "bad.toml", f"[services.{WEB}]\nstart_command = \"sleep 10\"\n")
     out = service(c, "n1", "apply", str(bad), ok=False)
@@ -248,6 +249,10 @@ def test_bad_input_is_named_and_changes_nothing(svc_cluster, tmp_path):
     assert out.returncode != 0 and "no service named 'nosuch'" in out.stderr
     out = service(c, "n1", "move", WEB, "--to", "n9", ok=False)
     assert out.returncode != 0 and "n9" in out.stderr and "Traceback" not in out.stderr
+    from clusterfw.client import Client, RequestFailed  # a hand-made request is checked, not trusted
+    with pytest.raises(RequestFailed, match="the apply request: start_command: .*argv list"):
+        Client(c.socket("n2"), timeout_s=30).request(
+            "service", action="apply", args={"defs": [{"name": WEB, "start_command": "sleep 10"}]})
     assert {n: s["owners"] for n, s in listing(c).items()} == {n: s["owners"] for n, s in before.items()}
 
 
@@ -363,4 +368,28 @@ start_command = ["sleep", "100000"]
     service(c, "n3", "unfreeze", name)
     wait_for(f"{name} running after unfreeze", lambda: registered_on(c, name, ["n2"])
              and len(service_processes(name)) == 1, 20)
+    service(c, "n1", "remove", name)
+
+
+def test_failing_everywhere_is_blocked_and_clear_always_tries_again(svc_cluster, tmp_path):
+    c, _watcher = svc_cluster
+    trace = tmp_path / "trace"
+    name = f"{WEB}blk"
+    service(c, "n1", "apply", str(write(tmp_path / "blk.toml", f"""\
+[services.{name}]
+start_command = ["sh", "-c", {json.dumps(recorder(trace, "start") + "; exit 3")}]
+""")))
+    wait_for("blocked", lambda: listing(c).get(name, {}).get("blocked"), 20)
+    assert sorted(journal_lines(trace)) == [f"start {name} {n}" for n in ("n1", "n2", "n3")]
+    s = listing(c, "n2")[name]
+    assert s["blocked"].startswith("blocked: it failed on every allowable node that is up")
+    assert all("F" in v["flags"] for v in s["nodes"].values())
+    listed = cli("service", "list", "--socket", c.socket("n2")).stdout
+    assert f"clusterfw service clear {name}" in listed
+    why = service(c, "n3", "why", name).stdout
+    assert "blocked" in why and "exited 3" in why
+    cleared = service(c, "n3", "clear", name).stdout
+    assert "3 failure record(s) cleared" in cleared
+    wait_for("tried again on every node", lambda: len(journal_lines(trace)) == 6
+             and listing(c).get(name, {}).get("blocked"), 20)
     service(c, "n1", "remove", name)

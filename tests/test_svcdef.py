@@ -673,3 +673,19 @@ def test_the_docs_sample_error_is_what_the_command_prints(tmp_path: Path) -> Non
     (tmp_path / "web.toml").write_text("# web.toml\n" + m.group(1))
     out = cli(*m.group(2).split()[1:], cwd=tmp_path)
     assert out.returncode == 2 and out.stderr.strip() == m.group(3)
+
+
+def test_the_daemon_checks_definitions_sent_as_json_by_the_same_rules():
+    from clusterfw.core.svcdef import ServiceDef
+    from clusterfw.core.svcdef_toml import from_registry
+    good = ServiceDef("web", preferences=("n1",), maturity_time_s=5, start_command=("a",))
+    assert from_registry([good.to_json()], "req") == {"web": good}
+    for bad, field in (([{"name": "w/x", "start_command": ["a"]}], "name"),
+                       ([{"name": "w", "preferences": 5, "start_command": ["a"]}], "preferences"),
+                       ([{"name": "w", "start_command": "sleep 10"}], "start_command"),
+                       ([{"name": "w", "bogus": 1, "start_command": ["a"]}], "bogus"),
+                       ([{"name": "w", "start_command": ["a"]}] * 2, "w"),
+                       ("not a list", "defs"), ([42], "name")):
+        with pytest.raises(DefinitionError) as e:
+            from_registry(bad, "the apply request")
+        assert e.value.filename == "the apply request" and e.value.field == field, str(e.value)

@@ -635,3 +635,28 @@ def _check_groups(w: _Where, defs: dict[str, ServiceDef], tables: dict[str, dict
                        f"service {_q(name)} has parent {_q(d.parent)}: children follow their parent's placement "
                        "and have no choosing factors of their own",
                        f"remove {key} here; set it on the root service {_q(root)}")
+
+
+_KEY_OF = {spec.attr: key for key, spec in FIELDS.items()}
+
+
+def from_registry(docs: Any, source: str) -> dict[str, ServiceDef]:
+    """Definitions in the registry's JSON form (``ServiceDef.to_json``), as
+    a client sends them to the daemon, checked by the same rules as a file,
+    one definition at a time (the client checked the file as a whole):
+    ``DefinitionError`` naming ``source``, the service and the field.  So a
+    hand-made or damaged request never puts a definition into the registry
+    that a file could not."""
+    w = _Where(source, {})
+    if not isinstance(docs, list):
+        w.fail((), "defs", f"the definitions are {_kind(docs)}, not a list", "send a list of definitions")
+    out: dict[str, ServiceDef] = {}
+    for doc in docs:
+        if not isinstance(doc, dict) or not isinstance(doc.get("name"), str):
+            w.fail((), "name", "a definition is not a table with a name", "send ServiceDef.to_json() documents")
+        table = {_KEY_OF.get(k, k): v for k, v in doc.items() if k != "name"}
+        name = doc["name"]
+        if name in out:
+            w.fail(("services", name), name, f"service {_q(name)} is defined twice", "send each service once")
+        out[name] = _service(w, name, table)
+    return out

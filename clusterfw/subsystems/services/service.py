@@ -51,7 +51,8 @@ from typing import Any, Callable, Protocol
 from clusterfw.core import services as core
 from clusterfw.core.coordinator import level_state
 from clusterfw.core.model import NodeState, ViewRecord
-from clusterfw.core.svcdef import ServiceDef
+from clusterfw.core import svcdef_toml
+from clusterfw.core.svcdef import DefinitionError
 from clusterfw.subsystems.base import LocalSubsystem, Notification, Transition
 
 REGISTRY_LOCK = "clusterfw.registry"
@@ -401,14 +402,14 @@ class ServicesService(LocalSubsystem):
     def _command(self, reg: core.Registry, p: _Pending, cl: core.Cluster, lines: list[str]) -> dict[str, Any]:
         try:
             if p.op == "apply":
-                defs = {d["name"]: ServiceDef.from_json(d) for d in p.args.get("defs", [])}
+                defs = svcdef_toml.from_registry(p.args.get("defs", []), "the apply request")
                 changes = core.apply(reg, defs, cl.now_ms)
                 lines += changes
                 return {"ok": True, "changes": changes, "services": sorted(defs)}
             text = core.command(reg, p.op, str(p.args.get("name", "")), cl.now_ms, cl, to=str(p.args.get("to", "")))
             lines.append(text)
             return {"ok": True, "message": text}
-        except core.CommandError as exc:
+        except (core.CommandError, DefinitionError) as exc:
             return {"ok": False, "error": str(exc)}
 
     # ---------------------------------------------------------- the executor
