@@ -588,7 +588,7 @@ class Daemon:
         return services_mod.ServicesService(
             node=self.opts.node, store=store, dlm=self.dlm, launcher=launcher,
             names=lambda: dict(self.names), io_timeout_ms=self.timing.io_timeout_ms, log=self._log,
-            cluster=self.cluster)
+            cluster=self.cluster, incarnation=self.incarnation)
 
     def _current_view(self) -> ViewRecord | None:
         with self._lock:
