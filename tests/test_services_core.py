@@ -484,3 +484,106 @@ def test_the_history_says_forced_out_not_leaving_for_a_crashed_owner():
     assert lab.reg.services["web"].history[-1][1] == "stopping on n0: n0 is being forced out of the cluster"
     lab.settle({"n1"}, at=3000)  # out of the view: the entry is dropped and web starts on n1
     assert lab.owners("web") == ["n1"]
+
+
+# ------------------------------------------------------------------ found by the simulator
+# (tests/test_services_sim.py; each was a failing seed there)
+
+def _with_incarnations(lab: Lab, up: set[str], incs: dict[str, int]) -> Cluster:
+    cl = lab.cluster(up)
+    return Cluster(cl.known, cl.present, cl.up, cl.now_ms, tuple(sorted(incs.items())))
+
+
+def test_maturity_time_elapses_when_the_cluster_knows_incarnations() -> None:
+    """``decide`` compared the up keys (``name@incarnation``) with the bare
+    names, so every round with incarnations looked like a newly formed
+    cluster: ``formed`` moved to now each time and a service waiting for
+    ``maturity_time`` alone never matured."""
+    lab = Lab([ServiceDef("db", maturity_time_s=3.0, start_command=("db",))])
+    incs = {"n0": 0xA, "n1": 0xB, "n2": 0xC}
+    assert svc.decide(lab.reg, _with_incarnations(lab, {"n0", "n1", "n2"}, incs)) == []
+    formed = lab.reg.formed_ms
+    lab.now = 1000
+    svc.decide(lab.reg, _with_incarnations(lab, {"n0", "n1", "n2"}, incs))
+    assert lab.reg.formed_ms == formed  # the same incarnations: the same formation
+    lab.now = 3500
+    lines = svc.decide(lab.reg, _with_incarnations(lab, {"n0", "n1", "n2"}, incs))
+    assert any("starting on" in line for line in lines), lines
+    lab.now = 4000  # every incarnation new: the cluster formed anew
+    svc.decide(lab.reg, _with_incarnations(lab, {"n0", "n1", "n2"}, {"n0": 0xD, "n1": 0xE, "n2": 0xF}))
+    assert lab.reg.formed_ms == 4000
+
+
+def _group(lab_defs_extra: tuple[ServiceDef, ...] = ()) -> Lab:
+    return Lab([ServiceDef("fs", preferences=("n0",), start_command=("fs",)),
+                ServiceDef("db", parent="fs", start_command=("db",)),
+                ServiceDef("web", parent="db", start_command=("web",)), *lab_defs_extra])
+
+
+def test_a_child_that_is_gone_where_its_parent_restarts_waits_for_the_parent() -> None:
+    """After a restart of every daemon the executor reports the whole group
+    gone, parent first: the parent restarts in place, and the child's
+    restart in place used to make it ``starting`` where its parent was not
+    registered (WITH-PARENT, RuleBroken).  Now the child loses its entry
+    and starts there once its parent registered."""
+    lab = _group()
+    lab.settle({"n0", "n1", "n2"})
+    assert {n: lab.reg.services[n].owners() for n in ("fs", "db", "web")} == {"fs": ["n0"], "db": ["n0"], "web": ["n0"]}
+    for name in ("fs", "db", "web"):
+        svc.report(lab.reg, "n0", name, Outcome(Action.GONE, False, "not running"), lab.now)
+        svc.check(lab.reg, lab.known)
+    assert "n0" not in lab.reg.services["db"].nodes and "n0" not in lab.reg.services["web"].nodes
+    lab.settle({"n0", "n1", "n2"})
+    assert {n: lab.reg.services[n].owners() for n in ("fs", "db", "web")} == {"fs": ["n0"], "db": ["n0"], "web": ["n0"]}
+
+
+def test_a_parent_that_fails_under_its_children_restarts_with_its_group() -> None:
+    """The other order: the parent reported gone while a child's start is
+    under way there.  The parent's restart in place left that child
+    ``starting`` on top of a parent that was not registered.  Now the
+    parent loses its entry, the child's start is dropped, its registered
+    children stop first, and the group starts again."""
+    lab = _group()
+    lab.settle({"n0", "n1", "n2"})
+    lab.reg.services["web"].nodes["n0"] = svc.Entry(SvcState.STARTING, lab.now)  # web's start under way
+    svc.report(lab.reg, "n0", "db", Outcome(Action.GONE, False, "not running"), lab.now)
+    svc.check(lab.reg, lab.known)
+    assert "n0" not in lab.reg.services["db"].nodes and "n0" not in lab.reg.services["web"].nodes
+    lab.settle({"n0", "n1", "n2"})
+    assert {n: lab.reg.services[n].owners() for n in ("fs", "db", "web")} == {"fs": ["n0"], "db": ["n0"], "web": ["n0"]}
+
+
+def test_a_restarted_daemon_does_not_act_for_its_old_incarnation() -> None:
+    """A restarted daemon adopts views that still show its node's previous
+    incarnation (forced leaving, not yet past the services level).  It took
+    that member for itself and ran the old incarnation's starts, while the
+    other nodes were about to start the same services elsewhere."""
+    from clusterfw.core.model import MemberEntry, NodeState, ViewRecord
+    names = {1: "n1", 2: "n2"}
+    old = MemberEntry(2, 0xA, NodeState.FORCED_LEAVING, cursor=20, ready=True)
+    view = ViewRecord(node_id=1, incarnation=0x1, seq=5, term=1, epoch=4,
+                      members=(MemberEntry(1, 0x1, NodeState.JOINED), old))
+    assert "n2" in svc.cluster_from_view(view, names, (), 0).present  # as the other nodes see it
+    assert "n2" in svc.cluster_from_view(view, names, (), 0, ("n2", 0xA)).present
+    mine = svc.cluster_from_view(view, names, (), 0, ("n2", 0xB))  # the new incarnation asks
+    assert "n2" not in mine.present and "n2" not in mine.up and "n1" in mine.up
+
+
+def test_a_restarted_node_s_entries_are_dropped_like_a_forced_out_one_s() -> None:
+    """The whole cluster went down and came back: no forced leave was ever
+    notified, and the registry still placed services on a node that is
+    back with a new incarnation.  Its old services died with the old
+    incarnation, so the entries go (a recovery runs, as for a forced-out
+    node) and the choosing places the services again."""
+    lab = Lab([ServiceDef("db", preferences=("n1",), start_command=("db",), recovery_command=("rec",))])
+    up = {"n0", "n1", "n2"}
+    incs = {"n0": 0xA, "n1": 0xB, "n2": 0xC}
+    svc.decide(lab.reg, _with_incarnations(lab, up, incs))
+    svc.report(lab.reg, "n1", "db", Outcome(Action.START, True), lab.now)
+    assert lab.reg.services["db"].owners() == ["n1"]
+    assert svc.decide(lab.reg, _with_incarnations(lab, up, incs)) == []  # the same incarnations: nothing
+    lines = svc.decide(lab.reg, _with_incarnations(lab, up, {**incs, "n1": 0xD}))
+    assert any("n1 restarted" in line for line in lines), lines
+    assert lab.reg.services["db"].nodes["n1"].state is SvcState.RECOVERING
+    assert lab.reg.incarnations["n1"] == 0xD
+    assert svc.Registry.from_json(lab.reg.to_json()).incarnations == lab.reg.incarnations

@@ -4,6 +4,7 @@
     clusterfw sim --seed 1234 --nodes 7 --trace    replay one seed, full trace
     clusterfw sim --seeds 50 --faults crash,pause  only some faults
     clusterfw sim --seeds 300 --nodes 4 --dlm      also run the DLM with lock clients
+    clusterfw sim --seeds 200 --nodes 4 --services also run the registration & launch service (and the DLM)
 
 Exits 0 when no invariant was violated, 1 otherwise (each failing seed is
 printed with the invariant, the message and the end of its trace).
@@ -27,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Run the membership protocol with simulated nodes, disk, clocks and faults. "
                     "A seed reproduces a run exactly; any invariant violation exits 1 with its seed.",
         epilog="Faults: " + ", ".join(FAULTS) + ". Features: " + ", ".join(FEATURES)
-               + " (--dlm). Exit codes: 0 no violation, 1 violation, 2 bad usage.")
+               + " (--dlm, --services). Exit codes: 0 no violation, 1 violation, 2 bad usage.")
     p.add_argument("--seeds", type=int, default=100, metavar="N", help="number of seeds to run (default 100)")
     p.add_argument("--nodes", type=int, default=5, metavar="K", help="nodes per run (default 5)")
     p.add_argument("--seed", type=int, metavar="S",
@@ -38,6 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="simulated length of the fault phase (default 20000)")
     p.add_argument("--dlm", action="store_true",
                    help="also run the DLM on every node with lock clients, and check its invariants")
+    p.add_argument("--services", action="store_true",
+                   help="also run the registration & launch service on every node (with the DLM, whose lock it "
+                        "takes), a launcher per host and an administrator, and check the services' invariants")
     p.add_argument("--mutation", type=_mutation, metavar="NAME[+NAME]",
                    help="deliberately break one rule, or several joined by '+', to see the simulator "
                         "catch it: " + ", ".join(sorted(MUTATIONS)))
@@ -62,7 +66,9 @@ def cmd_sim(args: argparse.Namespace) -> int:
         raise CliError(f"--faults: {exc}", EXIT_USAGE) from None
     if args.dlm:
         faults = faults | {"dlm"}
-    replay_flags = f"--faults {args.faults}" + (" --dlm" if args.dlm else "")
+    if args.services:
+        faults = faults | {"services"}
+    replay_flags = f"--faults {args.faults}" + (" --dlm" if args.dlm else "") + (" --services" if args.services else "")
     if not 1 <= args.nodes <= 255:
         raise CliError(f"--nodes {args.nodes}: use 1..255", EXIT_USAGE)
     if args.seeds < 1:

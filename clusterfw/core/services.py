@@ -54,10 +54,13 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 from . import levels
-from .svcdef import ALL_NODES, AutoRegister, Placement, ServiceDef, TransferCost
+from .coordinator import level_state
+from .model import NodeState, ViewRecord
+from . import svcdef_toml
+from .svcdef import ALL_NODES, AutoRegister, DefinitionError, Placement, ServiceDef, TransferCost
 
 SERVICES_LEVEL = levels.SERVICES
 HISTORY_MAX = 12
@@ -190,12 +193,16 @@ class Registry:
     (``name@incarnation``)."""
     up_since: dict[str, int] = field(default_factory=dict)
     loads: dict[str, float] = field(default_factory=dict)
+    incarnations: dict[str, int] = field(default_factory=dict)
+    """The incarnation of each node as the last round that saw it present
+    saw it: the entries on a node belong to that incarnation."""
 
     def to_json(self) -> dict[str, Any]:
         return {"services": {n: s.to_json() for n, s in self.services.items()},
                 "maintenance": sorted(self.maintenance), "formed": self.formed_ms, "up": sorted(self.up),
                 "up_since": dict(sorted(self.up_since.items())),
-                "loads": {n: round(v, 3) for n, v in sorted(self.loads.items())}}
+                "loads": {n: round(v, 3) for n, v in sorted(self.loads.items())},
+                "incarnations": dict(sorted(self.incarnations.items()))}
 
     @classmethod
     def from_json(cls, d: dict[str, Any] | None) -> Registry:
@@ -204,7 +211,8 @@ class Registry:
         return cls(services={n: ServiceRec.from_json(s) for n, s in d.get("services", {}).items()},
                    maintenance=set(d.get("maintenance", [])), formed_ms=int(d.get("formed", 0)),
                    up=list(d.get("up", [])), up_since={n: int(v) for n, v in d.get("up_since", {}).items()},
-                   loads={n: float(v) for n, v in d.get("loads", {}).items()})
+                   loads={n: float(v) for n, v in d.get("loads", {}).items()},
+                   incarnations={n: int(v) for n, v in d.get("incarnations", {}).items()})
 
     def copy(self) -> Registry:
         return Registry.from_json(self.to_json())
@@ -254,6 +262,48 @@ class Cluster:
     def up_keys(self) -> dict[str, str]:
         inc = dict(self.incarnations)
         return {n: f"{n}@{inc[n]:x}" if n in inc else n for n in sorted(self.up)}
+
+
+def cluster_from_view(view: ViewRecord | None, names: Mapping[int, str], gone: Iterable[str],
+                      now_ms: int, me: tuple[str, int] | None = None) -> Cluster:
+    """The ``Cluster`` a node's services level sees in ``view`` (the daemon's
+    and the simulator's one mapping).  ``names``: node id -> name, the node
+    table; ``gone``: the names whose forced leave was notified at the
+    services level.  A member is *present* unless it is inactive at the
+    services level, gone, or forced out with its forced leave already past
+    the services level; it is *up* when joined there.
+
+    ``me``: the asking daemon's (name, incarnation).  A member with its name
+    but another incarnation is an earlier incarnation of its node -- a
+    restarted daemon adopts views that still show the one that crashed or
+    was fenced, until that one's forced leave is over.  It is not present
+    for this daemon: what it started died with it, and acting on its
+    entries would start services that the other nodes are about to start
+    elsewhere once the forced leave reaches the services level."""
+    known = tuple(names[i] for i in sorted(names))
+    gone = frozenset(gone)
+    present: set[str] = set()
+    up: set[str] = set()
+    forced: set[str] = set()
+    incs: list[tuple[str, int]] = []
+    for m in view.members if view is not None else ():
+        name = names.get(m.node_id)
+        if name is None:
+            continue
+        st = level_state(m, SERVICES_LEVEL)
+        if st == "inactive" or name in gone:
+            continue
+        if me is not None and name == me[0] and m.incarnation != me[1]:
+            continue  # an earlier incarnation of this node
+        if m.state is NodeState.FORCED_LEAVING and m.ready and m.cursor >= SERVICES_LEVEL:
+            continue
+        present.add(name)
+        incs.append((name, m.incarnation))
+        if m.state is NodeState.FORCED_LEAVING:
+            forced.add(name)
+        if st == "joined":
+            up.add(name)
+    return Cluster(known, frozenset(present), frozenset(up), now_ms, tuple(incs), frozenset(forced))
 
 
 @dataclass(frozen=True)
@@ -387,6 +437,15 @@ def decide(reg: Registry, cluster: Cluster) -> list[str]:
     for n in cluster.up:
         reg.up_since.setdefault(n, now)
     reg.up = sorted(ups.values())
+    # A node present with another incarnation than the registry last saw
+    # there restarted: its entries were the old incarnation's, whose services
+    # died with it (a fence, a crash, or the new daemon's start-up clean-up,
+    # which runs before its first heartbeat) -- as if it had been forced out.
+    incs = dict(cluster.incarnations)
+    restarted = {n for n in present if n in incs and reg.incarnations.get(n, incs[n]) != incs[n]}
+    for n in present:
+        if n in incs:
+            reg.incarnations[n] = incs[n]
 
     for rec in reg.services.values():
         d = rec.definition
@@ -397,14 +456,15 @@ def decide(reg: Registry, cluster: Cluster) -> list[str]:
                 _note(rec, now, f"the failure on {n} expired ({f.reason})", out)
         # entries on nodes that are gone: forced out (a graceful leave stops them first)
         for n, e in list(rec.nodes.items()):
-            if n in present:
+            if n in present and n not in restarted:
                 continue
+            gone_how = "restarted (a new incarnation)" if n in restarted else "was forced out"
             if e.state is SvcState.RECOVERING:
                 _move(rec, n, None, now)
-                _note(rec, now, f"{n}, which was recovering it, is gone", out)
+                _note(rec, now, f"{n}, which was recovering it, {'restarted' if n in restarted else 'is gone'}", out)
                 continue
             _move(rec, n, None, now)
-            _note(rec, now, f"{n} was forced out while it was {e.state.value} there", out)
+            _note(rec, now, f"{n} {gone_how} while it was {e.state.value} there", out)
             if d.has_recovery and not rec.frozen:
                 root = reg.root(rec.name)
                 where = candidates(reg, root, cluster)
@@ -607,11 +667,26 @@ def report(reg: Registry, node: str, service: str, outcome: Outcome, now_ms: int
             _note(rec, now_ms, f"failed on {node}{detail} while frozen: left as it is", out)
         elif thr and f.count >= thr:
             _move(rec, node, None, now_ms)
+            _drop_starting_children(reg, rec, node, now_ms, out)
             _mark_failed(reg, rec, node, f.reason + f" ({f.count} of {thr} failures)", now_ms, out)
         else:
-            _move(rec, node, SvcState.STARTING, now_ms)
-            _note(rec, now_ms, f"failed on {node}{detail}; restarting it there ({f.count}"
-                  + (f" of {thr}" if thr else "") + " failures)", out)
+            count = f"{f.count}" + (f" of {thr}" if thr else "") + " failures"
+            parent = reg.services.get(rec.definition.parent) if rec.definition.parent else None
+            pe = parent.nodes.get(node) if parent is not None else None
+            if parent is not None and (pe is None or pe.state is not SvcState.REGISTERED):
+                # WITH-PARENT: a child starts only where its parent is registered
+                _move(rec, node, None, now_ms)
+                _note(rec, now_ms, f"failed on {node}{detail}; it starts there again once its parent "
+                      f"{parent.name} is registered there ({count})", out)
+            elif any(node in c.nodes for c in reg.children(rec.name)):
+                # its children there run on top of it: they stop first, then the group starts again
+                _move(rec, node, None, now_ms)
+                _drop_starting_children(reg, rec, node, now_ms, out)
+                _note(rec, now_ms, f"failed on {node}{detail}; its children there stop first, then the group "
+                      f"starts again ({count})", out)
+            else:
+                _move(rec, node, SvcState.STARTING, now_ms)
+                _note(rec, now_ms, f"failed on {node}{detail}; restarting it there ({count})", out)
     elif a is Action.FOUND and e is None:
         root = reg.root(service)
         others = [n for n, x in rec.nodes.items() if n != node]
@@ -622,6 +697,18 @@ def report(reg: Registry, node: str, service: str, outcome: Outcome, now_ms: int
             rec.serial += 1
             _note(rec, now_ms, f"found running on {node}: registered there without a restart", out)
     return out
+
+
+def _drop_starting_children(reg: Registry, rec: ServiceRec, node: str, now_ms: int, out: list[str]) -> None:
+    """``rec`` is no longer registered on ``node``: a child whose start there
+    is under way loses its entry (WITH-PARENT); the executor stops what that
+    start leaves running, and the child starts again after its parent."""
+    for child in reg.children(rec.name):
+        ce = child.nodes.get(node)
+        if ce is not None and ce.state is SvcState.STARTING:
+            _move(child, node, None, now_ms)
+            _note(child, now_ms, f"its start on {node} is dropped: its parent {rec.name} is no longer "
+                  "registered there", out)
 
 
 def _mark_failed(reg: Registry, rec: ServiceRec, node: str, reason: str, now_ms: int, out: list[str],
@@ -743,6 +830,59 @@ def command(reg: Registry, op: str, name: str, now_ms: int, cluster: Cluster, to
         _note(root, now_ms, f"move to {to} asked by the administrator")
         return f"{name} is moving to {to}"
     raise CommandError(f"unknown service command {op!r}")
+
+
+def run_command(reg: Registry, op: str, args: Mapping[str, Any], cluster: Cluster) -> tuple[dict[str, Any], list[str]]:
+    """An administrator's request from the API (``apply`` with ``defs``, or
+    a ``command``), applied to ``reg`` in a round: the reply and the
+    sentences to log."""
+    try:
+        if op == "apply":  # checked by the file's rules: a request is not trusted
+            defs = svcdef_toml.from_registry(args.get("defs", []), "the apply request")
+            changes = apply(reg, defs, cluster.now_ms)
+            return {"ok": True, "changes": changes, "services": sorted(defs)}, changes
+        text = command(reg, op, str(args.get("name", "")), cluster.now_ms, cluster, to=str(args.get("to", "")))
+        return {"ok": True, "message": text}, [text]
+    except (CommandError, DefinitionError) as exc:
+        return {"ok": False, "error": str(exc)}, []
+
+
+def round_wanted(reg: Registry, cluster: Cluster) -> bool:
+    """Whether a decision round would change ``reg`` now (``decide`` on a
+    copy makes a decision, or who is up at the services level changed)."""
+    if not cluster.up and not cluster.present or not reg.services:
+        return False
+    return bool(decide(reg.copy(), cluster)) or sorted(cluster.up_keys().values()) != sorted(reg.up)
+
+
+def round_maker(cluster: Cluster, ids: Mapping[str, int], me: str) -> str:
+    """Who runs a round nobody has a report for: the lowest-id node that is
+    up at the services level (``me`` when none is)."""
+    return min(cluster.up, key=lambda n: ids.get(n, 999)) if cluster.up else me
+
+
+def reconcile(reg: Registry, node: str, active: Callable[[str], bool], busy: Iterable[str],
+              thawed: Iterable[str]) -> list[tuple[str, Action]]:
+    """What really runs on ``node`` against what the registry says, for
+    the services that are not ``busy`` (a job or a report outstanding) nor
+    frozen: ``GONE`` (to report: registered here, not running), ``FOUND``
+    (to report: runs here, just unfrozen: adopted) or ``STOP`` (a stray copy
+    the registry does not place here: to stop).  Nothing on a node in
+    maintenance."""
+    if node in reg.maintenance:
+        return []
+    busy, thawed = frozenset(busy), frozenset(thawed)
+    out: list[tuple[str, Action]] = []
+    for name, rec in reg.services.items():
+        if rec.frozen or name in busy:
+            continue
+        e = rec.nodes.get(node)
+        running = active(name)
+        if e is not None and e.state is SvcState.REGISTERED and not running:
+            out.append((name, Action.GONE))
+        elif e is None and running:
+            out.append((name, Action.FOUND if name in thawed else Action.STOP))
+    return out
 
 
 # ------------------------------------------------------------------ local work

@@ -588,7 +588,8 @@ class Daemon:
         return services_mod.ServicesService(
             node=self.opts.node, store=store, dlm=self.dlm, launcher=launcher,
             names=lambda: dict(self.names), io_timeout_ms=self.timing.io_timeout_ms, log=self._log,
-            cluster=self.cluster, poll_idle_s=self.timing.heartbeat_interval_ms / 1000)
+            cluster=self.cluster, incarnation=self.incarnation,
+            poll_idle_s=self.timing.heartbeat_interval_ms / 1000)
 
     def _current_view(self) -> ViewRecord | None:
         with self._lock:

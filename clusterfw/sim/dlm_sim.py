@@ -60,7 +60,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..core.coordinator import level_state
 from ..core.dlm import (
@@ -136,6 +136,8 @@ class _DlmNode:
     inflight_write: tuple[int, bytes, LockEntry] | None = None
     wake_token: int = 0
     next_req: int = 1
+    external: dict[int, Callable[[Any], None]] = field(default_factory=dict)
+    """Requests another feature made (``request_lock``): req id -> where its events go."""
 
 
 class DlmSim(Feature):
@@ -166,7 +168,6 @@ class DlmSim(Feature):
         # owner within one scrub interval (and an area read).
         self.quiet_ms = (clients * (HOLD_MS[1] + self.poll_max_ms + self.poll_min_ms + 6 * io_max)
                          + TIMEOUT_MS[1] + 1000 + SCRUB_MS + io_max)
-        self.heal_ms: float | None = None
 
     @classmethod
     def wanted(cls, cfg: SimConfig) -> bool:
@@ -248,9 +249,6 @@ class DlmSim(Feature):
         if isinstance(rec, ViewRecord):  # the newest landed view decides who counts
             self.checker.on_view(rec)
 
-    def on_heal(self) -> None:
-        self.heal_ms = self.w.t
-
     def liveness_extra_ms(self) -> float:
         return self.quiet_ms + LIVENESS_MARGIN_MS
 
@@ -281,20 +279,7 @@ class DlmSim(Feature):
 
     def after_event(self) -> None:
         self.checker.prune()
-        heal = self.heal_ms
-        if heal is None:
-            return
-        # World.liveness_bound() includes liveness_extra_ms(), which has
-        # LIVENESS_MARGIN_MS: this check fires just before the world's own deadline.
-        bound = heal + getattr(self.w, "liveness_bound_ms", self.w.liveness_bound()) - LIVENESS_MARGIN_MS
-        if self.w.t < bound:
-            return
-        if self.w.convergence_problem(features=False) is not None:
-            return  # the membership did not converge: the world reports that
-        problem = self.quiescence_problem()
-        if problem is not None:
-            raise Violation("dlm-liveness", f"{self.w.t - heal:.0f} ms after faults stopped "
-                            f"(bound {bound - heal:.0f} ms): {problem}")
+        self.check_settled("dlm-liveness", LIVENESS_MARGIN_MS)
 
     def quiescence_problem(self) -> str | None:
         """None when every request was answered, every lock released and the
@@ -324,6 +309,43 @@ class DlmSim(Feature):
                 if m is not None and m.incarnation == e.incarnation and level_state(m, DLM_LEVEL) != "inactive":
                     return f"n{node_id}'s sector on stripe {stripe} still shows {e.state.name} {e.name!r}"
         return None
+
+    # ------------------------------------------------------------ other features' locks
+    def request_lock(self, node: SimNode, name: str, mode: LockMode, timeout_ms: float | None,
+                     on_event: Callable[[Any], None]) -> int | None:
+        """Ask ``node``'s DLM for ``name`` on behalf of another feature (the
+        services' registry lock).  Its ``Granted``/``Denied``/``Revoked``/
+        ``Released`` events go to ``on_event`` (called from inside the DLM's
+        event handling: queue an event rather than calling back in); the
+        DLM's invariants hold for it as for the clients.  None when the
+        node's DLM does not run."""
+        dn = self._dn(node)
+        if dn is None:
+            return None
+        req_id = dn.next_req
+        dn.next_req += 1
+        dn.external[req_id] = on_event
+        dn.issued_ms[req_id] = self.w.t
+        self.w.stats["dlm_requests"] += 1
+        dn.core.request(req_id, name, mode, node.local(self.w.t), timeout_ms)
+        self._after(node, dn)
+        return req_id
+
+    def release_lock(self, node: SimNode, req_id: int) -> None:
+        """Release (or cancel) a request made with ``request_lock``."""
+        dn = self._dn(node)
+        if dn is None or req_id not in dn.external:
+            return
+        self.checker.on_end(dn.node_id, dn.incarnation, req_id)
+        dn.issued_ms.pop(req_id, None)
+        dn.core.release(req_id, node.local(self.w.t))
+        self._after(node, dn)
+
+    def joined_here(self, node: SimNode) -> bool:
+        """Whether ``node``'s DLM counts itself joined at the DLM level (its
+        locks are vouched for: the daemon's ``valid_for_ms`` > 0)."""
+        dn = self._dn(node)
+        return dn is not None and dn.core.joined_here
 
     # ------------------------------------------------------------ clients
     def _schedule_client(self, dn: _DlmNode, client: _Client, delay_ms: float, action: str = "request") -> None:
@@ -413,45 +435,59 @@ class DlmSim(Feature):
                 self.w.log(f"n{node.node_id} dlm: {ev.name!r} of n{ev.from_node} incarnation {ev.incarnation:x} "
                            f"recovered (request {ev.req_id})")
                 continue
+            self._account(node, dn, ev, fenced)
+            external = dn.external.get(ev.req_id)
+            if external is not None:  # another feature's request (``request_lock``)
+                if isinstance(ev, (Denied, Revoked, Released)):
+                    del dn.external[ev.req_id]
+                external(ev)
+                continue
             client = dn.by_req.get(ev.req_id)
             if isinstance(ev, Granted):
-                self.w.stats["dlm_grants"] += 1
-                self.w.log(f"n{node.node_id} dlm: granted {ev.name!r} {ev.mode.name} token {ev.token} "
-                           f"(request {ev.req_id})")
-                self.checker.on_grant(node, dn.incarnation, ev)
-                dn.issued_ms.pop(ev.req_id, None)
                 assert client is not None and client.state == "waiting", ev
                 client.state = "holding"
                 client.token += 1
                 self._schedule_client(dn, client, self.rng.uniform(*HOLD_MS), "release")
             elif isinstance(ev, Denied):
-                self.w.stats["dlm_denied"] += 1
-                if ev.kind is DenyKind.TIMEOUT:
-                    self.w.stats["dlm_timeouts"] += 1
-                elif ev.kind is DenyKind.BUSY:
-                    self.w.stats["dlm_busy"] += 1
-                self.w.log(f"n{node.node_id} dlm: request {ev.req_id} denied: {ev.reason}")
-                dn.issued_ms.pop(ev.req_id, None)
                 if client is not None and client.req_id == ev.req_id and client.state == "waiting":
                     dn.by_req.pop(ev.req_id, None)
                     client.state = "idle"
                     idle = IDLE_MS if dn.core.may_request() is None else NOT_MEMBER_IDLE_MS
                     self._schedule_client(dn, client, self.rng.uniform(*idle))
             elif isinstance(ev, Revoked):
-                self.w.stats["dlm_revoked"] += 1
-                self.w.log(f"n{node.node_id} dlm: {ev.name!r} revoked (request {ev.req_id}): {ev.reason}")
-                if not fenced:
-                    # A graceful leave: the client is told and stops at once.  A
-                    # fenced host's services may run until fencing completes, so
-                    # the checker keeps that hold until the host is down.
-                    self.checker.on_end(node.node_id, dn.incarnation, ev.req_id)
-                dn.issued_ms.pop(ev.req_id, None)
                 if client is not None and client.req_id == ev.req_id and client.state != "idle":
                     dn.by_req.pop(ev.req_id, None)
                     client.state = "idle"
                     self._schedule_client(dn, client, self.rng.uniform(*IDLE_MS))
-            elif isinstance(ev, Released):
-                self.w.log(f"n{node.node_id} dlm: request {ev.req_id} released")
+
+    def _account(self, node: SimNode, dn: _DlmNode, ev: Any, fenced: bool) -> None:
+        """A request's event, whoever made it: the counters, the trace, the
+        checker and the outstanding requests."""
+        if isinstance(ev, Granted):
+            self.w.stats["dlm_grants"] += 1
+            self.w.log(f"n{node.node_id} dlm: granted {ev.name!r} {ev.mode.name} token {ev.token} "
+                       f"(request {ev.req_id})")
+            self.checker.on_grant(node, dn.incarnation, ev)
+            dn.issued_ms.pop(ev.req_id, None)
+        elif isinstance(ev, Denied):
+            self.w.stats["dlm_denied"] += 1
+            if ev.kind is DenyKind.TIMEOUT:
+                self.w.stats["dlm_timeouts"] += 1
+            elif ev.kind is DenyKind.BUSY:
+                self.w.stats["dlm_busy"] += 1
+            self.w.log(f"n{node.node_id} dlm: request {ev.req_id} denied: {ev.reason}")
+            dn.issued_ms.pop(ev.req_id, None)
+        elif isinstance(ev, Revoked):
+            self.w.stats["dlm_revoked"] += 1
+            self.w.log(f"n{node.node_id} dlm: {ev.name!r} revoked (request {ev.req_id}): {ev.reason}")
+            if not fenced:
+                # A graceful leave: the client is told and stops at once.  A
+                # fenced host's services may run until fencing completes, so
+                # the checker keeps that hold until the host is down.
+                self.checker.on_end(node.node_id, dn.incarnation, ev.req_id)
+            dn.issued_ms.pop(ev.req_id, None)
+        elif isinstance(ev, Released):
+            self.w.log(f"n{node.node_id} dlm: request {ev.req_id} released")
 
     # ------------------------------------------------------------ I/O
     def _dn(self, node: SimNode) -> _DlmNode | None:

@@ -20,7 +20,7 @@ Every hook does nothing by default; a feature overrides what it needs:
 | ``on_fence(node, ev)``       | the node fences (``Fenced``)                         |
 | ``on_view(node)``            | the node adopted a view (``node.core.view``)         |
 | ``on_land(node, rec)``       | a membership record landed on the disk               |
-| ``on_heal()``                | the faults stop; the liveness phase starts           |
+| ``on_heal()``                | the faults stop (default: records ``heal_ms``)       |
 | ``dispatch(node, kind, p)``  | an event ``<name>-...`` the feature queued           |
 | ``after_event()``            | after every event: the feature's invariants          |
 | ``liveness_extra_ms()``      | the time it adds to the liveness bound               |
@@ -50,7 +50,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from .checker import Checker
+from .checker import Checker, Violation
 from .model import SimConfig, SimNode, WorldState
 from .store import SimStore
 
@@ -99,9 +99,15 @@ class Feature:
     counters: ClassVar[tuple[str, ...]] = ()
     level: int | None = None
     """The level whose notifications it handles (and acks), if any."""
+    requires: ClassVar[tuple[str, ...]] = ()
+    """Features it needs: on whenever this one is (the services need the DLM)."""
+    adds_level: ClassVar[int | None] = None
+    """A level registered on every node only in runs with this feature
+    (the services' 50), so that runs without it stay what they were."""
 
     def __init__(self, world: FeatureWorld) -> None:
         self.w = world
+        self.heal_ms: float | None = None  # when the faults stopped (``on_heal``)
 
     @classmethod
     def wanted(cls, cfg: SimConfig) -> bool:
@@ -138,7 +144,7 @@ class Feature:
         pass
 
     def on_heal(self) -> None:
-        pass
+        self.heal_ms = self.w.t
 
     def dispatch(self, node: SimNode, kind: str, payload: Any) -> None:
         raise AssertionError(f"{type(self).__name__} queued event {kind!r} but does not handle it")
@@ -152,3 +158,21 @@ class Feature:
 
     def quiescence_problem(self) -> str | None:
         return None
+
+    def check_settled(self, invariant: str, margin_ms: float) -> None:
+        """For ``after_event``: once the liveness bound less ``margin_ms``
+        (a part of ``liveness_extra_ms``, so this fires just before the
+        world's own deadline) has passed since the heal, with the membership
+        converged, raise ``invariant`` if the feature has not settled."""
+        heal = self.heal_ms
+        if heal is None:
+            return
+        bound = heal + getattr(self.w, "liveness_bound_ms", self.w.liveness_bound()) - margin_ms
+        if self.w.t < bound:
+            return
+        if self.w.convergence_problem(features=False) is not None:
+            return  # the membership did not converge: the world reports that
+        problem = self.quiescence_problem()
+        if problem is not None:
+            raise Violation(invariant, f"{self.w.t - heal:.0f} ms after faults stopped "
+                            f"(bound {bound - heal:.0f} ms): {problem}")

@@ -37,6 +37,7 @@ class SimConfig:
     restart_delay_ms: tuple[float, float] = (300, 2500)
     max_events: int = 3_000_000
     dlm: bool = False  # run the DLM and lock clients on every node (dlm_sim.py)
+    services: bool = False  # run the registration & launch service on every node (services_sim.py; needs the DLM)
 
 
 @dataclass

@@ -217,6 +217,46 @@ def _dlm_recover_any_incarnation() -> Callable[[], None]:
     return lambda: setattr(dlm.DlmCore, "_counted", original)
 
 
+def _services_no_lock() -> Callable[[], None]:
+    """A services round reads and writes the registry without taking the
+    DLM lock ``clusterfw.registry`` (run with ``--services``)."""
+    from . import services_sim
+
+    def take_lock(self, node, d):  # type: ignore[no-untyped-def]
+        d.revoked, d.lock_req, d.token = False, -1, d.token + 1
+        self._granted(node, d)
+        return True
+    return _patch(services_sim.ServicesSim, "_take_lock", take_lock)
+
+
+def _services_leaving_is_gone() -> Callable[[], None]:
+    """A node leaving gracefully counts as gone at once: its services are
+    started elsewhere while it still stops them (run with ``--services``)."""
+    from ..core import services
+    from ..core.model import NodeState
+    original = services.cluster_from_view
+
+    def cluster_from_view(view, names, gone, now_ms, me=None):  # type: ignore[no-untyped-def]
+        leaving = {names.get(m.node_id, "") for m in view.members if m.state is NodeState.LEAVING} \
+            if view is not None else set()
+        return original(view, names, set(gone) | leaving, now_ms, me)
+    return _patch(services, "cluster_from_view", cluster_from_view)
+
+
+def _services_any_incarnation() -> Callable[[], None]:
+    """A restarted daemon takes the view's member of its node for itself
+    whatever its incarnation, and the registry keeps a restarted node's
+    entries: the new daemon acts on what the registry gave the old one
+    (run with ``--services``)."""
+    from ..core import services
+    original = services.cluster_from_view
+
+    def cluster_from_view(view, names, gone, now_ms, me=None):  # type: ignore[no-untyped-def]
+        out = original(view, names, gone, now_ms)
+        return services.Cluster(out.known, out.present, out.up, out.now_ms)  # no incarnations either
+    return _patch(services, "cluster_from_view", cluster_from_view)
+
+
 MUTATIONS: dict[str, Callable[[], Callable[[], None]]] = {
     "skip-ack-wait": _skip_ack_wait,
     "dead-too-soon": _dead_too_soon,
@@ -232,6 +272,9 @@ MUTATIONS: dict[str, Callable[[], Callable[[], None]]] = {
     "behind-may-propose": _behind_may_propose,
     "takeover-reads-all-at-once": _takeover_reads_all_at_once,
     "ack-at-least": _ack_at_least,
+    "services-no-lock": _services_no_lock,
+    "services-leaving-is-gone": _services_leaving_is_gone,
+    "services-any-incarnation": _services_any_incarnation,
 }
 
 

@@ -24,8 +24,8 @@ picks the best valid one; ``read_views`` reads a range of view pairs in one
 read; lock stripes are decoded by ``dlm_codec`` and the whole lock area by
 ``ClusterDisk.read_lock_area``.
 
-Decoding is pure, and most reads see blocks decoded before: the slot and
-view-copy decoders' results are cached by content (bounded), so large
+Decoding is pure, and most reads see blocks decoded before: the slot,
+view-copy and registry decoders' results are cached by content (bounded), so large
 simulated clusters stay fast; a cached result is exactly what decoding the
 same bytes again returns.
 
@@ -34,6 +34,7 @@ Invariant: the simulator never encodes, places or decodes a record itself.
 from __future__ import annotations
 
 import uuid as uuidlib
+from typing import Callable, TypeVar
 
 from ..core import timing as timing_mod
 from ..core.dlm import LockEntry
@@ -43,6 +44,7 @@ from ..ondisk import admin, dlm_codec
 from ..ondisk.clusterdisk import ClusterDisk
 from ..ondisk.errors import BlockError, NotWritten
 from ..ondisk.layout import Layout
+from ..ondisk.registry_codec import Damaged, RegistryCopy, RegistryHead
 from ..ondisk.simdisk import SimDisk
 
 CLUSTER_NAME = "sim"
@@ -72,6 +74,8 @@ class SimStore(ClusterDisk):
         self.nodes_max = nodes_max
         self._slots: dict[tuple[int, bytes], SlotRecord | BlockError] = {}
         self._views: dict[tuple[int, bytes], ViewRecord | BlockError] = {}
+        self._registry_copies: dict[bytes, RegistryCopy | Damaged] = {}
+        self._registry_heads: dict[bytes, RegistryHead | Damaged] = {}
 
     # -- writes -------------------------------------------------------------
     def slot_write(self, rec: SlotRecord) -> tuple[int, bytes]:
@@ -134,21 +138,31 @@ class SimStore(ClusterDisk):
 
     # -- the decoders, cached by content -----------------------------------------
     def slot_from_bytes(self, node_id: int, raw: bytes) -> SlotRecord | BlockError:
-        key = (node_id, raw)
-        hit = self._slots.get(key)
-        if hit is None:
-            hit = super().slot_from_bytes(node_id, raw)
-            if len(self._slots) > 8 * self.nodes_max + 64:
-                self._slots.clear()
-            self._slots[key] = hit
-        return hit
+        return _cached(self._slots, (node_id, raw), lambda: super(SimStore, self).slot_from_bytes(node_id, raw),
+                       8 * self.nodes_max + 64)
 
     def view_copy_from_bytes(self, node_id: int, raw: bytes) -> ViewRecord | BlockError:
-        key = (node_id, raw)
-        hit = self._views.get(key)
-        if hit is None:
-            hit = super().view_copy_from_bytes(node_id, raw)
-            if len(self._views) > 4 * self.nodes_max + 64:
-                self._views.clear()
-            self._views[key] = hit
-        return hit
+        return _cached(self._views, (node_id, raw), lambda: super(SimStore, self).view_copy_from_bytes(node_id, raw),
+                       4 * self.nodes_max + 64)
+
+    def registry_head_from_bytes(self, raw: bytes) -> RegistryHead | Damaged:
+        return _cached(self._registry_heads, raw, lambda: super(SimStore, self).registry_head_from_bytes(raw), 64)
+
+    def registry_copy_from_bytes(self, raw: bytes) -> RegistryCopy | Damaged:
+        return _cached(self._registry_copies, raw, lambda: super(SimStore, self).registry_copy_from_bytes(raw), 64)
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def _cached(cache: dict[K, V], key: K, decode: Callable[[], V], limit: int) -> V:
+    """``decode()``'s result for ``key`` (bytes read), from ``cache`` when
+    the same bytes were decoded before; past ``limit`` entries it starts over."""
+    hit = cache.get(key)
+    if hit is None:
+        hit = decode()
+        if len(cache) > limit:
+            cache.clear()
+        cache[key] = hit
+    return hit

@@ -57,6 +57,7 @@ from .checker import Checker, Violation
 from .dlm_sim import DlmSim
 from .feature import Feature
 from .model import FAULTS, SimConfig, SimNode, SubsystemSim
+from .services_sim import ServicesSim
 from .store import SimStore
 
 __all__ = ["FAULTS", "FEATURES", "FEATURE_TYPES", "RunResult", "SimConfig", "SimNode", "SubsystemSim", "World"]
@@ -67,14 +68,33 @@ WATCHDOG_FIRE_FRACTION = 0.9
 """The watchdog resets a host this fraction of ``fence_margin`` after the
 fence deadline it last saw (the daemon's check: timeout <= margin)."""
 
-FEATURE_TYPES: tuple[type[Feature], ...] = (DlmSim,)  # in the order the world calls them
+FEATURE_TYPES: tuple[type[Feature], ...] = (DlmSim, ServicesSim)  # in the order the world calls them
 FEATURES = tuple(f.name for f in FEATURE_TYPES)  # not faults: on by name (``clusterfw sim --dlm``), never by "all"
 
 # The level table (core/levels.py), except that the simulator's traces and golden
 # transcripts have always called level 40 "evm": renaming it there would change
 # every trace digest and five transcripts under tests/scenarios/.
-LEVELS = tuple((level, "evm" if level == levels.EVENTS else name) for level, name in levels.LEVELS
+ALL_LEVELS = tuple((level, "evm" if level == levels.EVENTS else name) for level, name in levels.LEVELS)
+LEVELS = tuple((level, name) for level, name in ALL_LEVELS
                if level != levels.SERVICES)  # the services level only with its feature (sim/services_sim.py)
+
+
+def wanted_features(cfg: SimConfig) -> tuple[type[Feature], ...]:
+    """The features a run with ``cfg`` simulates: those it asks for and
+    those they require (the services need the DLM's lock), in
+    ``FEATURE_TYPES`` order."""
+    names = {f.name for f in FEATURE_TYPES if f.wanted(cfg)}
+    for f in FEATURE_TYPES:
+        if f.name in names:
+            names |= set(f.requires)
+    return tuple(f for f in FEATURE_TYPES if f.name in names)
+
+
+def levels_of(features: tuple[type[Feature], ...]) -> tuple[tuple[int, str], ...]:
+    """The levels registered on every node: ``LEVELS``, plus the level of
+    a feature that adds its own (the services' 50)."""
+    extra = {f.adds_level for f in features if f.adds_level is not None}
+    return tuple((level, name) for level, name in ALL_LEVELS if (level, name) in LEVELS or level in extra)
 
 
 class World:
@@ -95,6 +115,8 @@ class World:
         self.trace: deque[str] = deque(maxlen=cfg.trace_lines)
         self.full_trace: list[str] | None = None
         self.trace_sink: Callable[[bytes], object] | None = None  # called with every trace line (run digests)
+        feature_types = wanted_features(cfg)
+        self.levels = levels_of(feature_types)
         self.registrations = cfg.registrations or self._random_registrations()
         self.nodes = {i: SimNode(i) for i in range(1, cfg.nodes + 1)}
         drift = "drift" in cfg.faults
@@ -112,12 +134,11 @@ class World:
                       "ios": 0, "corruptions": 0, "replays": 0, "bad_sectors": 0, "late_writes": 0,
                       "landed_failures": 0, "daemon_crashes": 0}
         self.features: list[Feature] = []  # the subsystems' simulations this run asks for
-        for feature_type in FEATURE_TYPES:
-            if feature_type.wanted(cfg):
-                feature = feature_type(self)
-                self.features.append(feature)
-                for key in feature.counters:
-                    self.stats[key] = 0
+        for feature_type in feature_types:
+            feature = feature_type(self)
+            self.features.append(feature)
+            for key in feature.counters:
+                self.stats[key] = 0
         self.checker.features = {f.name: f for f in self.features}
         self._event_owners = {f.name: f for f in self.features}  # "<name>-..." events
         self._level_owners = {f.level: f for f in self.features if f.level is not None}  # notifications
@@ -128,10 +149,16 @@ class World:
         feature = self._event_owners.get(DlmSim.name)
         return feature if isinstance(feature, DlmSim) else None
 
+    @property
+    def services(self) -> ServicesSim | None:
+        """The services feature when this run simulates it, else None."""
+        feature = self._event_owners.get(ServicesSim.name)
+        return feature if isinstance(feature, ServicesSim) else None
+
     # ------------------------------------------------------------ utilities
     def _random_registrations(self) -> tuple[Registration, ...]:
         regs = []
-        for level, name in LEVELS:
+        for level, name in self.levels:
             if level in (10, 30):
                 barriers = (self.rng.randint(1, 3), self.rng.randint(1, 2), self.rng.randint(1, 2))
             else:

@@ -49,10 +49,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 from clusterfw.core import services as core
-from clusterfw.core.coordinator import level_state
 from clusterfw.core.model import NodeState, ViewRecord
-from clusterfw.core import svcdef_toml
-from clusterfw.core.svcdef import DefinitionError
 from clusterfw.subsystems.base import LocalSubsystem, Notification, Transition
 
 REGISTRY_LOCK = "clusterfw.registry"
@@ -152,8 +149,11 @@ class ServicesService(LocalSubsystem):
 
     def __init__(self, *, node: str, store: RegistryStore, dlm: Any, launcher: Any,
                  names: Callable[[], dict[int, str]], io_timeout_ms: int,
-                 log: Callable[[str, str], None], cluster: str = "", poll_idle_s: float = POLL_IDLE_S) -> None:
+                 log: Callable[[str, str], None], cluster: str = "", incarnation: int | None = None,
+                 poll_idle_s: float = POLL_IDLE_S) -> None:
         self.node = node
+        self.incarnation = incarnation
+        """This daemon's: a view member of this node with another incarnation is not this daemon's."""
         self.store = store
         self.lock = _LockClient(dlm)
         self.launcher = launcher
@@ -303,30 +303,8 @@ class ServicesService(LocalSubsystem):
         self._maybe_ack_leave()
 
     def _cluster_locked(self) -> core.Cluster:
-        names = self._names()
-        known = tuple(names[i] for i in sorted(names))
-        present: set[str] = set()
-        up: set[str] = set()
-        forced: set[str] = set()
-        incs: list[tuple[str, int]] = []
-        view = self._view
-        if view is not None:
-            for m in view.members:
-                name = names.get(m.node_id)
-                if name is None:
-                    continue
-                st = level_state(m, core.SERVICES_LEVEL)
-                if st == "inactive" or name in self._gone:
-                    continue
-                if m.state is NodeState.FORCED_LEAVING and m.ready and m.cursor >= core.SERVICES_LEVEL:
-                    continue
-                present.add(name)
-                incs.append((name, m.incarnation))
-                if m.state is NodeState.FORCED_LEAVING:
-                    forced.add(name)
-                if st == "joined":
-                    up.add(name)
-        return core.Cluster(known, frozenset(present), frozenset(up), _wall_ms(), tuple(incs), frozenset(forced))
+        me = (self.node, self.incarnation) if self.incarnation is not None else None
+        return core.cluster_from_view(self._view, self._names(), self._gone, _wall_ms(), me)
 
     def _need_round(self) -> bool:
         with self._mu:
@@ -334,18 +312,13 @@ class ServicesService(LocalSubsystem):
                 return True
             reg = self._reg.copy()
             cl = self._cluster_locked()
-        if not cl.up and not cl.present or not reg.services:
-            return False
-        changed = bool(core.decide(reg, cl)) or sorted(cl.up_keys().values()) != sorted(self._reg.up)
-        if not changed:
+        if not core.round_wanted(reg, cl):
             self._undecided_since = 0.0
             return False
         now = time.monotonic()
         if not self._undecided_since:
             self._undecided_since = now
-        first = min(cl.up) if cl.up else self.node
-        ids = {v: k for k, v in self._names().items()}
-        first = min(cl.up, key=lambda n: ids.get(n, 999)) if cl.up else self.node
+        first = core.round_maker(cl, {v: k for k, v in self._names().items()}, self.node)
         return first == self.node or now - self._undecided_since >= TAKEOVER_S
 
     def _round(self) -> None:
@@ -400,17 +373,9 @@ class ServicesService(LocalSubsystem):
             self.lock.release(cid)
 
     def _command(self, reg: core.Registry, p: _Pending, cl: core.Cluster, lines: list[str]) -> dict[str, Any]:
-        try:
-            if p.op == "apply":
-                defs = svcdef_toml.from_registry(p.args.get("defs", []), "the apply request")
-                changes = core.apply(reg, defs, cl.now_ms)
-                lines += changes
-                return {"ok": True, "changes": changes, "services": sorted(defs)}
-            text = core.command(reg, p.op, str(p.args.get("name", "")), cl.now_ms, cl, to=str(p.args.get("to", "")))
-            lines.append(text)
-            return {"ok": True, "message": text}
-        except (core.CommandError, DefinitionError) as exc:
-            return {"ok": False, "error": str(exc)}
+        answer, said = core.run_command(reg, p.op, p.args, cl)
+        lines += said
+        return answer
 
     # ---------------------------------------------------------- the executor
     def _execute(self) -> None:
@@ -486,29 +451,21 @@ class ServicesService(LocalSubsystem):
         if now - self._last_reconcile < RECONCILE_S and not thawed:
             return
         self._last_reconcile = now
-        if self.node in reg.maintenance:
-            return
         with self._mu:
             reported = {s for s, _, _ in self._reports}
-        for name, rec in reg.services.items():
-            if rec.frozen or name in self._inflight or name in reported:
-                continue
-            e = rec.nodes.get(self.node)
-            active = self.launcher.active(name)
-            if e is not None and e.state is core.SvcState.REGISTERED and not active:
+        for name, action in core.reconcile(reg, self.node, self.launcher.active, set(self._inflight) | reported,
+                                           thawed):
+            if action is core.Action.STOP:
+                from .launchers import Job
+                self._inflight[name] = core.Action.STOP
+                self._logf("warning", f"services: {name} runs here but the registry does not place it here: "
+                                      "stopping this copy")
+                self.launcher.stop(Job(service=name, action="stop", unit=reg.services[name].definition.unit),
+                                   lambda _o, n=name: self._inflight.pop(n, None))
+            else:
+                ok = action is core.Action.FOUND
                 with self._mu:
-                    self._reports.append((name, core.Outcome(core.Action.GONE, False, "not running"), _wall_ms()))
-            elif e is None and active:
-                if name in thawed:
-                    with self._mu:
-                        self._reports.append((name, core.Outcome(core.Action.FOUND, True, ""), _wall_ms()))
-                else:
-                    from .launchers import Job
-                    self._inflight[name] = core.Action.STOP
-                    self._logf("warning", f"services: {name} runs here but the registry does not place it here: "
-                                          "stopping this copy")
-                    self.launcher.stop(Job(service=name, action="stop", unit=rec.definition.unit),
-                                       lambda _o, n=name: self._inflight.pop(n, None))
+                    self._reports.append((name, core.Outcome(action, ok, "" if ok else "not running"), _wall_ms()))
 
     def _maybe_ack_leave(self) -> None:
         if not self._leave_batch:
