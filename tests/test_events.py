@@ -1,6 +1,6 @@
 """The event manager (level 40) and `clusterfw events`.
 
-Three parts:
+Four parts:
 
 * the record, the bounded log (fsync, rotation, torn tails), the follower
   across rotations and the rendering, in-process;
@@ -14,7 +14,15 @@ Three parts:
   40, records the join of its own node and of a second node, whose join
   completes only because it acks, survives being killed (re-attach) and the
   daemon being killed (re-register), and `clusterfw events --json` shows it
-  all.  Only processes these tests started are signalled, by PID.
+  all;
+* events (docs/events.md, "Events"): the membership watcher's occurrences,
+  occurrence records beside old membership records, actions (no shell,
+  their environment, exit, signal, timeout of the whole session, a program
+  that cannot run), the unit watcher on a host without a system bus, and
+  the event manager running the action of a group enabled on its node
+  against the fake daemon.
+
+Only processes these tests started are signalled, by PID.
 """
 from __future__ import annotations
 
@@ -34,7 +42,12 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from clusterfw.client import Client, ClientError
-from clusterfw.events import eventlog, record, render
+from clusterfw.core import events as core_events
+from clusterfw.core.events import EventDef, Occurrence
+from clusterfw.events import actions, eventlog, record, render, watchers
+from clusterfw.core.services import Entry as RegEntry
+from clusterfw.core.services import Registry, ServiceRec, SvcState
+from clusterfw.core.svcdef import ServiceDef
 from clusterfw.events.manager import EventManager
 from clusterfw.host.journal import Journal
 from clusterfw.host.notify import Notifier
@@ -163,7 +176,7 @@ def test_the_table_and_the_json_lines() -> None:
     recs = record.records_from(note(4, (2, "n2", "joining"), (3, "n3", "forced-leaving"), epoch=5), "n1",
                                now=1735732801.0)
     table = render.format_table(recs).splitlines()
-    assert table[0].split() == ["TIME", "NODE", "EVENT", "EPOCH", "BATCH", "SEEN", "ON"]
+    assert table[0].split() == ["TIME", "NODE", "EVENT", "EPOCH", "BATCH", "SEEN", "ON", "ACTION"]
     assert table[1].split()[2:] == ["n2", "join", "5", "4", "n1"]
     assert table[2].split()[2:] == ["n3", "forced-leave", "5", "4", "n1"]
     assert render.format_row(recs[1]).split()[2:] == ["n3", "forced-leave", "5", "4", "n1"]
@@ -556,3 +569,171 @@ def test_event_manager_with_real_daemons(tmp_path) -> None:
                     proc.wait(10)
             n1.stop()
             n2.stop()
+
+
+# --------------------------------------------------------------------------
+# events: occurrence records, actions, the unit watcher without a bus, the
+# manager's groups and actions against the fake daemon
+
+
+PEER = EventDef("web.peer", core_events.MEMBERSHIP, {"node": "*", "transition": "any"},
+                (sys.executable, "-c", "pass", "${node}"))
+
+
+def occurrence_of(n: Notification) -> list[Occurrence]:
+    got: list[Occurrence] = []
+    w = watchers.MembershipWatcher()
+    w.start(got.append)
+    w.notified(record.records_from(n, "n1", now=1735732801.0), {"n2": "2a"})
+    return got
+
+
+def test_the_membership_watcher_makes_one_occurrence_per_entry() -> None:
+    got = occurrence_of(note(7, (2, "n2", "forced-leaving"), (3, "n3", "joining"), epoch=12))
+    assert got == [
+        Occurrence("membership", {"node": "n2", "transition": "forced-leave", "epoch": "12", "incarnation": "2a",
+                                  "time": "2025-01-01T12:00:01.000Z"}),
+        Occurrence("membership", {"node": "n3", "transition": "join", "epoch": "12", "incarnation": "",
+                                  "time": "2025-01-01T12:00:01.000Z"})]
+    assert set(got[0].out) == set(core_events.SCHEMAS["membership"].out_params)
+
+
+def test_occurrence_records_read_back_beside_old_membership_records(tmp_path) -> None:
+    path = tmp_path / "events.jsonl"
+    old = record.records_from(note(5, (2, "n2", "forced-leaving"), epoch=9), "n1", now=1735732801.0)
+    path.write_bytes(b"".join(eventlog.encode(r) for r in old))  # a log as the first version wrote it
+    [occ] = occurrence_of(note(5, (2, "n2", "forced-leaving"), epoch=9))
+    occ_rec = record.occurrence_record(PEER, occ, "n1", (sys.executable, "n2"), 0, "exit 0", 0.01, now=1735732801.5)
+    assert occ_rec["epoch"] == 9 and occ_rec["node"] == "n2" and record.valid(occ_rec)
+    with eventlog.EventLog(str(path)) as log:
+        log.append([occ_rec])
+        assert log.last_key() == record.note_key(note(5, (2, "n2", "forced-leaving"), epoch=9))  # occurrences skipped
+    with path.open("ab") as f:  # neither a membership record nor a whole occurrence: skipped
+        f.write(eventlog.encode({**occ_rec, "out": None}) + eventlog.encode({**old[0], "type": "other"}))
+    with eventlog.Follower(str(path)) as f:
+        recs = f.history()
+        assert recs == old + [occ_rec] and f.bad_lines == 2
+    table = render.format_table(recs).splitlines()
+    assert table[2].split()[2:] == ["n2", "web.peer", "9", "n1", "exit", "0"]
+    assert table[1].split()[2:] == ["n2", "forced-leave", "9", "5", "n1"]
+    assert record.describe_occurrence(occ_rec) == \
+        "web.peer (membership: node=n2 transition=forced-leave epoch=9 incarnation=2a): action exit 0"
+
+
+def test_an_action_runs_without_a_shell_with_its_environment(tmp_path) -> None:
+    out = tmp_path / "out.json"
+    script = ("import json, os, sys; json.dump({'argv': sys.argv[1:], 'env': {k: v for k, v in os.environ.items() "
+              "if k.startswith(('CLUSTERFW_', 'NOTIFY'))}}, open(sys.argv[1], 'w'))")
+    event = EventDef("web.peer", "membership", {"node": "*", "transition": "any"},
+                     (sys.executable, "-c", script, str(out), "${node}", "$$HOME ${transition}"))
+    occ = Occurrence("membership", {"node": "n2; rm -rf /", "transition": "join", "epoch": "3", "incarnation": "",
+                                    "time": "T"})
+    argv = core_events.expand(event.action, event.in_params, occ.out)
+    env = actions.action_environment(event, occ.out, "n1", base={"PATH": os.environ["PATH"], "NOTIFY_SOCKET": "/x"})
+    done = actions.run_action(argv, env)
+    assert (done.exit, done.status, done.ok) == (0, "exit 0", True)
+    got = json.loads(out.read_text())
+    assert got["argv"] == [str(out), "n2; rm -rf /", "$HOME join"]
+    assert got["env"] == {"CLUSTERFW_NODE": "n1", "CLUSTERFW_EVENT": "web.peer", "CLUSTERFW_SERVICE": "web",
+                          "CLUSTERFW_OUT_NODE": "n2; rm -rf /", "CLUSTERFW_OUT_TRANSITION": "join",
+                          "CLUSTERFW_OUT_EPOCH": "3", "CLUSTERFW_OUT_INCARNATION": "", "CLUSTERFW_OUT_TIME": "T"}
+
+
+def test_an_actions_outcomes(tmp_path) -> None:
+    env = {"PATH": os.environ["PATH"]}
+    assert actions.run_action((sys.executable, "-c", "raise SystemExit(3)"), env).status == "exit 3"
+    killed = actions.run_action((sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"),
+                                env)
+    assert (killed.exit, killed.status) == (None, "killed by SIGTERM")
+    missing = actions.run_action((str(tmp_path / "nope"), "x"), env)
+    assert missing.exit is None and missing.status.startswith(f"could not run {tmp_path / 'nope'}: ")
+    # past its timeout the whole session goes: the action and what it started
+    pidfile = tmp_path / "child.pid"
+    slow = actions.run_action((sys.executable, "-c", "import subprocess, sys, time; p = subprocess.Popen(['sleep', "
+                               f"'60']); open({str(pidfile)!r}, 'w').write(str(p.pid)); time.sleep(60)"), env,
+                              timeout_s=1.0)
+    assert (slow.exit, slow.status) == (None, "timed out after 1 s (killed)") and slow.elapsed_s < 5
+    child = int(pidfile.read_text())
+    wait_for("the action's child killed", lambda: not os.path.exists(f"/proc/{child}") or
+             open(f"/proc/{child}/stat").read().rsplit(")", 1)[1].split()[0] == "Z", 5)
+
+
+class Recorded(Journal):
+    def __init__(self) -> None:
+        super().__init__("n1", use_journal=False)
+        self.lines: list[tuple[str, str]] = []
+
+    def log(self, priority: str, message: str, **fields: Any) -> None:
+        self.lines.append((priority, message))
+
+
+@pytest.mark.skipif(os.path.exists("/run/dbus/system_bus_socket"), reason="this host has a system bus")
+def test_the_unit_watcher_without_a_system_bus_says_so_once_and_tries_again_later() -> None:
+    journal = Recorded()
+    w = watchers.UnitWatcher(journal, retry_s=0.2)
+    got: list[Occurrence] = []
+    w.start(got.append)
+    failed = EventDef("db.failed", "unit", {"unit": "db.service", "state": "failed"}, ("/bin/true",))
+    for _ in range(3):
+        w.update([failed])
+    notices = [m for p, m in journal.lines if p == "notice"]
+    assert len(notices) == 1 and notices[0].startswith("unit events are not watched on this node: no system bus")
+    assert not w.connected and w.watching() == [] and got == []
+    time.sleep(0.3)
+    w.update([failed])  # tried again: the same reason is not logged again
+    assert len([m for p, m in journal.lines if p == "notice"]) == 1
+    w.update([])
+    w.stop()
+
+
+def test_manager_runs_the_actions_of_the_groups_enabled_here(tmp_path) -> None:
+    """Against the fake daemon: the service is registered on n1 (this node), its event's action runs for the
+    forced leave of n8 with the incarnation from the status, and is recorded; another service registered only
+    elsewhere runs nothing."""
+    seen = tmp_path / "seen.txt"
+    append = f"import sys; open({str(seen)!r}, 'a').write(' '.join(sys.argv[1:]) + '\\n')"
+    peer = EventDef("web.peer", "membership", {"node": "*", "transition": "forced-leave"},
+                    (sys.executable, "-c", append, "${node}", "${transition}", "${incarnation}", "${epoch}"))
+    other = EventDef("db.peer", "membership", {"node": "*", "transition": "any"}, (sys.executable, "-c", append, "db"))
+    reg = Registry(services={
+        "web": ServiceRec(ServiceDef("web", start_command=("/bin/web",), events=(peer,)), True,
+                          {"n1": RegEntry(SvcState.REGISTERED, 0)}),
+        "db": ServiceRec(ServiceDef("db", start_command=("/bin/db",), events=(other,)), True,
+                         {"n2": RegEntry(SvcState.REGISTERED, 0)})})
+
+    def script(conn: int, op: str, message: dict[str, Any]) -> list[dict[str, Any]] | None:
+        if op == "status":
+            return [{"ok": True, "op": "status", "status": {"node": "n1", "nodes": [
+                {"name": "n1", "incarnation": "11"}, {"name": "n8", "incarnation": "8e"}]}}]
+        if op == "service":
+            assert (message["action"], message["args"]) == ("dump", {"node": "n1"})
+            return [{"ok": True, "op": "service", "registry": reg.to_json(), "generation": 3}]
+        if op == "register":
+            return [{"ok": True, "op": "registered", "level": 40, "name": "events", "barriers": [1, 1, 1],
+                     "reattached": False, "join": "waiting"}, notify_message(5, "joining", "n1", 1)]
+        if op == "ack":
+            follow = [notify_message(6, "forced-leaving", epoch=7)] if message["batch"] == 5 else []
+            return [{"ok": True, "op": "acked", "batch": message["batch"]}, *follow]
+        return [{"ok": False, "error": f"unknown op {op}"}]
+
+    sock = str(tmp_path / "fake.sock")
+    log = tmp_path / "events.jsonl"
+    out = tmp_path / "manager.out"
+    daemon = FakeDaemon(sock, script)
+    proc = start_manager(sock, log, out=out)
+    try:
+        wait_for("the action recorded", lambda: any(r.get("type") == "occurrence" for r in read_log(log))
+                 if log.exists() else False, 15)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0, out.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        daemon.close()
+    assert seen.read_text() == "n8 forced-leave 8e 7\n"
+    [occ] = [r for r in read_log(log) if r.get("type") == "occurrence"]
+    assert (occ["event"], occ["exit"], occ["out"]["incarnation"], occ["epoch"]) == ("web.peer", 0, "8e", 7)
+    text = out.read_text()
+    assert "event groups enabled on this node (the service is registered here): web (1 event)" in text
+    assert "web.peer (membership: node=n8 transition=forced-leave epoch=7 incarnation=8e): action exit 0" in text

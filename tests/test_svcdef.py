@@ -193,6 +193,9 @@ class Bad:
 
 U = "unit = 'a.service'\n"
 S = "[services.web]\n"
+E = "[services.web.events.down]\n"
+M = "watch = 'membership'\n"
+A = "action = ['/bin/x']\n"
 
 
 def bad_value(id: str, line: str, fix: str) -> Bad:
@@ -340,6 +343,51 @@ BAD = [
         "maturity_time_s", "write maturity_time = 1"),
     Bad("header-in-a-string-is-not-a-header", "[services.a]\n" + U + "notify_command = ['''x\n[services.b]\n''']\n"
         + "typo = 1\n", 6, "typo", "the keys are"),
+    # events: [services.web.events.down] on line 3, its keys from line 4
+    *[Bad(f"event-{id}", S + U + E + body, line, field, fix) for id, body, line, field, fix in [
+        ("no-watch", "action = ['/bin/x']\n", 3, "watch", 'add watch = "membership" or "unit"'),
+        ("unknown-watcher", "watch = 'membrship'\n" + A, 4, "watch", 'did you mean "membership"?'),
+        ("watcher-not-a-string", "watch = 1\n" + A, 4, "watch", 'write watch = "membership" or "unit"'),
+        ("unknown-in-close", M + "transiton = 'join'\n" + A, 5, "transiton", "did you mean 'transition'?"),
+        ("unknown-in-far", M + "colour = 'red'\n" + A, 5, "colour",
+         "the keys of a membership event are node, transition, watch, action"),
+        ("in-of-the-other-watcher", M + "unit = 'db.service'\n" + A, 5, "unit",
+         "unit is the unit watcher's (watch = \"unit\")"),
+        ("transition", M + "transition = 'forced'\n" + A, 5, "transition",
+         'did you mean "forced-leave"? write transition = "join" or "leave" or "forced-leave" or "any"'),
+        ("node-bad", M + "node = 'N1'\n" + A, 5, "node", 'write node = "n2" for one node, or node = "*" for any'),
+        ("node-not-a-string", M + "node = ['n1']\n" + A, 5, "node", 'node = "*" for any'),
+        ("unit-missing", "watch = 'unit'\nstate = 'failed'\n" + A, 3, "unit", '"clusterfw-svc-web.service"'),
+        ("unit-not-service", "watch = 'unit'\nunit = 'web'\n" + A, 5, "unit", 'write unit = "web.service"'),
+        ("unit-template", "watch = 'unit'\nunit = 'getty@.service'\n" + A, 5, "unit", 'unit = "getty@NAME.service"'),
+        ("unit-path", "watch = 'unit'\nunit = '/etc/a.service'\n" + A, 5, "unit", "no directory"),
+        ("state", "watch = 'unit'\nunit = 'a.service'\nstate = 'fail'\n" + A, 6, "state", 'did you mean "failed"?'),
+        ("no-action", M, 3, "action", "add action = [\"/usr/bin/foo\", \"--flag\"]"),
+        ("action-string", M + "action = '/bin/page ${node}'\n", 5, "action", "clusterfw never runs a shell string"),
+        ("action-empty", M + "action = []\n", 5, "action", "name the program and its arguments"),
+        ("action-not-strings", M + "action = ['/bin/x', 3]\n", 5, "action", "put it in quotes"),
+        ("action-unknown-param", M + "action = ['/bin/x',\n  '${nod}']\n", 5, "action", "did you mean ${node}?"),
+        ("action-param-of-the-other-watcher", M + "action = ['/bin/x', '${unit}']\n", 5, "action",
+         "it has ${node}, ${transition}, ${epoch}, ${incarnation}, ${time}"),
+        ("action-bare-dollar", M + "action = ['/bin/x', '$node']\n", 5, "action",
+         "write ${node} for the parameter, or $$node"),
+        ("action-lone-dollar", "watch = 'unit'\nunit = 'a.service'\naction = ['/bin/x', '5$']\n", 6, "action",
+         "write $$ for a literal '$'"),
+        ("action-unclosed", M + "action = ['/bin/x', '${node']\n", 5, "action", "close it: ${name}"),
+    ]],
+    Bad("event-name-with-a-dot", S + U + '[services.web.events."a.b"]\n' + M + A, 3, "a.b",
+        "an event's name is 1..32 characters: letters, digits, '_' and '-'"),
+    Bad("event-name-too-long", S + U + f"[services.web.events.{'e' * 33}]\n" + M + A, 3, "e" * 33,
+        "1..32 characters"),
+    Bad("events-not-tables", S + U + "events = 3\n", 3, "events", "[services.NAME.events.peer-down] with watch ="),
+    Bad("event-not-a-table", S + U + "[services.web.events]\ndown = 3\n", 4, "down",
+        "write [services.web.events.down] with watch"),
+    Bad("event-typo-of-events", S + U + "[services.web.event.down]\n" + M + A, 3, "event", "did you mean 'events'?"),
+    Bad("event-dotted", "[services]\nweb.unit = 'a.service'\n\nweb.events.down.watch = 'unit'\n"
+        "web.events.down.unit = 'a.service'\nweb.events.down.action = ['/bin/x', '${sub}']\n", 6, "action",
+        "did you mean ${sub_state}?"),
+    Bad("event-inline", "[services.web]\n" + U + "events = { down = { watch = 'membership', node = 'x y', "
+        "action = ['/bin/x'] } }\n", 3, "node", 'node = "*" for any'),
 ]
 
 
@@ -680,6 +728,8 @@ def test_the_daemon_checks_definitions_sent_as_json_by_the_same_rules():
     from clusterfw.core.svcdef_toml import from_registry
     good = ServiceDef("web", preferences=("n1",), maturity_time_s=5, start_command=("a",))
     assert from_registry([good.to_json()], "req") == {"web": good}
+    with_events = parse(EVENTS_FILE, FILE)
+    assert from_registry([d.to_json() for d in with_events.values()], "req") == with_events
     for bad, field in (([{"name": "w/x", "start_command": ["a"]}], "name"),
                        ([{"name": "w", "preferences": 5, "start_command": ["a"]}], "preferences"),
                        ([{"name": "w", "start_command": "sleep 10"}], "start_command"),
@@ -689,3 +739,77 @@ def test_the_daemon_checks_definitions_sent_as_json_by_the_same_rules():
         with pytest.raises(DefinitionError) as e:
             from_registry(bad, "the apply request")
         assert e.value.filename == "the apply request" and e.value.field == field, str(e.value)
+
+
+# ------------------------------------------------------------------ events
+EVENTS_FILE = """\
+[services.web]
+start_command = ["/usr/bin/web"]
+
+[services.web.events.peer-down]        # line 4
+watch = "membership"
+transition = "forced-leave"
+action = ["/usr/local/bin/page", "${node} left (${transition}, epoch ${epoch})", "$$HOME", "${in.node}"]
+
+[services.web.events.any-change]
+watch = "membership"
+node = "n2"
+action = ["/bin/true"]
+
+[services.web.events.unit_failed]
+watch = "unit"
+unit = "clusterfw-svc-web.service"
+state = "failed"
+action = ["/usr/local/bin/collect", "${unit}", "${result}"]
+
+[services.log]
+parent = "web"
+unit = "log.service"
+events.restarted = { watch = "unit", unit = "log.service", state = "active", action = ["/bin/echo", "${sub_state}"] }
+"""
+
+
+def test_events_parse_with_their_defaults_filled_in() -> None:
+    from clusterfw.core.events import MEMBERSHIP, UNIT, EventDef
+
+    defs = parse(EVENTS_FILE, FILE)
+    assert defs["web"].events == (
+        EventDef("web.peer-down", MEMBERSHIP, {"node": "*", "transition": "forced-leave"},
+                 ("/usr/local/bin/page", "${node} left (${transition}, epoch ${epoch})", "$$HOME", "${in.node}")),
+        EventDef("web.any-change", MEMBERSHIP, {"node": "n2", "transition": "any"}, ("/bin/true",)),
+        EventDef("web.unit_failed", UNIT, {"unit": "clusterfw-svc-web.service", "state": "failed"},
+                 ("/usr/local/bin/collect", "${unit}", "${result}")),
+    )
+    assert defs["log"].events == (  # a child may have events: they are not choosing factors
+        EventDef("log.restarted", UNIT, {"unit": "log.service", "state": "active"}, ("/bin/echo", "${sub_state}")),)
+    for d in defs.values():
+        assert ServiceDef.from_json(json.loads(json.dumps(d.to_json()))) == d
+    assert key_lines(EVENTS_FILE)[("services", "web", "events", "peer-down")] == 4
+
+
+def test_an_event_name_is_unique_in_the_cluster() -> None:
+    """SERVICE.EVENT: an event's own part has no '.', so no two services' events can share a name."""
+    text = "[services.\"a.b\"]\n" + U + "[services.\"a.b\".events.c]\n" + M + A + "[services.a]\n" + U
+    defs = parse(text, FILE)
+    assert [e.name for e in defs["a.b"].events] == ["a.b.c"]
+    assert "has '.'" in error("[services.a]\n" + U + "[services.a.events.\"b.c\"]\n" + M + A).problem
+
+
+def test_the_events_docs_example_parses() -> None:
+    text = (REPO / "docs" / "events.md").read_text()
+    examples = re.findall(r"```toml\n(.*?)```", text, re.S)
+    assert examples, "docs/events.md has no TOML example"
+    for example in examples:
+        defs = parse(example, "events.toml")
+        assert any(d.events for d in defs.values())
+
+
+def test_the_events_docs_sample_error_is_what_the_command_prints(tmp_path: Path) -> None:
+    """docs/events.md shows the error for its example with ${node} misspelt ${nod}."""
+    text = (REPO / "docs" / "events.md").read_text()
+    example = re.findall(r"```toml\n(# web\.toml\n.*?)```", text, re.S)[0]
+    m = re.search(r"```\n\$ (clusterfw service apply --check web\.toml)\n(clusterfw: web\.toml:.*?)\n```", text, re.S)
+    assert m, "the sample error is missing"
+    (tmp_path / "web.toml").write_text(example.replace("${node} ${transition}", "${nod} ${transition}", 1))
+    out = cli(*m.group(1).split()[1:], cwd=tmp_path)
+    assert out.returncode == 2 and out.stderr.strip() == m.group(2)

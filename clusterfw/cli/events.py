@@ -4,7 +4,9 @@ How this works
 --------------
 ``event-manager`` runs ``clusterfw.events.manager`` in the foreground (what
 clusterfw-events.service runs): it registers with the node daemon at level
-40 and records every membership transition in the event log.  ``events``
+40, records every membership transition in the event log, and runs the
+actions of the events defined by the services registered on its node
+(recording each occurrence with its action's outcome).  ``events``
 reads that log (``clusterfw.events.eventlog.Follower``) and prints it as a
 table or as JSON lines; ``--follow`` keeps printing new events, across
 rotations of the log.  docs/events.md has the details.
@@ -77,8 +79,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=fmt,
         description="Register with the node daemon as the event manager (level 40, 'events') and record "
                     "every join, leave and forced leave this node is notified of in the event log "
-                    "(JSON lines, fsync-ed before each ack; rotated to FILE.1 at --max-bytes).  The daemon "
-                    "must wait for it: 'clusterfw daemon ... --wait-for-subsystem events'.",
+                    "(JSON lines, fsync-ed before each ack; rotated to FILE.1 at --max-bytes).  For the "
+                    "services registered on this node, watch for the events they define ([services.NAME."
+                    "events.EVENT] in their TOML), run each occurrence's action and record it with the "
+                    "action's exit status.  The daemon must wait for it: 'clusterfw daemon ... "
+                    "--wait-for-subsystem events'.",
         epilog=MANAGER_EXIT_CODES)
     add_socket(m)
     m.add_argument("--log", default=EVENTS_LOG, metavar="FILE",
@@ -91,11 +96,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     m.set_defaults(func=cmd_event_manager)
 
     e = subparsers.add_parser(
-        "events", help="show the recorded membership events (joins, leaves, forced leaves)",
+        "events", help="show the recorded events (joins, leaves, forced leaves, and defined events' actions)",
         formatter_class=fmt,
-        description="Show the membership events this host's event manager recorded, oldest first: a "
-                    "table (TIME, NODE, EVENT, EPOCH, BATCH, SEEN ON) or, with --json, the records as "
-                    "JSON lines.",
+        description="Show the events this host's event manager recorded, oldest first: the membership "
+                    "transitions, and each occurrence of a defined event with its action's outcome.  A "
+                    "table (TIME, NODE, EVENT, EPOCH, BATCH, SEEN ON, ACTION) or, with --json, the records "
+                    "as JSON lines.",
         epilog=EVENTS_EXIT_CODES)
     e.add_argument("-f", "--follow", action="store_true",
                    help="keep printing new events as they are recorded (Ctrl-C ends)")

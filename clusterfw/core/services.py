@@ -60,7 +60,7 @@ from . import levels
 from .coordinator import level_state
 from .model import NodeState, ViewRecord
 from . import svcdef_toml
-from .svcdef import ALL_NODES, AutoRegister, DefinitionError, Placement, ServiceDef, TransferCost
+from .svcdef import ALL_NODES, RESTART_FIELDS, AutoRegister, DefinitionError, Placement, ServiceDef, TransferCost
 
 SERVICES_LEVEL = levels.SERVICES
 HISTORY_MAX = 12
@@ -754,7 +754,7 @@ def apply(reg: Registry, defs: dict[str, ServiceDef], now_ms: int) -> list[str]:
                          if d.to_json().get(k) != old.to_json().get(k))
         rec.definition = d
         rec.removing = False
-        restart = bool(set(changed) & {"unit", "start_command", "parent"}) and bool(rec.owners())
+        restart = bool(set(changed) & RESTART_FIELDS) and bool(rec.owners())
         if restart and d.placement_policy is Placement.ONE and not d.parent:
             rec.transfer, rec.target = True, rec.owners()[0]
         _note(rec, now_ms, f"definition changed: {', '.join(changed) or 'nothing'}"

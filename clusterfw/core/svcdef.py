@@ -10,7 +10,9 @@ names follow the registration & launch service's choosing parameters:
 maturity fields, ``transfer_cost`` and ``parent``; then what to run: either
 ``unit`` (an installed systemd unit) or ``start_command`` (an argv, never a
 shell string) with optional ``stop_command``, ``notify_command`` and
-``recovery_command``; then the failure policy.
+``recovery_command``; then the failure policy; then the service's events
+(``events``: ``clusterfw.core.events.EventDef``, its event group, enabled on
+a node while the service is registered there).
 
 ``parse(text, filename)`` (in ``svcdef_toml``) turns a file into
 definitions or raises ``DefinitionError`` naming file, line, field and fix.
@@ -21,6 +23,8 @@ from __future__ import annotations
 import enum
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
+
+from .events import EventDef
 
 NAME_MAX = 48
 """A service name's length limit (bytes of UTF-8); names are also DLM-safe."""
@@ -80,6 +84,8 @@ class ServiceDef:
     failback_delay_s: float = 10.0
     """A free transfer back to a more preferred node waits until that node
     has been up this long (the damping against a flapping node)."""
+    events: tuple[EventDef, ...] = ()
+    """The service's event group (docs/events.md); changing it never restarts the service."""
     source_line: int = field(default=0, compare=False)
     """Where the table starts in the file it came from (0: unknown)."""
 
@@ -111,6 +117,9 @@ class ServiceDef:
             value = getattr(self, f.name)
             if value == f.default:
                 continue
+            if f.name == "events":
+                out[f.name] = [e.to_json() for e in value]
+                continue
             out[f.name] = list(value) if isinstance(value, tuple) else (
                 value.value if isinstance(value, enum.Enum) else value)
         out["name"] = self.name
@@ -125,6 +134,8 @@ class ServiceDef:
             value = doc[f.name]
             if f.name == "allowable_nodes":
                 value = ALL_NODES if value == ALL_NODES else tuple(value)
+            elif f.name == "events":
+                value = tuple(EventDef.from_json(e) for e in value)
             elif isinstance(value, list):
                 value = tuple(value)
             kw[f.name] = value
@@ -144,7 +155,8 @@ _ENUMS: dict[str, type[enum.StrEnum]] = {
 
 RESTART_FIELDS = frozenset({"unit", "start_command", "parent"})
 """Changing one of these on a running service restarts it (stop, then start
-with the new definition); any other change takes effect without a stop."""
+with the new definition); any other change -- ``events`` among them --
+takes effect without a stop."""
 
 
 class DefinitionError(ValueError):

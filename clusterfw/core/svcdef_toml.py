@@ -15,7 +15,8 @@ spelling finds its line: ``[services.web]`` headers, quoted names
 (``web.start_command = [...]``) and inline tables.
 
 Each ``[services.NAME]`` table is then checked key by key (unknown keys get
-the closest known one), then as a whole (what to run, preferences inside
+the closest known one; ``[services.NAME.events.EVENT]`` tables are events,
+checked against their watcher's schema in ``clusterfw.core.events``), then as a whole (what to run, preferences inside
 the allowable nodes), then across the file (parents defined, no cycles,
 children without choosing factors of their own).  The first problem found
 is raised.  Pure: ``tomllib`` and string handling only, no I/O.
@@ -32,6 +33,8 @@ import tomllib
 from dataclasses import dataclass
 from typing import Any, Callable, NoReturn
 
+from . import events as ev
+from .events import EventDef
 from .model import NODE_NAME_MAX, NODE_NAME_PATTERN
 from .svcdef import (ALL_NODES, NAME_MAX, AutoRegister, DefinitionError, Placement, PreferenceOrder, ServiceDef,
                      TransferCost)
@@ -351,17 +354,22 @@ def _primary(w: _Where, path: KeyPath, value: Any) -> str:
     return "" if value == "" else _node(w, path, value)
 
 
+def _choice(w: _Where, path: KeyPath, value: Any, allowed: list[str]) -> str:
+    """``value`` if it is one of ``allowed``; else the error, with the closest one."""
+    if isinstance(value, str) and value in allowed:
+        return value
+    key = path[-1]
+    choices = " or ".join(_toml(a) for a in allowed)
+    near = difflib.get_close_matches(value.lower(), allowed, 1, 0.5) if isinstance(value, str) else []
+    hint = f"did you mean {_toml(near[0])}? " if near else ""
+    w.fail(path, key, f"{_kind(value)} is not one of {', '.join(map(_q, allowed))}", f"{hint}write {key} = {choices}")
+
+
 def _enum(kind: type[enum.StrEnum]) -> Convert:
     allowed = [m.value for m in kind]
 
     def convert(w: _Where, path: KeyPath, value: Any) -> enum.StrEnum:
-        if isinstance(value, str) and value in allowed:
-            return kind(value)
-        choices = " or ".join(_toml(a) for a in allowed)
-        near = difflib.get_close_matches(value.lower(), allowed, 1, 0.5) if isinstance(value, str) else []
-        hint = f"did you mean {_toml(near[0])}? " if near else ""
-        w.fail(path, path[2], f"{_kind(value)} is not one of {', '.join(map(_q, allowed))}",
-               f"{hint}write {path[2]} = {choices}")
+        return kind(_choice(w, path, value, allowed))
     return convert
 
 
@@ -403,7 +411,7 @@ def _duration(w: _Where, path: KeyPath, value: Any) -> float:
 
 
 def _argv(w: _Where, path: KeyPath, value: Any) -> tuple[str, ...]:
-    key = path[2]
+    key = path[-1]
     if isinstance(value, str):
         words = value.split()
         example = _toml_list(words) if words and not _SHELL_CHARS.search(value) else ARGV_EXAMPLE
@@ -429,7 +437,18 @@ def _argv(w: _Where, path: KeyPath, value: Any) -> tuple[str, ...]:
 
 
 def _unit(w: _Where, path: KeyPath, value: Any) -> str:
-    fix = 'name an installed systemd service unit: unit = "nginx.service"; systemctl list-unit-files lists them'
+    unit = _unit_name(w, path, value)
+    if unit.startswith("clusterfw"):
+        w.fail(path, "unit", f"{_q(unit)} is one of the cluster's own units", _UNIT_FIX)
+    return unit
+
+
+_UNIT_FIX = 'name an installed systemd service unit: unit = "nginx.service"; systemctl list-unit-files lists them'
+
+
+def _unit_name(w: _Where, path: KeyPath, value: Any) -> str:
+    """A unit that can run (or be watched): NAME.service, no template."""
+    fix = _UNIT_FIX
     if not isinstance(value, str):
         w.fail(path, "unit", f"must be a unit name, not {_kind(value)}", fix)
     if not value.endswith(".service"):
@@ -441,9 +460,7 @@ def _unit(w: _Where, path: KeyPath, value: Any) -> str:
     if value.endswith("@.service"):
         w.fail(path, "unit", f"{_q(value)} is a template, not a unit that can run",
                f'name an instance of it: unit = {_toml(value.replace("@.service", "@NAME.service"))}')
-    if value.startswith("clusterfw"):
-        w.fail(path, "unit", f"{_q(value)} is one of the cluster's own units", fix)
-    return value
+    return str(value)
 
 
 def _service_name(w: _Where, path: KeyPath, value: Any, key: str = "parent") -> str:
@@ -454,6 +471,99 @@ def _service_name(w: _Where, path: KeyPath, value: Any, key: str = "parent") -> 
         w.fail(path, key, f"service name {_q(value)} {problem}",
                f"a service name is 1..{NAME_MAX} characters: {NAME_CHARS}")
     return value
+
+
+# ---------------------------------------------------------------- events
+EVENT_EXAMPLE = '[services.NAME.events.peer-down] with watch = "membership", transition = "forced-leave", ' \
+                'action = ["/usr/local/bin/page", "${node}"]'
+EVENT_KEYS = ("watch", "action")
+"""The keys of every event table; the rest are its watcher's IN parameters."""
+
+
+def _events(w: _Where, path: KeyPath, value: Any) -> tuple[EventDef, ...]:
+    service = path[1]
+    if not isinstance(value, dict):
+        w.fail(path, "events", f"must be tables of events, not {_kind(value)}", f"write each event as {EVENT_EXAMPLE}")
+    return tuple(_event(w, path + (name,), service, name, table) for name, table in value.items())
+
+
+def _event(w: _Where, here: KeyPath, service: str, name: str, table: Any) -> EventDef:
+    problem = ev.event_name_problem(name)
+    if problem:
+        w.fail(here, name, f"event name {_q(name)} {problem}",
+               f"an event's name is 1..{ev.EVENT_NAME_MAX} characters: {ev.EVENT_NAME_CHARS}; its name in the "
+               f"cluster is {_q(service)} + '.' + it")
+    full = ev.event_name(service, name)
+    if not isinstance(table, dict):
+        w.fail(here, name, f"event {_q(full)} is {_kind(table)}, not a table",
+               f"write [services.{service}.events.{name}] with watch = \"membership\" and action = {ARGV_EXAMPLE}")
+    watchers = " or ".join(_toml(k) for k in ev.SCHEMAS)
+    if "watch" not in table:
+        w.fail(here, "watch", f"event {_q(full)} names no watcher", f"add watch = {watchers}")
+    watch = table["watch"]
+    if not isinstance(watch, str) or watch not in ev.SCHEMAS:
+        near = difflib.get_close_matches(watch.lower(), list(ev.SCHEMAS), 1, 0.5) if isinstance(watch, str) else []
+        hint = f"did you mean {_toml(near[0])}? " if near else ""
+        w.fail(here + ("watch",), "watch", f"{_kind(watch)} is not a watcher", f"{hint}write watch = {watchers}")
+    schema = ev.SCHEMAS[watch]
+    given: dict[str, str] = {}
+    for key, value in table.items():
+        if key in EVENT_KEYS:
+            continue
+        param = schema.param(key)
+        if param is None:
+            _unknown_in_param(w, here + (key,), schema, key)
+        given[key] = _in_value(w, here + (key,), param, value)
+    in_params: dict[str, str] = {}
+    for param in schema.in_params:
+        value = given.get(param.name, param.default)
+        if value is None:
+            w.fail(here, param.name, f"event {_q(full)} has no {param.name}: the {watch} watcher needs {param.meaning}",
+                   f'add {param.name} = "nginx.service": the unit to watch (under systemd a service with a '
+                   f'start_command runs as {_toml("clusterfw-svc-" + service + ".service")})'
+                   if param.kind == "unit" else f"add {param.name} = ...")
+        in_params[param.name] = value
+    if "action" not in table:
+        w.fail(here, "action", f"event {_q(full)} has no action",
+               f"add action = {ARGV_EXAMPLE}: the command run when the event occurs")
+    action = _argv(w, here + ("action",), table["action"])
+    bad = ev.action_problem(watch, action)
+    if bad is not None:
+        index, problem, fix = bad
+        w.fail(here + ("action",), "action", f"item {index}: {problem}", fix)
+    return EventDef(full, watch, in_params, action)
+
+
+def _unknown_in_param(w: _Where, path: KeyPath, schema: ev.Schema, key: str) -> NoReturn:
+    known = list(schema.in_names) + list(EVENT_KEYS)
+    near = difflib.get_close_matches(key, known, 1)
+    other = next((s.watcher for s in ev.SCHEMAS.values() if s is not schema and key in s.in_names), "")
+    if other:
+        fix = f"the {schema.watcher} watcher's IN parameters are {', '.join(schema.in_names)}; {key} is the " \
+              f"{other} watcher's (watch = {_toml(other)})"
+    elif near:
+        fix = f"did you mean {_q(near[0])}?"
+    else:
+        fix = f"the keys of a {schema.watcher} event are {', '.join(known)}"
+    w.fail(path, key, f"is not an IN parameter of the {schema.watcher} watcher", fix)
+
+
+def _in_value(w: _Where, path: KeyPath, param: ev.InParam, value: Any) -> str:
+    key = param.name
+    if param.kind == "unit":
+        return _unit_name(w, path, value)
+    if param.kind == "node":
+        if value == ev.ALL_NODES:
+            return ev.ALL_NODES
+        fix = (f'write {key} = "n2" for one node, or {key} = "*" for any; a node name is 1..{NODE_NAME_MAX} '
+               "characters from a-z 0-9 and '-', starting with a letter or digit ('clusterfw node list')")
+        if not isinstance(value, str):
+            w.fail(path, key, f"must be a node name or \"*\", not {_kind(value)}", fix)
+        problem = _name_problem(value, NODE_NAME_MAX)
+        if problem or NODE_NAME_PATTERN.fullmatch(value) is None:
+            w.fail(path, key, f"node name {_q(value)} {problem or 'is not a node name'}", fix)
+        return value
+    return _choice(w, path, value, list(param.choices))
 
 
 @dataclass(frozen=True)
@@ -485,6 +595,7 @@ FIELDS: dict[str, Field] = {
     "recovery_command": Field("recovery_command", _argv),
     "failure_threshold": Field("failure_threshold", _count),
     "failure_timeout": Field("failure_timeout_s", _duration),
+    "events": Field("events", _events),
 }
 """Every key a ``[services.NAME]`` table may hold, in the order the docs list them."""
 
@@ -656,7 +767,22 @@ def from_registry(docs: Any, source: str) -> dict[str, ServiceDef]:
             w.fail((), "name", "a definition is not a table with a name", "send ServiceDef.to_json() documents")
         table = {_KEY_OF.get(k, k): v for k, v in doc.items() if k != "name"}
         name = doc["name"]
+        if isinstance(table.get("events"), list):  # the registry's form back to the file's
+            table["events"] = {_event_key(w, name, e): _event_table(e) for e in table["events"]}
         if name in out:
             w.fail(("services", name), name, f"service {_q(name)} is defined twice", "send each service once")
         out[name] = _service(w, name, table)
     return out
+
+
+def _event_key(w: _Where, service: str, doc: Any) -> str:
+    if not isinstance(doc, dict) or not str(doc.get("name", "")).startswith(f"{service}."):
+        w.fail(("services", service, "events"), "events", f"an event of {_q(service)} is not named "
+               f"{_q(service + '.EVENT')}", "send ServiceDef.to_json() documents")
+    return str(doc["name"])[len(service) + 1:]
+
+
+def _event_table(doc: dict[str, Any]) -> Any:
+    given = doc.get("in", {})
+    return {"watch": doc.get("watch"), **(given if isinstance(given, dict) else {"in": given}),
+            "action": doc.get("action")}

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from typing import Any, Iterator
 
 from . import record as rec
@@ -69,7 +70,8 @@ def parse_line(line: bytes) -> dict[str, Any] | None:
 
 
 class EventLog:
-    """The writer.  Not thread-safe: the event manager appends from one thread."""
+    """The writer.  ``append`` is thread-safe: the event manager's main thread
+    appends membership records, its action threads the occurrences."""
 
     def __init__(self, path: str = DEFAULT_LOG, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         if max_bytes < MIN_MAX_BYTES:
@@ -79,6 +81,7 @@ class EventLog:
         self._fd: int | None = None
         self._size = 0
         self.rotations = 0
+        self._lock = threading.RLock()
 
     # -------------------------------------------------------------- opening
     def open(self) -> None:
@@ -114,9 +117,10 @@ class EventLog:
             self._write(b"\n")
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
 
     def __enter__(self) -> EventLog:
         self.open()
@@ -131,12 +135,13 @@ class EventLog:
         not fit, and fsync.  Raises OSError when the disk refuses."""
         if not records:
             return
-        if self._fd is None:
-            self.open()
         data = b"".join(encode(r) for r in records)
-        if self._size > 0 and self._size + len(data) > self.max_bytes:
-            self.rotate()
-        self._write(data)
+        with self._lock:
+            if self._fd is None:
+                self.open()
+            if self._size > 0 and self._size + len(data) > self.max_bytes:
+                self.rotate()
+            self._write(data)
 
     def _write(self, data: bytes) -> None:
         assert self._fd is not None
@@ -161,13 +166,15 @@ class EventLog:
 
     # ------------------------------------------------------------- reading back
     def last_key(self) -> tuple[Any, ...] | None:
-        """The key (record.batch_key) of the last notification in the log,
-        so that a notification delivered again is not recorded twice."""
+        """The key (record.batch_key) of the last notification in the log
+        (occurrence records are skipped), so that a notification delivered
+        again is not recorded twice."""
         try:
             with Follower(self.path) as follower:
                 records = follower.history()
         except FileNotFoundError:
             return None
+        records = [r for r in records if not rec.is_occurrence(r)]
         if not records:
             return None
         last = records[-1]

@@ -1,6 +1,7 @@
 """The event manager process (``clusterfw event-manager``): an external
 subsystem of the node daemon at level 40 that records every membership
-transition it is notified of.
+transition it is notified of, and runs the actions of the events defined
+by the services registered on its node.
 
 How this works
 --------------
@@ -32,14 +33,31 @@ How this works
    must outlive it (see systemd/clusterfw-events.service for why the units are
    ordered so that the event manager is stopped first).
 
-Threads: the main thread does everything above; with ``leave_on_stop`` one
-more thread waits for the leave and then wakes the main thread (SIGUSR1).
-Signal handlers only set flags (and start that thread); the blocking waits
-of the main thread are the only places a signal may interrupt.
+6. Events (docs/events.md, "Events"): the enabled event groups come from
+   the daemon (groups.py: every second and after each notification, the
+   services registered on this node and their events).  The watchers
+   (watchers.py) emit occurrences: the membership watcher one per entry of
+   each batch recorded in 3 (with the node's incarnation, asked of the
+   daemon before the ack), the unit watcher one per unit entering an
+   active state.  Each occurrence is matched against the enabled events
+   (``clusterfw.core.events.matches``; one that came from a notification
+   against the groups as they were after it); each match runs its action
+   (actions.py: the expanded argv, no shell, 30 s at most) on a thread of
+   its own, and when the action has ended the occurrence is recorded in
+   the log with its OUT parameters and the action's exit status.  Nothing
+   of this delays an ack: a slow action must not hold up the cluster.
+
+Threads: the main thread does 1-5; with ``leave_on_stop`` one more thread
+waits for the leave and then wakes the main thread (SIGUSR1).  Signal
+handlers only set flags (and start that thread); the blocking waits of the
+main thread are the only places a signal may interrupt.  For 6: the groups
+thread, the dispatch thread (matching), one thread per running action
+(at most ``ACTIONS_AT_ONCE``), and the unit watcher's bus thread.
 """
 from __future__ import annotations
 
 import contextlib
+import queue
 import signal
 import sys
 import threading
@@ -48,13 +66,17 @@ from typing import Any, Iterator
 
 from clusterfw.client import Client, ClientError, DaemonUnavailable, RequestFailed, Subsystem
 from clusterfw.core import levels
+from clusterfw.core.events import EventDef, EventGroup, Occurrence, expand, matches, watched
 from clusterfw.exitcodes import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from clusterfw.host.journal import Journal, stderr_is_journal
 from clusterfw.host.notify import Notifier
 from clusterfw.subsystems.base import Notification
 
 from . import record as rec
+from .actions import ACTION_TIMEOUT_S, action_environment, run_action
 from .eventlog import EventLog, EventLogError
+from .groups import GroupPoller
+from .watchers import MembershipWatcher, UnitWatcher, Watcher
 
 LEVEL = levels.EVENTS
 NAME = levels.NAMES[LEVEL]
@@ -63,6 +85,11 @@ RETRY_S = 0.5
 WAITING_LOG_EVERY_S = 30.0
 STILL_OPEN_GRACE_S = 10.0  # our previous connection may not be closed on the daemon's side yet
 LEAVE_TIMEOUT_S = 80.0  # above the daemon's 60 s leave bound, below the unit's TimeoutStopSec
+ACTIONS_AT_ONCE = 8
+"""Actions running at once; an occurrence past that waits for one to end."""
+FRESH_GROUPS_WAIT_S = 5.0
+"""How long a notification's occurrences wait for the look at the groups after it."""
+INCARNATION_ASK_S = 2.0
 
 
 class _Interrupted(Exception):
@@ -77,7 +104,8 @@ class EventManager:
     def __init__(self, socket_path: str, log_file: EventLog, *, journal: Journal | None = None,
                  notifier: Notifier | None = None, leave_on_stop: bool = False,
                  leave_timeout_s: float = LEAVE_TIMEOUT_S, retry_s: float = RETRY_S,
-                 echo: bool | None = None) -> None:
+                 echo: bool | None = None, watchers: list[Watcher] | None = None,
+                 action_timeout_s: float = ACTION_TIMEOUT_S) -> None:
         self.socket_path = socket_path
         self.log_file = log_file
         self.log = journal or Journal("?", identifier="clusterfw-events")
@@ -96,6 +124,15 @@ class EventManager:
         self._ready_sent = False
         self._main_ident = threading.get_ident()
         self._leave_thread: threading.Thread | None = None
+        # events: groups, watchers, occurrences, actions
+        self.action_timeout_s = action_timeout_s
+        self.membership = MembershipWatcher()
+        self.watchers: list[Watcher] = [self.membership, UnitWatcher(self.log)] if watchers is None else watchers
+        self.groups = GroupPoller(socket_path, lambda: self.observer, self.log, on_look=self._looked)
+        self._occurrences: queue.Queue[tuple[Occurrence, int] | None] = queue.Queue()
+        self._action_slots = threading.BoundedSemaphore(ACTIONS_AT_ONCE)
+        self._dispatcher: threading.Thread | None = None
+        self.actions_run = 0
 
     # ----------------------------------------------------------------- signals
     def _install_signals(self) -> None:
@@ -162,11 +199,13 @@ class EventManager:
         self._install_signals()
         self.log.notice(f"event manager (level {LEVEL}, '{NAME}'): recording to {self.log_file.path} "
                         f"(rotated at {self.log_file.max_bytes} bytes); node daemon socket {self.socket_path}")
+        self.start_events()
         try:
             code = self._loop()
         except _Interrupted:
             code = EXIT_OK
         finally:
+            self.stop_events()
             self.log_file.close()
         if code == EXIT_OK:
             self.log.notice(f"stopped ({self.recorded} events recorded)")
@@ -280,7 +319,9 @@ class EventManager:
         return records
 
     def handle(self, sub: Subsystem, note: Notification) -> None:
-        self.record(note)
+        records = self.record(note)
+        if records:
+            self.membership.notified(records, self._incarnations())
         try:
             sub.ack(note.batch)
         except RequestFailed as exc:  # superseded by a newer batch, which comes next
@@ -294,6 +335,96 @@ class EventManager:
         if not self.echo:
             self.log.info(f"event: {text}", EVENT=record["event"], EVENT_NODE=record["node"],
                           EPOCH=record["epoch"], BATCH=record["batch"], LEVEL=record["level"])
+            return
+        try:
+            print(f"{record['time']} {text}", file=sys.stdout, flush=True)
+        except (OSError, ValueError):
+            pass
+
+
+    # ------------------------------------------------------------------ events
+    def start_events(self) -> None:
+        """Start the watchers, the look at the groups and the dispatch of occurrences."""
+        for w in self.watchers:
+            w.start(self._from_watcher if w is not self.membership else self._from_notification)
+        self.groups.start()
+        self._dispatcher = threading.Thread(target=self._dispatch, name="event-dispatch", daemon=True)
+        self._dispatcher.start()
+
+    def stop_events(self) -> None:
+        self.groups.stop()
+        self._occurrences.put(None)
+        if self._dispatcher is not None:
+            self._dispatcher.join(5.0)
+        for w in self.watchers:
+            try:
+                w.stop()
+            except Exception as exc:  # noqa: BLE001 - stopping the others anyway
+                self.log.warning(f"stopping the {w.name} watcher: {type(exc).__name__}: {exc}")
+
+    def _from_watcher(self, occurrence: Occurrence) -> None:
+        self._occurrences.put((occurrence, 0))
+
+    def _from_notification(self, occurrence: Occurrence) -> None:
+        self._occurrences.put((occurrence, self.groups.kick()))
+
+    def _looked(self, groups: list[EventGroup]) -> None:
+        """After every look at the groups (on the groups thread): each watcher gets its enabled events."""
+        for w in self.watchers:
+            try:
+                w.update(watched(groups, w.name))
+            except Exception as exc:  # noqa: BLE001 - one watcher must not stop the others
+                self.log.warning(f"the {w.name} watcher failed to update: {type(exc).__name__}: {exc}")
+
+    def _incarnations(self) -> dict[str, str]:
+        """Each node's incarnation as the daemon's status shows it now ('' unknown)."""
+        try:
+            status = Client(self.socket_path, timeout_s=INCARNATION_ASK_S).status()
+        except ClientError:
+            return {}
+        return {str(n.get("name")): str(n.get("incarnation") or "") for n in status.get("nodes", [])
+                if isinstance(n, dict)}
+
+    def _dispatch(self) -> None:
+        while True:
+            item = self._occurrences.get()
+            if item is None:
+                return
+            occurrence, look = item
+            if look and not self.groups.wait(look, FRESH_GROUPS_WAIT_S):
+                self.log.warning("the event groups could not be looked at after the notification: matching "
+                                 "against the last look")
+            for event in watched(self.groups.current(), occurrence.watcher):
+                if matches(event, occurrence):
+                    self._action_slots.acquire()
+                    threading.Thread(target=self._act, args=(event, occurrence), name=f"action {event.name}",
+                                     daemon=True).start()
+
+    def _act(self, event: EventDef, occurrence: Occurrence) -> None:
+        try:
+            argv = expand(event.action, event.in_params, occurrence.out)
+            env = action_environment(event, occurrence.out, self.observer)
+            outcome = run_action(argv, env, self.action_timeout_s)
+            record = rec.occurrence_record(event, occurrence, self.observer, argv, outcome.exit, outcome.status,
+                                           outcome.elapsed_s)
+            self.actions_run += 1
+            try:
+                self.log_file.append([record])
+            except OSError as exc:
+                self.log.error(f"cannot write the event log {self.log_file.path}: {exc}; the occurrence of "
+                               f"{event.name} is not recorded there")
+            self._emit_occurrence(record, outcome.ok)
+        except Exception as exc:  # noqa: BLE001 - an action thread reports, never dies silently
+            self.log.error(f"event {event.name}: {type(exc).__name__}: {exc}")
+        finally:
+            self._action_slots.release()
+
+    def _emit_occurrence(self, record: dict[str, Any], ok: bool) -> None:
+        text = rec.describe_occurrence(record)
+        if not self.echo:
+            log = self.log.info if ok else self.log.warning
+            log(f"event: {text}", EVENT=record["event"], EVENT_NODE=record["node"], SERVICE=record["service"],
+                ACTION_STATUS=record["status"])
             return
         try:
             print(f"{record['time']} {text}", file=sys.stdout, flush=True)

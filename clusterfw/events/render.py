@@ -4,12 +4,17 @@ How this works
 --------------
 ``format_table`` lays out a header and one row per record::
 
-    TIME                     NODE  EVENT         EPOCH  BATCH  SEEN ON
-    2025-01-01 12:00:01.234  n2    join          3      2      n1
-    2025-01-01 12:00:07.901  n2    forced-leave  5      4      n1
+    TIME                     NODE  EVENT          EPOCH  BATCH  SEEN ON  ACTION
+    2025-01-01 12:00:01.234  n2    join           3      2      n1
+    2025-01-01 12:00:07.901  n2    forced-leave   5      4      n1
+    2025-01-01 12:00:07.950  n2    web.peer-down  5             n1       exit 0
 
 (the time in this host's local time zone; SEEN ON is the node whose event
-manager recorded it).  ``format_row`` formats one record with fixed column
+manager recorded it).  A membership record has no ACTION; an occurrence of
+a defined event (its EVENT is its name, ``SERVICE.EVENT``) has no BATCH,
+an EPOCH only when the membership watcher saw it, and its action's outcome
+(``exit 0``, ``killed by SIGKILL``, ``timed out after 30 s (killed)``,
+``could not run ...``) as ACTION.  ``format_row`` formats one record with fixed column
 widths, for ``--follow``, where later rows are not known when the first is
 printed.  Every cell is escaped (``printable``): a node name or event taken
 from the log cannot break the table or reach the terminal as an escape
@@ -25,8 +30,8 @@ from typing import Any
 
 from clusterfw.core.text import printable
 
-HEADER = ("TIME", "NODE", "EVENT", "EPOCH", "BATCH", "SEEN ON")
-FOLLOW_WIDTHS = (23, 8, 12, 6, 6, 0)
+HEADER = ("TIME", "NODE", "EVENT", "EPOCH", "BATCH", "SEEN ON", "ACTION")
+FOLLOW_WIDTHS = (23, 8, 16, 6, 6, 8, 0)
 
 
 def local_time(ts: float) -> str:
@@ -36,11 +41,13 @@ def local_time(ts: float) -> str:
 
 def cells(record: dict[str, Any]) -> tuple[str, ...]:
     event = str(record.get("event", "?"))
+    occurrence = record.get("type") == "occurrence"
     if record.get("barrier"):
         event += f"#{record['barrier']}"
     return (local_time(float(record.get("ts", 0))), printable(record.get("node", "?")), printable(event),
-            printable(record.get("epoch", "?")), printable(record.get("batch", "?")),
-            printable(record.get("observer", "?")))
+            printable(record.get("epoch", "" if occurrence else "?")),
+            printable(record.get("batch", "" if occurrence else "?")),
+            printable(record.get("observer", "?")), printable(record.get("status", "")) if occurrence else "")
 
 
 def _join(row: tuple[str, ...], widths: tuple[int, ...]) -> str:

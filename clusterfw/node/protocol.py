@@ -63,7 +63,7 @@ class Request:
     mode: str = "exclusive"
     timeout_ms: int | None = None  # "lock": None waits for ever
     try_only: bool = False  # "lock": answer at once (timeout 0)
-    args: dict[str, Any] | None = None  # "service": the action's arguments ("name", "to", "defs")
+    args: dict[str, Any] | None = None  # "service": the action's arguments ("name", "to", "defs", "node")
 
 
 def encode(message: dict[str, Any]) -> bytes:
@@ -135,7 +135,7 @@ def parse_request(line: bytes) -> Request:
         args = message.get("args", {})
         if not isinstance(args, dict):
             raise ProtocolError("'args' must be a JSON object")
-        for key in ("name", "to"):
+        for key in ("name", "to", "node"):
             if key in args and not isinstance(args[key], str):
                 raise ProtocolError(f"'args'.{key} must be a string")
         if "defs" in args and not (isinstance(args["defs"], list) and all(isinstance(d, dict) and isinstance(

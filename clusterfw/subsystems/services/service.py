@@ -254,7 +254,11 @@ class ServicesService(LocalSubsystem):
                     "summary": core.summary(reg, reg.services[name], cl),
                     "history": [[t, text] for t, text in reg.services[name].history]}
         if op == "dump":
-            return {"ok": True, "registry": reg.to_json(), "generation": self._gen}
+            doc = reg.to_json()
+            node = args.get("node")
+            if isinstance(node, str) and node:  # only the services with an entry there (the event manager)
+                doc["services"] = {n: svc for n, svc in doc["services"].items() if node in svc["nodes"]}
+            return {"ok": True, "registry": doc, "generation": self._gen}
         return {"ok": True, "services": self.summaries(reg, cl), "maintenance": sorted(reg.maintenance),
                 "generation": self._gen}
 
