@@ -583,7 +583,7 @@ class Daemon:
         store = DiskRegistryStore(path=self.opts.disk, layout=self.disk.layout, cluster_uuid=self.disk.cluster_uuid,
                                   node_id=self.node_id, incarnation=self.incarnation, guard=self._write_guard,
                                   io_timeout_ms=self.timing.io_timeout_ms)
-        self.log.notice(f"services: registration & launch service at level {services_mod.core.SERVICES_LEVEL} "
+        self.log.debug(f"services: registration & launch service at level {services_mod.core.SERVICES_LEVEL} "
                         f"with the {launcher.name} launcher")
         return services_mod.ServicesService(
             node=self.opts.node, store=store, dlm=self.dlm, launcher=launcher,
