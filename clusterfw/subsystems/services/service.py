@@ -314,7 +314,7 @@ class ServicesService(LocalSubsystem):
         with self._mu:
             if self._reports or self._pending:
                 return True
-            reg = self._reg.copy()
+            reg = self._reg  # replaced whole, never changed in place; round_wanted decides on a copy
             cl = self._cluster_locked()
         if not core.round_wanted(reg, cl):
             self._undecided_since = 0.0
