@@ -393,3 +393,22 @@ start_command = ["sh", "-c", {json.dumps(recorder(trace, "start") + "; exit 3")}
     wait_for("tried again on every node", lambda: len(journal_lines(trace)) == 6
              and listing(c).get(name, {}).get("blocked"), 20)
     service(c, "n1", "remove", name)
+
+
+def test_an_unprivileged_user_cannot_change_services(svc_cluster, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+    from test_daemon_loop import REPO, daemon_env
+    c, _watcher = svc_cluster
+    if shutil.which("setpriv") is None:
+        pytest.skip("needs setpriv (util-linux)")
+    service(c, "n1", "apply", str(web_toml(tmp_path)))
+    before = {n: s["owners"] for n, s in listing(c).items()}
+    out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m",
+                          "clusterfw.cli", "service", "stop", WEB, "--socket", c.socket("n1")],
+                         capture_output=True, text=True, env=daemon_env(), cwd=REPO, timeout=60)
+    assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr
+    assert "root" in out.stderr or "ermission" in out.stderr or "no clusterfw daemon" in out.stderr, out.stderr
+    time.sleep(1)
+    assert {n: s["owners"] for n, s in listing(c).items()} == before
