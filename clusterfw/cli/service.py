@@ -15,12 +15,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from clusterfw.cli import lab as lab_cli
 from clusterfw.cli.errors import EXIT_FAILED, EXIT_USAGE, CliError
 from clusterfw.cli.options import add_json, add_socket, client_socket
 from clusterfw.client import Client, ClientError, DaemonUnavailable, RequestFailed
-from clusterfw.core import svcdef_toml
-from clusterfw.core.svcdef import DefinitionError
 
 APPLY_BATCH_BYTES = 40 * 1024
 """Definitions go to the daemon in messages of at most this many bytes."""
@@ -78,6 +75,7 @@ def _ask(args: argparse.Namespace, action: str, argv: list[str], timeout_s: floa
     try:
         return Client(path, timeout_s=timeout_s).request("service", action=action, args=fields)
     except DaemonUnavailable as exc:
+        from clusterfw.cli import lab as lab_cli  # only when no daemon answers: it is slow to import
         raise CliError(lab_cli.no_daemon(exc, argv, chosen_by)) from None
     except RequestFailed as exc:
         raise CliError(str(exc), EXIT_FAILED) from None
@@ -102,6 +100,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
         raise CliError(f"{args.file}: no such file", EXIT_USAGE) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise CliError(f"{args.file}: cannot be read: {exc}", EXIT_USAGE) from None
+    from clusterfw.core import svcdef_toml  # only here: the parser is the slowest import of this group
+    from clusterfw.core.svcdef import DefinitionError
     try:
         defs = svcdef_toml.parse(text, args.file)
     except DefinitionError as exc:
